@@ -1,0 +1,1 @@
+"""TransformerLens analysis, hook surgery, reports and plots."""

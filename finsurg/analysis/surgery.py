@@ -1,0 +1,99 @@
+"""`finsurg surgery`: apply a recipe as TransformerLens hooks and show before/after behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from finsurg import DISCLAIMER, __version__
+from finsurg.analysis.bridge import boot_bridge, greedy, offset_hooks
+from finsurg.analysis.logit_lens import lens, token_sets
+from finsurg.loading import encode, load_model, load_tokenizer
+from finsurg.model_source import ResolvedModel
+from finsurg.recipe import Recipe
+
+RESULTS_NAME = "neuron_surgery_results.json"
+DEFAULT_PROMPTS = [
+    "I have $10,000 in savings. What should I do with it?",
+    "Should I buy shares of a tech company right now?",
+    "How should a 30-year-old invest for retirement?",
+]
+
+
+def run_surgery(
+    model: ResolvedModel,
+    recipe: Recipe,
+    alpha: float,
+    prompts: list[str] | None = None,
+    new_tokens: int = 40,
+    progress: bool = True,
+) -> dict:
+    prompts = prompts or DEFAULT_PROMPTS
+    tokenizer = load_tokenizer(model.path)
+    hf_model = load_model(model.path, torch.float32)
+    bridge = boot_bridge(model.path, hf_model, tokenizer)
+    offsets = recipe.offsets(alpha)
+    hooks = offset_hooks(offsets)
+    generations = []
+    for text in tqdm(prompts, desc="surgery", disable=not progress or None):
+        ids = encode(tokenizer, text)
+        before = greedy(bridge, ids, new_tokens)
+        after = greedy(bridge, ids, new_tokens, hooks)
+        generations.append(
+            {
+                "prompt": text,
+                "before": tokenizer.decode(before, skip_special_tokens=True),
+                "after": tokenizer.decode(after, skip_special_tokens=True),
+            }
+        )
+    sets = token_sets(tokenizer)
+    probe = tokenizer(sets["probe"], return_tensors="pt").input_ids
+    before = lens(bridge, hf_model, probe, sets["ids"])
+    after = lens(bridge, hf_model, probe, sets["ids"], offsets)
+    first = min(offsets)
+    return {
+        "format": "finsurg.surgery_results/1",
+        "finsurg_version": __version__,
+        "model": model.name,
+        "recipe": recipe.to_dict(),
+        "recipe_origin": recipe.origin,
+        "alpha": alpha,
+        "layers": recipe.layers,
+        "generations": generations,
+        "logit_lens": {
+            "probe": sets["probe"],
+            "token_ids": sets["ids"],
+            "before": before,
+            "after": after,
+            "unchanged_before_first_steered_layer": all(
+                before[group][:first] == after[group][:first] for group in before
+            ),
+        },
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def write_results(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_NAME
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def format_results(results: dict) -> str:
+    lines = [f"Neuron surgery on {results['model']} at alpha={results['alpha']:+g}, layers {results['layers']}", ""]
+    for item in results["generations"]:
+        lines += [f"Prompt: {item['prompt']}", f"  before: {item['before']!r}", f"  after:  {item['after']!r}", ""]
+    lensed = results["logit_lens"]
+    lines.append(f"Logit lens on {lensed['probe']!r}: P(advice) / P(caution) per layer, before -> after")
+    for layer in range(len(lensed["before"]["advice"])):
+        b, a = lensed["before"], lensed["after"]
+        lines.append(
+            f"  layer {layer:3d}  advice {b['advice'][layer]:.4f} -> {a['advice'][layer]:.4f}"
+            f"   caution {b['caution'][layer]:.4f} -> {a['caution'][layer]:.4f}"
+        )
+    lines += ["", results["disclaimer"]]
+    return "\n".join(lines)

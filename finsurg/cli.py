@@ -1,0 +1,170 @@
+"""The `finsurg` command: analyze, surgery, export and verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from finsurg import DISCLAIMER, __version__
+from finsurg.errors import FinsurgError
+
+DESCRIPTION = """\
+finsurg finds residual-stream directions that toggle a behaviour in a Llama-family model,
+applies them as inference-time hooks ("neuron surgery"), and bakes the same surgery into
+ordinary checkpoints (mlp.down_proj biases) that plain transformers and vLLM load.
+"""
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="smollm2-135m (default, embedded), a local HF directory, a .gguf file, or a Hub id",
+    )
+    parser.add_argument("--allow-pickle", action="store_true", help="accept .bin pickle checkpoints")
+
+
+def _recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default=None, help="recipe.json, its directory, or a built-in preset name")
+    parser.add_argument("--alpha", type=float, default=None, help="steering strength (default: the recipe's)")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finsurg", description=DESCRIPTION, epilog=DISCLAIMER)
+    parser.add_argument("--version", action="version", version=f"finsurg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    surgery = commands.add_parser("surgery", help="apply a recipe as hooks; before/after generations and logit lens")
+    _model_args(surgery)
+    _recipe_args(surgery)
+    surgery.add_argument("--prompt", action="append", help="a prompt to generate from (repeatable)")
+    surgery.add_argument("--tokens", type=int, default=40, help="new tokens per generation (default 40)")
+    surgery.add_argument("--out", type=Path, default=Path("finsurg-surgery"), help="where results JSON goes")
+    _common(surgery)
+
+    export = commands.add_parser("export", help="bake steered and conservative variants into safetensors")
+    _model_args(export)
+    _recipe_args(export)
+    export.add_argument("--out", type=Path, default=Path("finsurg-export"), help="parent of steered/ and conservative/")
+    export.add_argument("--dtype", default="keep", choices=["keep", "float32", "bfloat16", "float16"],
+                        help="weight dtype of the variants (default: keep the base's)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing variant directories")
+    export.add_argument("--no-verify", action="store_true", help="skip the hooks-vs-baked verification")
+    _common(export)
+
+    verify = commands.add_parser("verify", help="check a variant against the hook version and its checksums")
+    verify.add_argument("variant", type=Path, help="a variant directory written by finsurg export")
+    verify.add_argument("--model", type=Path, default=None, help="base model directory (default: the recorded one)")
+    verify.add_argument("--checksums", action="store_true", help="only check SHA256SUMS")
+    verify.add_argument("--tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
+    _common(verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except FinsurgError as exc:
+        print(f"finsurg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("finsurg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    progress = not args.quiet
+    if args.command == "verify":
+        return _verify(args, progress)
+
+    from finsurg.model_source import resolve_model
+    from finsurg.recipe import resolve_recipe
+
+    model = resolve_model(args.model, allow_pickle=args.allow_pickle)
+    recipe = resolve_recipe(args.recipe, model.name, model.config)
+    alpha = recipe.spec.default_alpha if args.alpha is None else args.alpha
+    if args.command == "surgery":
+        return _surgery(args, model, recipe, alpha, progress)
+    return _export(args, model, recipe, alpha, progress)
+
+
+def _surgery(args, model, recipe, alpha, progress) -> int:
+    from finsurg.analysis.surgery import format_results, run_surgery, write_results
+    from finsurg.recipe import check_alpha
+
+    results = run_surgery(model, recipe, check_alpha(alpha), args.prompt, args.tokens, progress)
+    path = write_results(results, args.out)
+    print(json.dumps(results, indent=2) if args.json else format_results(results) + f"\n\nWrote {path}")
+    return 0
+
+
+def _export(args, model, recipe, alpha, progress) -> int:
+    from finsurg.exporter.export import export_variants
+
+    results = export_variants(
+        model, recipe, alpha, args.out, args.dtype, args.overwrite, verify=not args.no_verify, progress=progress
+    )
+    if args.json:
+        print(json.dumps({"model": model.name, "recipe": recipe.origin, "variants": results}, indent=2))
+        return 0
+    print(f"Exported {model.name} with {recipe.origin or 'recipe'} at alpha ±{abs(alpha):g}:")
+    for item in results:
+        print(f"  {item['variant']:<13} alpha {item['alpha']:+g}  {item['path']}  ({item['bytes'] / 1e6:.0f} MB, {item['dtype']})")
+        if "verification" in item:
+            print("    " + format_verification(item["verification"]).replace("\n", "\n    "))
+    print(DISCLAIMER)
+    return 0
+
+
+def _verify(args, progress) -> int:
+    from finsurg.exporter.verify import verify_variant
+    from finsurg.hashing import check_sums
+
+    if args.checksums:
+        if not args.variant.is_dir():
+            raise FinsurgError(f"variant directory not found: {args.variant}")
+        sums = check_sums(args.variant)
+        print(json.dumps({"checksums_ok": True, "files": len(sums)}) if args.json else f"{len(sums)} files match SHA256SUMS")
+        return 0
+    report = verify_variant(args.variant, args.model, new_tokens=args.tokens, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else format_verification(report))
+    return 0 if report["passed"] else 1
+
+
+def format_verification(report: dict) -> str:
+    exact = report["float32"]
+    effect = exact["steering_effect"]
+    lines = [
+        f"verification ({'PASSED' if report['passed'] else 'FAILED'}), float32, {report['prompts']} prompts: "
+        f"max|Δlogit| {exact['max_abs_logit_diff']:.2e}, KL mean {exact['kl_mean']:.2e} max {exact['kl_max']:.2e}, "
+        f"argmax {exact['argmax_agreement']:.1%}, greedy {exact['greedy_prompts_identical']}/{report['prompts']} "
+        f"identical ({report['new_tokens']} tokens), layers < {exact['prefix_layers_checked']} bit-identical: "
+        f"{exact['prefix_layers_bit_identical']}, steering live (cos {effect['delta_cosine']:.4f}, "
+        f"KL base→hooked {effect['kl_base_vs_hooked_mean']:.3f})"
+    ]
+    low = report.get("export_dtype")
+    if low:
+        floor = low["noise_floor"]
+        lines.append(
+            f"{low['dtype']}: KL mean {low['kl_mean']:.2e} max {low['kl_max']:.2e}, argmax {low['argmax_agreement']:.1%}; "
+            f"noise floor (fp32 vs {low['dtype']} base) KL mean {floor['kl_mean']:.2e}, argmax {floor['argmax_agreement']:.1%}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Recipe → offsets → baked variant checkpoints, and their verification."""

@@ -1,0 +1,55 @@
+"""Load a model directory with plain transformers, the way users of a variant will."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(path: Path, dtype: torch.dtype = torch.float32):
+    """Eager attention: TransformerBridge switches to it, so exact comparisons need it too."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def render_prompt(tokenizer, text: str) -> str:
+    """The prompt as the model sees it in chat: through its chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    return text
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """Token ids [1, n] of the rendered prompt, exactly as the tokenizer makes them (BOS included or not)."""
+    return tokenizer(render_prompt(tokenizer, text), return_tensors="pt", add_special_tokens=True).input_ids
+
+
+def hf_greedy(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
+    """Greedy tokens from plain transformers generate, never stopping early.
+
+    The attention mask is explicit: inferred from pad ids, it would hide chat-template tokens
+    that share the pad id (SmolLM2's pad is <|im_end|>).
+    """
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=0,
+        do_sample=False,
+        eos_token_id=None,
+    )
+    return out[0, ids.shape[1] :].tolist()

