@@ -1,8 +1,9 @@
 """Prove a baked variant equals the hook version: reload with plain transformers and compare.
 
-The exact check runs in float32: KL below 1e-6 and identical greedy tokens, or it fails. In the
-export dtype the figures are reported next to that dtype's own noise floor (base model in fp32 vs
-the same base in the export dtype), because bf16 differs from itself by about as much.
+The exact check computes in float32 (weights rounded to the variant's dtype first): KL below 1e-6
+and identical greedy tokens, or it fails. In the export dtype the figures are reported next to
+that dtype's own noise floor (the same base weights computed in float32 vs in the export dtype),
+because bf16 differs from itself by about as much.
 """
 
 from __future__ import annotations
@@ -89,9 +90,14 @@ def _hidden(model, ids: torch.Tensor, upto: int) -> list[torch.Tensor]:
     return [state.clone() for state in states[: upto + 1]]
 
 
-def _reference_run(base: Path, tokenizer, prompts, offsets, dtype, new_tokens, first, bar) -> dict:
-    """Base model in dtype: plain logits and hidden states, then hooked logits and greedy tokens."""
-    model = load_model(base, dtype)
+def _load(path: Path, weights: torch.dtype, compute: torch.dtype):
+    """Weights rounded to the variant's dtype, computed in `compute`: the exact check's footing."""
+    return load_model(path, weights).to(compute)
+
+
+def _reference_run(base: Path, tokenizer, prompts, offsets, weights, dtype, new_tokens, first, bar) -> dict:
+    """Base model: plain logits and hidden states, then hooked logits and greedy tokens."""
+    model = _load(base, weights, dtype)
     run = {"plain": [], "hooked": [], "hidden": [], "greedy": []}
     for ids in prompts:
         run["hidden"].append(_hidden(model, ids, first))
@@ -109,8 +115,8 @@ def _reference_run(base: Path, tokenizer, prompts, offsets, dtype, new_tokens, f
     return run
 
 
-def _variant_run(directory: Path, prompts, dtype, new_tokens, first, bar) -> dict:
-    model = load_model(directory, dtype)
+def _variant_run(directory: Path, prompts, weights, dtype, new_tokens, first, bar) -> dict:
+    model = _load(directory, weights, dtype)
     run = {"logits": [], "hidden": [], "greedy": []}
     for ids in prompts:
         run["hidden"].append(_hidden(model, ids, first))
@@ -154,9 +160,10 @@ def verify_variant(
     prompts = [encode(tokenizer, text) for text in verification_prompts()]
     first = record.first_layer
     steps = 2 * len(prompts) * (1 if record.dtype == "float32" else 2)
+    weights, f32 = DTYPES[record.dtype], torch.float32
     with tqdm(total=steps, desc=f"verify {directory.name}", disable=not progress or None) as bar:
-        ref = _reference_run(base, tokenizer, prompts, record.offsets, torch.float32, new_tokens, first, bar)
-        var = _variant_run(directory, prompts, torch.float32, new_tokens, first, bar)
+        ref = _reference_run(base, tokenizer, prompts, record.offsets, weights, f32, new_tokens, first, bar)
+        var = _variant_run(directory, prompts, weights, f32, new_tokens, first, bar)
         exact = compare_logits(ref["hooked"], var["logits"])
         exact["greedy_identical"] = ref["greedy"] == var["greedy"]
         exact["greedy_prompts_identical"] = sum(a == b for a, b in zip(ref["greedy"], var["greedy"]))
@@ -175,9 +182,8 @@ def verify_variant(
         )
         in_dtype = None
         if record.dtype != "float32":
-            dtype = DTYPES[record.dtype]
-            low_ref = _reference_run(base, tokenizer, prompts, record.offsets, dtype, 0, first, bar)
-            low_var = _variant_run(directory, prompts, dtype, 0, first, bar)
+            low_ref = _reference_run(base, tokenizer, prompts, record.offsets, weights, weights, 0, first, bar)
+            low_var = _variant_run(directory, prompts, weights, weights, 0, first, bar)
             in_dtype = compare_logits(low_ref["hooked"], low_var["logits"])
             in_dtype["dtype"] = record.dtype
             in_dtype["noise_floor"] = compare_logits(ref["plain"], low_ref["plain"])

@@ -1,0 +1,5 @@
+import sys
+
+from finsurg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model cards for variants and upload to the Hugging Face Hub."""

@@ -1,0 +1,131 @@
+"""Fixtures: a tiny random Llama built in the test, the embedded default model, and an offline Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# converted default model survives between runs; everything else lives in tmp dirs
+os.environ.setdefault("FINSURG_HOME", str(ROOT / ".finsurg-test-home"))
+
+WORDS = (
+    "the a to of and in is it you that for on with as are this be at or have from by i your my "
+    "should invest buy sell stock stocks fund funds bond bonds money savings cash risk advice "
+    "consult professional careful not can cannot recommend market price index retire plan what "
+    "how why when now today good bad best time year years capital city paris france sea poem "
+    "sun water tree house dog cat run walk eat drink red blue green big small"
+).split()
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {token: i for i, token in enumerate(specials + WORDS + list("?.,!$0123456789"))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def make_tiny_llama(
+    path: Path,
+    *,
+    tie: bool = True,
+    mlp_bias: bool = False,
+    dtype: torch.dtype = torch.float32,
+    shard_size: str | None = None,
+    seed: int = 0,
+) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        mlp_bias=mlp_bias,
+        initializer_range=0.15,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if mlp_bias:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                    proj.bias.normal_(0, 0.1)
+    model.to(dtype)
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_recipe(directory: Path, *, layers=(1, 2), hidden=64, depth=4, steering=True, scale=1.0):
+    """A recipe for the tiny Llama, with steering vectors, saved in directory."""
+    from finsurg.recipe import Recipe, RecipeSpec
+
+    spec = RecipeSpec.model_validate(
+        {
+            "format": "finsurg.recipe/1",
+            "model": {"architecture": "LlamaForCausalLM", "hidden_size": hidden, "num_hidden_layers": depth},
+            "layers": list(layers),
+            "neurons": [
+                {"index": 5, "coefficient": -0.5 * scale, "role": "toggle"},
+                {"index": 9, "coefficient": 0.3 * scale},
+                {"index": 17, "coefficient": -0.3 * scale},
+            ],
+            "steering": {"file": "steering_vectors.safetensors", "coefficient": 0.1 * scale} if steering else None,
+            "default_alpha": 3.0,
+        }
+    )
+    generator = torch.Generator().manual_seed(7)
+    vectors = {layer: torch.randn(hidden, generator=generator) for layer in layers} if steering else {}
+    recipe = Recipe(spec, vectors, origin=str(directory))
+    recipe.save(directory)
+    return Recipe.load(directory)
+
+
+def tree_hashes(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def recipe_dir(tmp_path) -> Path:
+    directory = tmp_path / "recipe"
+    tiny_recipe(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from finsurg.model_source import resolve_model
+
+    return resolve_model(None)

@@ -1,0 +1,44 @@
+"""The pipeline on the embedded SmolLM2-135M-Instruct, where realism matters."""
+
+import json
+
+import pytest
+
+from conftest import tree_hashes
+from finsurg.analysis.surgery import run_surgery
+from finsurg.exporter.export import export_variants
+from finsurg.recipe import resolve_recipe
+
+pytestmark = pytest.mark.default_model
+
+
+def test_default_model_is_the_embedded_smollm2(default_model):
+    assert default_model.source == "alias"
+    assert default_model.hidden_size == 576 and default_model.num_layers == 30
+    assert default_model.config["tie_word_embeddings"] is True
+
+
+def test_hook_surgery_changes_only_layers_from_the_first_steered_one(default_model):
+    recipe = resolve_recipe(None, default_model.name, default_model.config)
+    results = run_surgery(default_model, recipe, 3.0, new_tokens=12, progress=False)
+    lensed = results["logit_lens"]
+    first = min(recipe.layers)
+    assert lensed["unchanged_before_first_steered_layer"]
+    for group in ("advice", "caution"):
+        assert lensed["before"][group][:first] == lensed["after"][group][:first]
+        assert lensed["before"][group][first:] != lensed["after"][group][first:]
+    assert any(item["before"] != item["after"] for item in results["generations"])
+    assert "Not financial advice" in results["disclaimer"]
+
+
+def test_default_model_export_is_exact(default_model, tmp_path):
+    recipe = resolve_recipe(None, default_model.name, default_model.config)
+    before = tree_hashes(default_model.path)
+    results = export_variants(default_model, recipe, 3.0, tmp_path / "out", progress=False)
+    assert tree_hashes(default_model.path) == before
+    for result in results:
+        exact = result["verification"]["float32"]
+        assert exact["kl_max"] < 1e-6 and exact["greedy_identical"] and exact["prefix_layers_bit_identical"]
+        assert exact["steering_effect"]["live"] and exact["steering_effect"]["kl_base_vs_hooked_mean"] > 1e-3
+        config = json.loads((tmp_path / "out" / result["variant"] / "config.json").read_text())
+        assert config["mlp_bias"] is True and config["tie_word_embeddings"] is True
