@@ -19,7 +19,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/finsurg export --out $(DEMO_DIR) --overwrite
+	$(BIN)/finsurg analyze --out $(DEMO_DIR)/analysis --overwrite
+	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

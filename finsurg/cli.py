@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"finsurg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    analyze = commands.add_parser("analyze", help="find the steering dimensions with TransformerLens; write a recipe")
+    _model_args(analyze)
+    analyze.add_argument("--out", type=Path, default=Path("finsurg-analysis"), help="run directory (default finsurg-analysis)")
+    analyze.add_argument("--prompts", type=Path, default=None, help="a prompt-set directory (default: finance advice vs caution)")
+    analyze.add_argument("--pool", default="last", choices=["last", "mean"], help="token positions pooled (default last)")
+    analyze.add_argument("--layers", default=None, help="steered layers, e.g. 20-25 (default: where separation peaks)")
+    analyze.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default 16)")
+    analyze.add_argument("--top-k", type=int, default=10, help="dimensions ranked per layer (default 10)")
+    analyze.add_argument("--no-sweep", action="store_true", help="skip the alpha sweep")
+    analyze.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _common(analyze)
+
     surgery = commands.add_parser("surgery", help="apply a recipe as hooks; before/after generations and logit lens")
     _model_args(surgery)
     _recipe_args(surgery)
@@ -95,11 +107,36 @@ def _dispatch(args: argparse.Namespace) -> int:
     from finsurg.recipe import resolve_recipe
 
     model = resolve_model(args.model, allow_pickle=args.allow_pickle)
+    if args.command == "analyze":
+        return _analyze(args, model, progress)
     recipe = resolve_recipe(args.recipe, model.name, model.config)
     alpha = recipe.spec.default_alpha if args.alpha is None else args.alpha
     if args.command == "surgery":
         return _surgery(args, model, recipe, alpha, progress)
     return _export(args, model, recipe, alpha, progress)
+
+
+def _analyze(args, model, progress) -> int:
+    from finsurg.analysis.analyze import analyze, parse_layers
+    from finsurg.analysis.sweep import ALPHAS
+
+    results = analyze(
+        model, args.out, args.prompts, args.pool, parse_layers(args.layers, model.num_layers), args.batch_size,
+        args.top_k, [] if args.no_sweep else ALPHAS, args.overwrite, progress,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k not in ("features", "heads")} | {"out": str(args.out)}, indent=2))
+        return 0
+    recipe = results["recipe"]
+    print(f"Analysed {model.name}: steered layers {recipe['layers']}, massive dims {list(results['massive_dims']) or 'none'}")
+    for neuron in recipe["neurons"]:
+        print(f"  dim {neuron['index']:>5}  {neuron['coefficient']:+.4g}  {neuron['role']}")
+    for row in results["sweep"].get("rows", []) if results["sweep"] else []:
+        print(f"  alpha {row['alpha']:+4g}: preference {row['preference']:.3f}, log-odds {row['log_odds']:+.3f}, "
+              f"perplexity {row['perplexity']:.3f} ({row['perplexity_change']:+.1%})")
+    print(f"Wrote {args.out}/recipe.json, mech_interp_results.json, report.md and plots/")
+    print(DISCLAIMER)
+    return 0
 
 
 def _surgery(args, model, recipe, alpha, progress) -> int:

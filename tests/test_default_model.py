@@ -3,11 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from conftest import tree_hashes
 from finsurg.analysis.surgery import run_surgery
 from finsurg.exporter.export import export_variants
-from finsurg.recipe import resolve_recipe
+from finsurg.recipe import Recipe, resolve_recipe
 
 pytestmark = pytest.mark.default_model
 
@@ -24,7 +25,7 @@ def test_hook_surgery_changes_only_layers_from_the_first_steered_one(default_mod
     lensed = results["logit_lens"]
     first = min(recipe.layers)
     assert lensed["unchanged_before_first_steered_layer"]
-    for group in ("advice", "caution"):
+    for group in ("investment", "caution"):
         assert lensed["before"][group][:first] == lensed["after"][group][:first]
         assert lensed["before"][group][first:] != lensed["after"][group][first:]
     assert any(item["before"] != item["after"] for item in results["generations"])
@@ -42,3 +43,24 @@ def test_default_model_export_is_exact(default_model, tmp_path):
         assert exact["steering_effect"]["live"] and exact["steering_effect"]["kl_base_vs_hooked_mean"] > 1e-3
         config = json.loads((tmp_path / "out" / result["variant"] / "config.json").read_text())
         assert config["mlp_bias"] is True and config["tie_word_embeddings"] is True
+
+
+def test_analysis_finds_a_dial_that_keeps_coherence(default_model, tmp_path):
+    from finsurg.analysis.analyze import analyze
+
+    results = analyze(default_model, tmp_path / "run", alphas=[-3.0, 0.0, 3.0], progress=False)
+    assert "507" in results["massive_dims"]  # SmolLM2's attention sink is flagged, not chosen
+    assert all(n["index"] not in map(int, results["massive_dims"]) for n in results["recipe"]["neurons"])
+    rows = {row["alpha"]: row for row in results["sweep"]["rows"]}
+    assert rows[3.0]["log_odds"] > rows[0.0]["log_odds"] > rows[-3.0]["log_odds"]
+    assert rows[3.0]["preference"] > rows[0.0]["preference"] > rows[-3.0]["preference"]
+    for alpha in (-3.0, 3.0):
+        assert abs(rows[alpha]["perplexity_change"]) < 0.10
+    assert results["logit_lens"]["unchanged_before_first_steered_layer"]
+    # the shipped preset is this analysis's output, not a hand-made stand-in
+    shipped = Recipe.preset("smollm2-135m")
+    derived = Recipe.load(tmp_path / "run")
+    assert shipped.layers == derived.layers
+    assert [n.index for n in shipped.spec.neurons] == [n.index for n in derived.spec.neurons]
+    for layer in shipped.layers:
+        assert torch.allclose(shipped.offsets(3.0)[layer], derived.offsets(3.0)[layer], rtol=1e-3, atol=1e-5)

@@ -126,6 +126,7 @@ def test_existing_biases_are_added_to(tmp_path):
     base_dir = make_tiny_llama(tmp_path / "base", mlp_bias=True)
     recipe = tiny_recipe(tmp_path / "recipe")
     base = load_model(base_dir)
+    (tmp_path / "v").mkdir()
     bake_variant(resolve_model(str(base_dir)), recipe, 3.0, "steered", tmp_path / "v", progress=False)
     variant = load_model(tmp_path / "v")
     for layer in range(4):

@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from finsurg import DISCLAIMER, __version__
 from finsurg.analysis.bridge import boot_bridge, greedy, offset_hooks
-from finsurg.analysis.logit_lens import lens, token_sets
+from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
+from finsurg.analysis.prompts import PromptSet
 from finsurg.loading import encode, load_model, load_tokenizer
 from finsurg.model_source import ResolvedModel
 from finsurg.recipe import Recipe
@@ -49,11 +50,9 @@ def run_surgery(
                 "after": tokenizer.decode(after, skip_special_tokens=True),
             }
         )
-    sets = token_sets(tokenizer)
-    probe = tokenizer(sets["probe"], return_tensors="pt").input_ids
-    before = lens(bridge, hf_model, probe, sets["ids"])
-    after = lens(bridge, hf_model, probe, sets["ids"], offsets)
-    first = min(offsets)
+    prompt_set = PromptSet.load()
+    before = lens_over_probes(bridge, hf_model, tokenizer, prompt_set)
+    after = lens_over_probes(bridge, hf_model, tokenizer, prompt_set, offsets)
     return {
         "format": "finsurg.surgery_results/1",
         "finsurg_version": __version__,
@@ -64,13 +63,10 @@ def run_surgery(
         "layers": recipe.layers,
         "generations": generations,
         "logit_lens": {
-            "probe": sets["probe"],
-            "token_ids": sets["ids"],
+            "probes": prompt_set.manifest.probes,
             "before": before,
             "after": after,
-            "unchanged_before_first_steered_layer": all(
-                before[group][:first] == after[group][:first] for group in before
-            ),
+            "unchanged_before_first_steered_layer": unchanged_before(before, after, min(offsets)),
         },
         "disclaimer": DISCLAIMER,
     }
@@ -88,12 +84,10 @@ def format_results(results: dict) -> str:
     for item in results["generations"]:
         lines += [f"Prompt: {item['prompt']}", f"  before: {item['before']!r}", f"  after:  {item['after']!r}", ""]
     lensed = results["logit_lens"]
-    lines.append(f"Logit lens on {lensed['probe']!r}: P(advice) / P(caution) per layer, before -> after")
-    for layer in range(len(lensed["before"]["advice"])):
-        b, a = lensed["before"], lensed["after"]
-        lines.append(
-            f"  layer {layer:3d}  advice {b['advice'][layer]:.4f} -> {a['advice'][layer]:.4f}"
-            f"   caution {b['caution'][layer]:.4f} -> {a['caution'][layer]:.4f}"
-        )
+    groups = list(lensed["before"])
+    lines.append(f"Logit lens over {len(lensed['probes'])} probes: P({groups[0]}) / P({groups[1]}) per layer, before -> after")
+    for layer in range(len(lensed["before"][groups[0]])):
+        cells = [f"{g} {lensed['before'][g][layer]:.4f} -> {lensed['after'][g][layer]:.4f}" for g in groups]
+        lines.append(f"  layer {layer:3d}  " + "   ".join(cells))
     lines += ["", results["disclaimer"]]
     return "\n".join(lines)

@@ -1,14 +1,12 @@
 """Fold a recipe's residual offsets into `mlp.down_proj.bias` and write variant directories.
 
-Shards that need no change are copied byte for byte; biases go into a new shard. The output is
-built in a hidden temporary directory and renamed into place only once it is complete.
+Shards that need no change are copied byte for byte; biases go into a new shard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +62,7 @@ def bake_variant(
     source_hashes: dict[str, str] | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Write one complete variant directory at `out` (which must not exist yet)."""
+    """Write one complete variant directory into `out`, an empty directory."""
     alpha = check_alpha(alpha)
     source_hashes = {} if source_hashes is None else source_hashes
     checkpoint = Checkpoint.open(model.path)
@@ -93,7 +91,6 @@ def bake_variant(
                 value = torch.zeros(size, dtype=target) if shift is None else shift.clone()
                 new_biases.append(Entry.of(name, value))
 
-    out.mkdir(parents=True)
     count = len(checkpoint.shards) + (1 if new_biases else 0)
     shard_names = [f"model-{k:05d}-of-{count:05d}.safetensors" for k in range(1, count + 1)]
     sums: dict[str, str] = {}
@@ -198,36 +195,3 @@ def _copy_side_files(model: ResolvedModel, out: Path, target: torch.dtype) -> No
             _write_json(out / "config.json", config)
         else:
             shutil.copyfile(path, out / path.name)
-
-
-def partial_dir(final: Path) -> Path:
-    return final.parent / f".{final.name}.partial-{os.getpid()}"
-
-
-def clean_stale_partials(final: Path) -> None:
-    """Remove temporary directories left by an export that was killed."""
-    for leftover in final.parent.glob(f".{final.name}.partial-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def publish(partial: Path, final: Path) -> None:
-    """Rename the finished directory into place, replacing an old one only at the last moment."""
-    if final.exists():
-        retired = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.rename(final, retired)
-        os.rename(partial, final)
-        shutil.rmtree(retired)
-    else:
-        os.rename(partial, final)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from finsurg.errors import FinsurgError
-from finsurg.exporter.bake import (
-    DTYPE_CHOICES,
-    VARIANT_SIGNS,
-    bake_variant,
-    clean_stale_partials,
-    partial_dir,
-    publish,
-)
+from finsurg.atomic import building
+from finsurg.exporter.bake import DTYPE_CHOICES, VARIANT_SIGNS, bake_variant
 from finsurg.exporter.verify import verify_variant
 from finsurg.model_source import ResolvedModel
 from finsurg.recipe import Recipe, check_alpha
@@ -60,9 +53,7 @@ def export_variants(
     source_hashes: dict[str, str] = {}
     results = []
     for variant, final in targets.items():
-        clean_stale_partials(final)
-        partial = partial_dir(final)
-        try:
+        with building(final) as partial:
             baked = bake_variant(
                 model, recipe, VARIANT_SIGNS[variant] * abs(alpha), variant, partial, dtype, source_hashes, progress
             )
@@ -73,9 +64,6 @@ def export_variants(
                 summary["verification"] = report
                 if not report["passed"]:
                     raise FinsurgError(f"{variant} failed verification: {_headline(report)}")
-            publish(partial, final)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
         results.append(summary)
     return results
 

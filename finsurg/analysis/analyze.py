@@ -1,0 +1,169 @@
+"""`finsurg analyze`: the four analysis phases, the derived recipe, and the alpha sweep."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from finsurg import DISCLAIMER, __version__
+from finsurg.analysis import plots, report
+from finsurg.analysis.activations import POOLS, collect, keyword_ids
+from finsurg.analysis.bridge import boot_bridge
+from finsurg.analysis.derive import band_width, choose_band, derive, separation
+from finsurg.analysis.features import effect_size, massive_dims, rank_layers
+from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
+from finsurg.analysis.prompts import PromptSet
+from finsurg.analysis.sweep import ALPHAS, run_sweep
+from finsurg.atomic import building
+from finsurg.errors import FinsurgError
+from finsurg.loading import load_model, load_tokenizer, render_prompt
+from finsurg.model_source import ResolvedModel
+
+RESULTS_NAME = "mech_interp_results.json"
+REPORT_NAME = "report.md"
+TOP_HEADS = 10
+
+
+def parse_layers(text: str | None, depth: int) -> list[int] | None:
+    """'20-25' or '20,22,24' → sorted layer list, checked against the model's depth."""
+    if not text:
+        return None
+    try:
+        if "-" in text:
+            start, end = (int(part) for part in text.split("-", 1))
+            layers = list(range(start, end + 1))
+        else:
+            layers = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise FinsurgError(f"--layers {text!r}: expected a range like 20-25 or a list like 20,22,24") from None
+    if not layers or layers[0] < 0 or layers[-1] >= depth:
+        raise FinsurgError(f"--layers {text!r} is out of range: the model has layers 0-{depth - 1}")
+    return layers
+
+
+def analyze(
+    model: ResolvedModel,
+    out_dir: Path,
+    prompts_dir: Path | None = None,
+    pool: str = "last",
+    layers: list[int] | None = None,
+    batch_size: int = 16,
+    top_k: int = 10,
+    alphas: list[float] = ALPHAS,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    if pool not in POOLS:
+        raise FinsurgError(f"unknown --pool {pool!r} (choose from {', '.join(POOLS)})")
+    if batch_size < 1:
+        raise FinsurgError("--batch-size must be at least 1")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FinsurgError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
+    prompts = PromptSet.load(prompts_dir)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    tokenizer = load_tokenizer(model.path)
+    tokenizer.padding_side = "left"
+    hf_model = load_model(model.path, torch.float32)
+    bridge = boot_bridge(model.path, hf_model, tokenizer)
+    timings["load"] = time.perf_counter() - clock
+
+    # phases 1 and 3: activations and keyword attention, one batched pass per category
+    clock = time.perf_counter()
+    keywords = keyword_ids(tokenizer, prompts.manifest.keywords)
+    acts, attention = {}, {}
+    total = sum(len(c.train) for c in prompts.categories)
+    with tqdm(total=total, desc="phase 1: activations", disable=not progress or None) as bar:
+        for category in prompts.categories:
+            sequences = [tokenizer(render_prompt(tokenizer, t), add_special_tokens=True).input_ids for t in category.train]
+            acts[category.name], attention[category.name] = collect(
+                bridge, tokenizer, sequences, pool, batch_size, keywords, bar.update
+            )
+    timings["activations"] = time.perf_counter() - clock
+
+    # phase 2: features
+    clock = time.perf_counter()
+    pos, neg, neu = (acts[c.name] for c in prompts.categories)
+    names = tuple(c.name for c in prompts.categories)
+    massive = massive_dims([pos, neg, neu])
+    exclude = set(massive)
+    table = rank_layers(pos, neg, neu, names, top_k, exclude)
+    timings["features"] = time.perf_counter() - clock
+
+    # phase 4 (before): logit lens, then the band where separation and commitment peak
+    clock = time.perf_counter()
+    lens_before = lens_over_probes(bridge, hf_model, tokenizer, prompts)
+    sep = separation(pos, neg, exclude)
+    commitment = torch.tensor([sum(values[layer] for values in lens_before.values()) for layer in range(model.num_layers)])
+    if layers is None:
+        score = sep / sep.max() + commitment / commitment.max().clamp_min(1e-12)
+        band = choose_band(score, band_width(model.num_layers))
+        reason = "where the normalised difference plus logit-lens commitment peaks"
+    else:
+        band, reason = layers, "chosen with --layers"
+    recipe = derive(pos, neg, band, exclude, model.architecture, names[:2])
+    offsets = recipe.offsets(recipe.spec.default_alpha)
+    lens_after = lens_over_probes(bridge, hf_model, tokenizer, prompts, offsets)
+    timings["logit_lens"] = time.perf_counter() - clock
+
+    # phase 3 summary: heads
+    head_diff = (attention[names[0]].mean - attention[names[2]].mean).float()
+    order = head_diff.flatten().abs().argsort(descending=True)[:TOP_HEADS]
+    heads = [
+        {"layer": int(i) // head_diff.shape[1], "head": int(i) % head_diff.shape[1], "difference": float(head_diff.flatten()[i])}
+        for i in order
+    ]
+
+    clock = time.perf_counter()
+    sweep = run_sweep(bridge, tokenizer, prompts, recipe, alphas, batch_size, progress) if alphas else {}
+    timings["sweep"] = time.perf_counter() - clock
+
+    results = {
+        "format": "finsurg.mech_interp/1",
+        "finsurg_version": __version__,
+        "model": model.name,
+        "prompt_set": prompts.source,
+        "categories": {"positive": names[0], "negative": names[1], "neutral": names[2]},
+        "train_prompts": {c.name: len(c.train) for c in prompts.categories},
+        "pool": pool,
+        "pool_description": POOLS[pool],
+        "massive_dims": {str(d): r for d, r in massive.items()},
+        "separation_per_layer": [round(float(v), 5) for v in sep],
+        "band_reason": reason,
+        "features": table,
+        "heads": {"differential": head_diff.tolist(), "top": heads},
+        "logit_lens": {
+            "probes": prompts.manifest.probes,
+            "alpha": recipe.spec.default_alpha,
+            "before": lens_before,
+            "after": lens_after,
+            "unchanged_before_first_steered_layer": unchanged_before(lens_before, lens_after, band[0]),
+        },
+        "recipe": recipe.to_dict(),
+        "sweep": sweep,
+        "timings": timings,
+        "disclaimer": DISCLAIMER,
+    }
+    with building(out_dir) as partial:
+        recipe.save(partial)
+        plot_dir = partial / "plots"
+        plot_dir.mkdir()
+        effect = effect_size(pos, neg).float()
+        effect[:, list(exclude)] = 0.0
+        dims = effect[band].abs().mean(0).argsort(descending=True)[:40].tolist()
+        made = [
+            plots.dimension_heatmap(effect, dims, band, f"{names[0]} − {names[1]}: top dimensions", plot_dir / "dimension_heatmap.png"),
+            plots.head_heatmap(head_diff, f"attention to keywords, {names[0]} − {names[2]}", plot_dir / "head_heatmap.png"),
+            plots.lens_curves(lens_before, lens_after, band, recipe.spec.default_alpha, plot_dir / "logit_lens.png"),
+        ]
+        if sweep:
+            made.append(plots.sweep_plot(sweep["rows"], names[0], plot_dir / "alpha_sweep.png"))
+        results["plots"] = [p.name for p in made]
+        (partial / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
+        (partial / REPORT_NAME).write_text(report.render(results))
+    return results

@@ -1,0 +1,70 @@
+"""The markdown report of an analysis run."""
+
+from __future__ import annotations
+
+from finsurg import DISCLAIMER
+
+
+def _dims(items: list[dict], n: int = 6) -> str:
+    return ", ".join(f"{item['dim']} ({item['value']:+.2f})" for item in items[:n])
+
+
+def render(results: dict) -> str:
+    names = results["categories"]
+    pos, neg, neu = names["positive"], names["negative"], names["neutral"]
+    recipe = results["recipe"]
+    lines = [
+        f"# finsurg analysis: {results['model']}",
+        "",
+        f"> {DISCLAIMER}",
+        "",
+        f"Prompt set `{results['prompt_set']}`: {results['train_prompts']} train prompts per category "
+        f"({pos}, {neg}, {neu}), pooling `{results['pool']}` ({results['pool_description']}).",
+        "",
+        "## Recipe",
+        "",
+        f"Steered layers {recipe['layers'][0]}–{recipe['layers'][-1]} ({results['band_reason']}), "
+        f"default alpha {recipe['default_alpha']:g}, steering coefficient {recipe['steering']['coefficient']:.3g}.",
+        "",
+        "| dimension | coefficient | role |",
+        "|---|---|---|",
+        *[f"| {n['index']} | {n['coefficient']:+.4g} | {n['role']} |" for n in recipe["neurons"]],
+        "",
+        "## Massive-activation dimensions (excluded)",
+        "",
+        ", ".join(f"{dim} (peak {ratio}× the layer median)" for dim, ratio in results["massive_dims"].items()) or "none",
+        "",
+        f"## Top dimensions per layer ({neg} − {pos}, by effect size)",
+        "",
+        "| layer | top by effect size | top by raw difference |",
+        "|---|---|---|",
+    ]
+    key = f"{neg}_minus_{pos}"
+    for row in results["features"]:
+        lines.append(f"| {row['layer']} | {_dims(row[key]['top_effect'])} | {_dims(row[key]['top_raw'])} |")
+    lines += [
+        "",
+        f"## Attention heads (final position → keywords, {pos} − {neu})",
+        "",
+        "| layer | head | difference |",
+        "|---|---|---|",
+        *[f"| {h['layer']} | {h['head']} | {h['difference']:+.4f} |" for h in results["heads"]["top"]],
+        "",
+        "## Logit lens",
+        "",
+        f"Probability of the {pos} and {neg} token groups, averaged over the probe prompts. "
+        f"Layers before the first steered layer unchanged by surgery: {results['logit_lens']['unchanged_before_first_steered_layer']}.",
+        "",
+        "## The dial (held-out prompts)",
+        "",
+        f"| alpha | {pos} preference | log-odds | neutral perplexity | change |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results.get("sweep", {}).get("rows", []):
+        lines.append(
+            f"| {row['alpha']:+g} | {row['preference']:.3f} | {row['log_odds']:+.3f} | "
+            f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in results["plots"]]
+    lines += ["", f"Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
+    return "\n".join(lines)
