@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/finsurg analyze --out $(DEMO_DIR)/analysis --overwrite
-	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite
+	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite --eval
 
 test: setup
 	$(BIN)/python -m pytest -q

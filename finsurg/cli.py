@@ -32,6 +32,14 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="steering strength (default: the recipe's)")
 
 
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", default="", help="extra lm-eval task names, comma-separated (the finsurg tasks always run)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
+    parser.add_argument("--eval-batch-size", type=int, default=16, help="lm-eval batch size (default 16)")
+    parser.add_argument("--chat-template", default="auto", choices=["auto", "on", "off"],
+                        help="render task prompts with the model's chat template (auto: when it has one)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -70,7 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight dtype of the variants (default: keep the base's)")
     export.add_argument("--overwrite", action="store_true", help="replace existing variant directories")
     export.add_argument("--no-verify", action="store_true", help="skip the hooks-vs-baked verification")
+    export.add_argument("--eval", action="store_true", help="after verification, run finsurg eval on the variants")
+    _eval_args(export)
     _common(export)
+
+    evaluate = commands.add_parser(
+        "eval", help="lm-eval on the base, the baked variants and their hook versions; checks item-by-item parity"
+    )
+    evaluate.add_argument("variants", type=Path, nargs="+", help="variant directories, or an export directory")
+    evaluate.add_argument("--model", type=Path, default=None, help="base model directory (default: the recorded one)")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="where eval.json and eval.md go (default: the export directory)")
+    _eval_args(evaluate)
+    _common(evaluate)
 
     verify = commands.add_parser("verify", help="check a variant against the hook version and its checksums")
     verify.add_argument("variant", type=Path, help="a variant directory written by finsurg export")
@@ -95,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is imported: silences library bars too
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -102,6 +124,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.command == "verify":
         return _verify(args, progress)
+    if args.command == "eval":
+        return _eval(args, progress)
 
     from finsurg.model_source import resolve_model
     from finsurg.recipe import resolve_recipe
@@ -152,19 +176,71 @@ def _surgery(args, model, recipe, alpha, progress) -> int:
 def _export(args, model, recipe, alpha, progress) -> int:
     from finsurg.exporter.export import export_variants
 
+    options = _eval_options(args) if args.eval else None
     results = export_variants(
         model, recipe, alpha, args.out, args.dtype, args.overwrite, verify=not args.no_verify, progress=progress
     )
+    evaluation = None
+    if options is not None:
+        from finsurg.exporter.evaluation import evaluate
+
+        evaluation = evaluate([Path(item["path"]) for item in results], out_dir=args.out, base_trusted=True,
+                              progress=progress, **options)
     if args.json:
-        print(json.dumps({"model": model.name, "recipe": recipe.origin, "variants": results}, indent=2))
-        return 0
+        print(json.dumps({"model": model.name, "recipe": recipe.origin, "variants": results,
+                          "eval": evaluation}, indent=2))
+        return 0 if evaluation is None else _parity_status(evaluation)
     print(f"Exported {model.name} with {recipe.origin or 'recipe'} at alpha ±{abs(alpha):g}:")
     for item in results:
         print(f"  {item['variant']:<13} alpha {item['alpha']:+g}  {item['path']}  ({item['bytes'] / 1e6:.0f} MB, {item['dtype']})")
         if "verification" in item:
             print("    " + format_verification(item["verification"]).replace("\n", "\n    "))
+    if evaluation is not None:
+        print(_eval_summary(evaluation, args.out))
     print(DISCLAIMER)
-    return 0
+    return 0 if evaluation is None else _parity_status(evaluation)
+
+
+def _eval_options(args) -> dict:
+    if args.limit is not None and args.limit < 1:
+        raise FinsurgError("--limit must be at least 1")
+    if args.eval_batch_size < 1:
+        raise FinsurgError("--eval-batch-size must be at least 1")
+    return {
+        "extra_tasks": [t.strip() for t in args.tasks.split(",") if t.strip()],
+        "limit": args.limit,
+        "batch_size": args.eval_batch_size,
+        "chat": {"auto": None, "on": True, "off": False}[args.chat_template],
+    }
+
+
+def _eval(args, progress) -> int:
+    from finsurg.exporter.evaluation import evaluate
+
+    out = args.out
+    if out is None and len(args.variants) == 1 and not (args.variants[0] / "finsurg_surgery.json").exists():
+        out = args.variants[0]
+    report = evaluate(args.variants, base_override=args.model, out_dir=out, progress=progress, **_eval_options(args))
+    print(json.dumps(report, indent=2) if args.json else _eval_summary(report, out) + "\n" + DISCLAIMER)
+    return _parity_status(report)
+
+
+def _parity_status(report: dict) -> int:
+    """1 with a line on stderr when a variant's baked and hooked runs disagree."""
+    failed = [name for name, item in report["variants"].items() if not item["parity"]["passed"]]
+    for name in failed:
+        parity = report["variants"][name]["parity"]
+        print(f"finsurg: error: {name}: baked and hooked lm-eval log-likelihoods disagree "
+              f"(max |Δ| {parity['worst']:.3g} > {parity['atol']:g}); the variant does not serve the surgery",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _eval_summary(report: dict, out: Path | None) -> str:
+    from finsurg.exporter.evaluation import render_table
+
+    where = f"\nWrote {out}/eval.json and eval.md" if out is not None else ""
+    return "lm-eval results (float32 compute):\n" + render_table(report) + where
 
 
 def _verify(args, progress) -> int:

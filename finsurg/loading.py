@@ -9,11 +9,16 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model(path: Path, dtype: torch.dtype = torch.float32):
-    """Eager attention: TransformerBridge switches to it, so exact comparisons need it too."""
+def load_model(path: Path, dtype: torch.dtype = torch.float32, compute: torch.dtype | None = None):
+    """Weights read as `dtype`, then computed in `compute` (default: the same).
+
+    Eager attention: TransformerBridge switches to it, so exact comparisons need it too.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    if compute is not None and compute != dtype:
+        model.to(compute)
     model.eval()
     return model
 

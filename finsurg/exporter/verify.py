@@ -90,14 +90,9 @@ def _hidden(model, ids: torch.Tensor, upto: int) -> list[torch.Tensor]:
     return [state.clone() for state in states[: upto + 1]]
 
 
-def _load(path: Path, weights: torch.dtype, compute: torch.dtype):
-    """Weights rounded to the variant's dtype, computed in `compute`: the exact check's footing."""
-    return load_model(path, weights).to(compute)
-
-
 def _reference_run(base: Path, tokenizer, prompts, offsets, weights, dtype, new_tokens, first, bar) -> dict:
     """Base model: plain logits and hidden states, then hooked logits and greedy tokens."""
-    model = _load(base, weights, dtype)
+    model = load_model(base, weights, dtype)
     run = {"plain": [], "hooked": [], "hidden": [], "greedy": []}
     for ids in prompts:
         run["hidden"].append(_hidden(model, ids, first))
@@ -116,7 +111,7 @@ def _reference_run(base: Path, tokenizer, prompts, offsets, weights, dtype, new_
 
 
 def _variant_run(directory: Path, prompts, weights, dtype, new_tokens, first, bar) -> dict:
-    model = _load(directory, weights, dtype)
+    model = load_model(directory, weights, dtype)
     run = {"logits": [], "hidden": [], "greedy": []}
     for ids in prompts:
         run["hidden"].append(_hidden(model, ids, first))

@@ -1,0 +1,92 @@
+"""finsurg eval: lm-eval on base, baked and hooked; parity must hold item by item, and fail when it should."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from conftest import tiny_recipe
+from finsurg.analysis.prompts import PromptSet
+from finsurg.cli import main
+from finsurg.exporter.evaluation import FINSURG_TASKS, Runner, evaluate, tasks_dir
+from finsurg.exporter.export import export_variants
+from finsurg.hashing import check_sums, write_sums
+from finsurg.model_source import resolve_model
+
+LIMIT = 6
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("eval")
+    recipe = tiny_recipe(root / "recipe", scale=4.0)
+    export_variants(resolve_model(str(tiny_model)), recipe, 3.0, root / "out", verify=False, progress=False)
+    return root / "out"
+
+
+def _jsonl(name):
+    return [json.loads(line) for line in (tasks_dir() / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_shipped_tasks_are_large_enough_and_load_offline():
+    advice, general, prose = _jsonl("finsurg_advice"), _jsonl("finsurg_general"), _jsonl("finsurg_prose")
+    assert len(advice) >= 60 and len(general) >= 150 and len(prose) >= 10
+    assert all(row["advice"] != row["caution"] for row in advice)
+    assert all(0 <= row["answer"] < len(row["choices"]) == 4 for row in general)
+    analysis = PromptSet.load()
+    seen = {text for category in analysis.categories for text in category.train + category.heldout}
+    assert not seen & {row["question"] for row in advice}
+    runner = Runner(FINSURG_TASKS, chat=False, limit=1, batch_size=4, progress=False)
+    assert set(FINSURG_TASKS) <= set(runner.manager.all_tasks)
+
+
+def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
+    report = evaluate([export_dir], out_dir=tmp_path / "eval", limit=LIMIT, batch_size=4, progress=False)
+    assert report["passed"] and report["chat_template"] is False
+    metrics = report["metrics"]
+    for name in ("steered", "conservative"):
+        parity = report["variants"][name]["parity"]
+        assert parity["passed"] and parity["worst"] < 1e-3
+        assert set(parity["max_abs_loglik_diff"]) == set(FINSURG_TASKS)
+        for task in FINSURG_TASKS:
+            for metric, value in metrics[f"{name}/baked"][task].items():
+                assert value == pytest.approx(metrics[f"{name}/hooked"][task][metric], rel=1e-4)
+        # the surgery is live in lm-eval too: the variant scores differently from the base
+        assert metrics[f"{name}/baked"]["finsurg_prose"]["word_perplexity"] != metrics["base"]["finsurg_prose"][
+            "word_perplexity"]
+    assert metrics["steered/baked"]["finsurg_advice"]["log_odds"] != metrics["conservative/baked"]["finsurg_advice"][
+        "log_odds"]
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert written["variants"].keys() == {"steered", "conservative"}
+    assert "| finsurg_general | acc |" in (tmp_path / "eval" / "eval.md").read_text()
+    for name in ("steered", "conservative"):
+        own = json.loads((export_dir / name / "eval.json").read_text())
+        assert own["variant"] == name and own["parity"]["passed"]
+        check_sums(export_dir / name)  # eval.json is sealed into SHA256SUMS
+
+
+def test_wrong_bias_fails_parity(export_dir, tmp_path, capsys):
+    variant = tmp_path / "steered"
+    variant.mkdir()
+    for path in (export_dir / "steered").iterdir():
+        (variant / path.name).write_bytes(path.read_bytes())
+    shard = variant / "model-00002-of-00002.safetensors"
+    tensors = load_file(shard)
+    tensors["model.layers.1.mlp.down_proj.bias"] *= 1.5
+    save_file(tensors, shard, metadata={"format": "pt"})
+    write_sums(variant)
+
+    code = main(["eval", str(variant), "--limit", str(LIMIT), "--eval-batch-size", "4", "--out",
+                 str(tmp_path / "eval"), "--quiet", "--json"])
+    assert code == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    parity = report["variants"]["steered"]["parity"]
+    assert not report["passed"] and not parity["passed"] and parity["worst"] > 1e-3
+    assert "steered: baked and hooked lm-eval log-likelihoods disagree" in captured.err
+    assert captured.err.strip().count("\n") == 0
+
+
+def test_eval_refuses_a_directory_without_variants(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--quiet"]) == 2
+    assert "holds no finsurg variant" in capsys.readouterr().err
