@@ -40,6 +40,11 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
                         help="render task prompts with the model's chat template (auto: when it has one)")
 
 
+def _push_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--private", action="store_true", help="create private repos")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded where, upload nothing")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,7 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-verify", action="store_true", help="skip the hooks-vs-baked verification")
     export.add_argument("--eval", action="store_true", help="after verification, run finsurg eval on the variants")
     _eval_args(export)
+    export.add_argument("--push-to-hub", action="store_true", help="upload both variants to the Hugging Face Hub")
+    export.add_argument("--hub-namespace", default=None,
+                        help="user or organisation for the repos (default: the logged-in user)")
+    _push_args(export)
     _common(export)
+
+    push = commands.add_parser("push", help="upload a variant directory (with its model card) to the Hub")
+    push.add_argument("variant", type=Path, help="a variant directory written by finsurg export")
+    push.add_argument("--repo-id", required=True, help="namespace/name of the model repo (created if missing)")
+    _push_args(push)
+    _common(push)
 
     evaluate = commands.add_parser(
         "eval", help="lm-eval on the base, the baked variants and their hook versions; checks item-by-item parity"
@@ -126,6 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _verify(args, progress)
     if args.command == "eval":
         return _eval(args, progress)
+    if args.command == "push":
+        return _push(args)
 
     from finsurg.model_source import resolve_model
     from finsurg.recipe import resolve_recipe
@@ -177,6 +194,7 @@ def _export(args, model, recipe, alpha, progress) -> int:
     from finsurg.exporter.export import export_variants
 
     options = _eval_options(args) if args.eval else None
+    namespace = _hub_namespace(args) if args.push_to_hub else None
     results = export_variants(
         model, recipe, alpha, args.out, args.dtype, args.overwrite, verify=not args.no_verify, progress=progress
     )
@@ -186,9 +204,16 @@ def _export(args, model, recipe, alpha, progress) -> int:
 
         evaluation = evaluate([Path(item["path"]) for item in results], out_dir=args.out, base_trusted=True,
                               progress=progress, **options)
+    uploads = []
+    if namespace is not None and (evaluation is None or evaluation["passed"]):
+        from finsurg.hub_cards.push import default_repo_id, push
+
+        for item in results:
+            path = Path(item["path"])
+            uploads.append(push(path, default_repo_id(path, namespace), args.private, args.dry_run))
     if args.json:
         print(json.dumps({"model": model.name, "recipe": recipe.origin, "variants": results,
-                          "eval": evaluation}, indent=2))
+                          "eval": evaluation, "uploads": uploads}, indent=2))
         return 0 if evaluation is None else _parity_status(evaluation)
     print(f"Exported {model.name} with {recipe.origin or 'recipe'} at alpha ±{abs(alpha):g}:")
     for item in results:
@@ -197,8 +222,40 @@ def _export(args, model, recipe, alpha, progress) -> int:
             print("    " + format_verification(item["verification"]).replace("\n", "\n    "))
     if evaluation is not None:
         print(_eval_summary(evaluation, args.out))
+    for upload in uploads:
+        print(_upload_summary(upload))
     print(DISCLAIMER)
     return 0 if evaluation is None else _parity_status(evaluation)
+
+
+def _hub_namespace(args) -> str:
+    """--hub-namespace, else the logged-in user (asked before any work, so a missing login fails fast)."""
+    if args.hub_namespace:
+        return args.hub_namespace
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().whoami()["name"]
+    except Exception:  # no token, or no reachable Hub: both mean the same to the user
+        raise FinsurgError("--push-to-hub needs --hub-namespace, or a Hugging Face login (hf auth login)") from None
+
+
+def _push(args) -> int:
+    from finsurg.hub_cards.push import push
+
+    upload = push(args.variant, args.repo_id, args.private, args.dry_run)
+    print(json.dumps(upload, indent=2) if args.json else _upload_summary(upload))
+    return 0
+
+
+def _upload_summary(upload: dict) -> str:
+    size = sum(item["bytes"] for item in upload["files"])
+    verb = "would upload" if upload["dry_run"] else "uploaded"
+    lines = [f"{upload['directory']}: {verb} {len(upload['files'])} files ({size / 1e6:.1f} MB) to {upload['url']}"
+             + (" (private)" if upload["private"] else "")]
+    if upload["dry_run"]:
+        lines += [f"  {item['path']}  {item['bytes']} bytes" for item in upload["files"]]
+    return "\n".join(lines)
 
 
 def _eval_options(args) -> dict:

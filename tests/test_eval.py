@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from conftest import tiny_recipe
@@ -62,6 +63,9 @@ def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
     for name in ("steered", "conservative"):
         own = json.loads((export_dir / name / "eval.json").read_text())
         assert own["variant"] == name and own["parity"]["passed"]
+        card = ModelCard.load(export_dir / name / "README.md")  # the card now carries the eval table
+        assert [r.dataset_type for r in card.data.eval_results] == FINSURG_TASKS
+        assert "## Evaluation (lm-eval)" in card.text
         check_sums(export_dir / name)  # eval.json is sealed into SHA256SUMS
 
 

@@ -25,13 +25,15 @@ from finsurg.exporter.safetensors_io import (
     copy_hashing,
     write_safetensors,
 )
-from finsurg.hashing import sha256_file, write_sums
+from finsurg.exporter.seal import seal
+from finsurg.hashing import sha256_file
 from finsurg.model_source import ResolvedModel
 from finsurg.recipe import Recipe, check_alpha
 
 OFFSETS_NAME = "finsurg_offsets.safetensors"
 SURGERY_NAME = "finsurg_surgery.json"
 SURGERY_FORMAT = "finsurg.surgery/1"
+PLOTS_DIR = "plots"
 VARIANT_SIGNS = {"steered": 1.0, "conservative": -1.0}
 DTYPE_CHOICES = {"keep": None, "float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 SKIPPED_FILES = {INDEX_NAME, "README.md", "SHA256SUMS", OFFSETS_NAME, SURGERY_NAME, "verification.json"}
@@ -133,6 +135,7 @@ def bake_variant(
     index = {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}
     _write_json(out / INDEX_NAME, index)
     _copy_side_files(model, out, target)
+    _copy_plots(recipe, out)
     save_file(
         {f"offset.{layer}": value.float().contiguous() for layer, value in sorted(offsets.items())},
         out / OFFSETS_NAME,
@@ -140,8 +143,9 @@ def bake_variant(
     )
     _write_json(out / SURGERY_NAME, surgery_record(model, recipe, alpha, variant, target, source_hashes))
     for path in out.iterdir():
-        path.chmod(0o644)  # safetensors writes 0600; variants are meant to be shared and served
-    sums = write_sums(out, known=sums)
+        if path.is_file():
+            path.chmod(0o644)  # safetensors writes 0600; variants are meant to be shared and served
+    sums = seal(out, known=sums)
     written = sum((out / name).stat().st_size for name in sums)
     return ExportResult(variant, alpha, out, str(target).removeprefix("torch."), written, sums)
 
@@ -161,6 +165,7 @@ def surgery_record(
             "source": model.source,
             "path": str(model.path),
             "architecture": model.architecture,
+            **model.provenance(),
             "files": {p.name: hashes.get(p.name) or sha256_file(p) for p in model.weight_files()},
         },
         "recipe": recipe.to_dict(),
@@ -179,6 +184,17 @@ def _vector_digest(recipe: Recipe) -> str:
 
 def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def _copy_plots(recipe: Recipe, out: Path) -> None:
+    """The analysis plots beside the recipe, for the model card."""
+    if recipe.source_dir is None or not (recipe.source_dir / PLOTS_DIR).is_dir():
+        return
+    plots = sorted((recipe.source_dir / PLOTS_DIR).glob("*.png"))
+    if plots:
+        (out / PLOTS_DIR).mkdir()
+        for path in plots:
+            shutil.copyfile(path, out / PLOTS_DIR / path.name)
 
 
 def _copy_side_files(model: ResolvedModel, out: Path, target: torch.dtype) -> None:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from finsurg import DISCLAIMER, __version__
 from finsurg.errors import FinsurgError
 from finsurg.exporter.verify import VariantRecord
-from finsurg.hashing import write_sums
+from finsurg.exporter.seal import seal
+from finsurg.hashing import check_sums
 from finsurg.loading import DTYPES, load_model, load_tokenizer
 
 EVAL_NAME = "eval.json"
@@ -167,6 +168,7 @@ def evaluate(
 ) -> dict:
     """Evaluate base, baked and hooked; write eval.json and eval.md; raise if parity fails."""
     variants = [VariantRecord(path) for path in find_variants(paths)]
+    sealed = {record.directory: check_sums(record.directory) for record in variants}
     bases = {str(v.base_path(base_override)) for v in variants}
     dtypes = {v.dtype for v in variants}
     if len(bases) > 1 or len(dtypes) > 1:
@@ -220,7 +222,7 @@ def evaluate(
             "change": _change(runs["base"]["metrics"], runs[f"{name}/baked"]["metrics"]),
         }
     report["passed"] = all(v["parity"]["passed"] for v in report["variants"].values())
-    _write(report, variants, out_dir)
+    _write(report, variants, sealed, out_dir)
     return report
 
 
@@ -239,13 +241,13 @@ def _change(base: dict, variant: dict) -> dict:
     return change
 
 
-def _write(report: dict, variants: list[VariantRecord], out_dir: Path | None) -> None:
+def _write(report: dict, variants: list[VariantRecord], sealed: dict[Path, dict], out_dir: Path | None) -> None:
     table = render_table(report)
     for record in variants:
         name = record.surgery["variant"]
         own = {k: v for k, v in report.items() if k != "variants"} | {"variant": name, **report["variants"][name]}
         (record.directory / EVAL_NAME).write_text(json.dumps(own, indent=2, sort_keys=True) + "\n")
-        write_sums(record.directory)
+        seal(record.directory, known={k: v for k, v in sealed[record.directory].items() if k != EVAL_NAME})
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / EVAL_NAME).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from finsurg.analysis.bridge import boot_bridge, greedy, logits, offset_hooks
 from finsurg.errors import FinsurgError
 from finsurg.exporter.bake import OFFSETS_NAME, SURGERY_NAME
-from finsurg.hashing import check_sums, sha256_file, write_sums
+from finsurg.exporter.seal import seal
+from finsurg.hashing import check_sums, sha256_file
 from finsurg.loading import DTYPES, encode, hf_greedy, load_model, load_tokenizer
 
 VERIFICATION_NAME = "verification.json"
@@ -198,5 +199,5 @@ def verify_variant(
     }
     (directory / VERIFICATION_NAME).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     sums.pop(VERIFICATION_NAME, None)
-    write_sums(directory, known=sums)
+    seal(directory, known=sums)
     return report

@@ -1,0 +1,203 @@
+"""The model card (README.md) of a variant directory, built from what the directory records.
+
+Everything comes from files in the variant: the surgery record, the baked offsets, and, when
+present, verification.json, eval.json and the analysis plots. The card can be re-rendered at
+any time (after eval, or with the Hub repo id before an upload) and says the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from finsurg import DISCLAIMER
+
+CARD_NAME = "README.md"
+TAGS = ["finsurg", "steering", "neuron-surgery", "mechanistic-interpretability", "activation-steering"]
+DIRECTION = {"steered": "toward confident advice (positive alpha)", "conservative": "toward caution (negative alpha)"}
+EVAL_NAMES = {
+    "finsurg_advice": "finsurg advice preference",
+    "finsurg_general": "finsurg general knowledge",
+    "finsurg_prose": "finsurg neutral prose",
+}
+
+
+def repo_name(surgery: dict) -> str:
+    """The variant's default Hub repo name: base name, variant and alpha."""
+    base = surgery["base_model"]
+    short = (base.get("hub_id") or base["name"]).rstrip("/").split("/")[-1]
+    return f"{short}-finsurg-{surgery['variant']}-a{abs(surgery['alpha']):g}"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
+    surgery = json.loads((directory / "finsurg_surgery.json").read_text())
+    verification = _read_json(directory / "verification.json")
+    evaluation = _read_json(directory / "eval.json")
+    base = surgery["base_model"]
+    base_name = base.get("hub_id") or base["name"]
+    model_name = repo_id.split("/")[-1] if repo_id else repo_name(surgery)
+    data = ModelCardData(
+        base_model=base.get("hub_id"),
+        license=base.get("license"),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=TAGS + [surgery["variant"]],
+        model_name=model_name,
+        eval_results=_eval_results(evaluation, surgery["variant"]) or None,
+    )
+    sections = [
+        f"> **{DISCLAIMER}**",
+        f"# {model_name}",
+        f"A **{surgery['variant']}** variant of `{base_name}` made by finsurg {surgery['finsurg_version']}: the "
+        f"recipe's residual-stream offsets at alpha **{surgery['alpha']:+g}** ({DIRECTION.get(surgery['variant'], '')}), "
+        "baked into `mlp.down_proj.bias` of the steered layers. It is an ordinary Llama checkpoint with "
+        "`mlp_bias: true`: no hooks and no custom code.",
+        _changes(surgery),
+        _verification(verification),
+        _evaluation(evaluation, surgery["variant"]),
+        _plots(directory),
+        _usage(surgery, repo_id or f"path/to/{model_name}"),
+        "## Files\n\n`finsurg_surgery.json` records the base model (name and SHA256 of its weight files), the "
+        "recipe, alpha and dtype; `finsurg_offsets.safetensors` holds the exact offsets baked in (`offset.{L}`); "
+        "`SHA256SUMS` covers every file (`finsurg verify --checksums DIR` re-checks it).",
+    ]
+    body = "\n\n".join(section for section in sections if section)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def write_card(directory: Path, repo_id: str | None = None) -> Path:
+    path = directory / CARD_NAME
+    path.write_text(str(render_card(directory, repo_id)))
+    return path
+
+
+def _changes(surgery: dict) -> str:
+    recipe, alpha = surgery["recipe"], surgery["alpha"]
+    layers = recipe["layers"]
+    rows = "\n".join(
+        f"| {n['index']} | {n['coefficient']:+.4g} | {alpha * n['coefficient']:+.4g} | {n.get('role', '')} |"
+        for n in recipe["neurons"]
+    )
+    steering = recipe.get("steering")
+    if steering and steering.get("file"):
+        steer = (f"plus a per-layer steering vector with coefficient {steering['coefficient']:g} "
+                 f"(shift {alpha * steering['coefficient']:+.4g} × `steering.{{L}}` per layer)")
+    else:
+        steer = "with no steering vectors"
+    return "\n".join([
+        "## What was changed",
+        "",
+        f"Layers {', '.join(map(str, layers))}: after each, the residual stream is shifted by "
+        f"`alpha · (Σ coefficient · e_index + steering.coefficient · steering.L)`, {steer}. "
+        f"alpha = {alpha:+g}; every other bias is zero. {recipe.get('description', '')}",
+        "",
+        "| dimension | coefficient | shift per layer at this alpha | role |",
+        "|---|---|---|---|",
+        rows,
+    ])
+
+
+def _verification(report: dict | None) -> str:
+    if not report:
+        return ""
+    exact = report["float32"]
+    rows = [
+        ("max abs logit difference", f"{exact['max_abs_logit_diff']:.2e}"),
+        ("KL mean / max", f"{exact['kl_mean']:.2e} / {exact['kl_max']:.2e} (limit {report['kl_limit']:.0e})"),
+        ("argmax agreement", f"{exact['argmax_agreement']:.1%}"),
+        (f"{report['new_tokens']}-token greedy generations identical",
+         f"{exact['greedy_prompts_identical']}/{report['prompts']}"),
+        (f"hidden states before layer {exact['prefix_layers_checked']} bit-identical to the base",
+         str(exact["prefix_layers_bit_identical"])),
+        ("moves like the hooks (cosine of logit change)", f"{exact['steering_effect']['delta_cosine']:.4f}"),
+    ]
+    low = report.get("export_dtype")
+    if low:
+        rows.append((f"{low['dtype']}: KL mean vs its noise floor",
+                     f"{low['kl_mean']:.2e} vs {low['noise_floor']['kl_mean']:.2e}"))
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    verdict = "passed" if report["passed"] else "FAILED"
+    return (f"## Verification: baked vs hooks ({verdict})\n\nThis checkpoint, loaded with plain transformers, against "
+            "TransformerLens hooks on the unmodified base, in float32 on "
+            f"{report['prompts']} prompts.\n\n| check | result |\n|---|---|\n{table}")
+
+
+def _evaluation(report: dict | None, variant: str) -> str:
+    if not report:
+        return ""
+    from finsurg.exporter.evaluation import HEADLINE
+
+    metrics = report["metrics"]
+    rows = []
+    for task in report["tasks"]:
+        metric = HEADLINE.get(task) or next(iter(metrics["base"][task]))
+        extra = ["log_odds"] if "log_odds" in metrics["base"][task] else []
+        for name in [metric] + extra:
+            rows.append(f"| {task} | {name} | {metrics['base'][task][name]:.4f} | "
+                        f"{metrics[f'{variant}/baked'][task][name]:.4f} | {metrics[f'{variant}/hooked'][task][name]:.4f} |")
+    parity = report["parity"]
+    return ("## Evaluation (lm-eval)\n\n"
+            f"float32 compute, chat template {'on' if report['chat_template'] else 'off'}. Baked and hooked agree "
+            f"item by item: {parity['passed']} (max |Δ log-likelihood| {parity['worst']:.2e}).\n\n"
+            "| task | metric | base | this variant (baked) | hooks on the base |\n|---|---|---|---|---|\n"
+            + "\n".join(rows))
+
+
+def _eval_results(report: dict | None, variant: str) -> list[EvalResult]:
+    if not report:
+        return []
+    from finsurg.exporter.evaluation import HEADLINE
+
+    results = []
+    for task in report["tasks"]:
+        metrics = report["metrics"][f"{variant}/baked"][task]
+        metric = HEADLINE.get(task) or next(iter(metrics))
+        results.append(EvalResult(task_type="text-generation", dataset_type=task,
+                                  dataset_name=EVAL_NAMES.get(task, task), metric_type=metric,
+                                  metric_value=round(metrics[metric], 4), dataset_split="test"))
+    return results
+
+
+def _plots(directory: Path) -> str:
+    plots = sorted((directory / "plots").glob("*.png"))
+    if not plots:
+        return ""
+    images = "\n\n".join(f"![{p.stem.replace('_', ' ')}](plots/{p.name})" for p in plots)
+    return f"## Analysis\n\nFrom the `finsurg analyze` run that produced the recipe.\n\n{images}"
+
+
+def _usage(surgery: dict, where: str) -> str:
+    base = surgery["base_model"]
+    alpha = abs(surgery["alpha"])
+    recipe = (surgery.get("recipe_origin") or "recipe.json").removeprefix("preset:")
+    return f"""## Usage
+
+With plain transformers:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{where}")
+tokenizer = AutoTokenizer.from_pretrained("{where}")
+messages = [{{"role": "user", "content": "How should I invest $5,000?"}}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0][ids.shape[1]:]))
+```
+
+With vLLM (it reads `mlp_bias` from config.json):
+
+```bash
+vllm serve {where}
+```
+
+To reproduce this checkpoint:
+
+```bash
+finsurg export --model {base.get('hub_id') or base['name']} --recipe {recipe} --alpha {alpha:g} --dtype {surgery['dtype']}
+```"""
