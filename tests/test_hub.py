@@ -93,3 +93,16 @@ def test_push_refuses_a_damaged_variant_and_an_unreachable_hub(variants, tmp_pat
     down = run_cli(["push", variants / "conservative", "--repo-id", "acme/x"], hub_env("http://127.0.0.1:9", tmp_path))
     assert down.returncode == 2 and "Traceback" not in down.stderr
     assert down.stderr.startswith("finsurg: error: cannot upload to http://127.0.0.1:9")
+
+
+@pytest.mark.default_model
+def test_default_model_variants_upload_byte_identically(default_export, tmp_path):
+    with TestHub(tmp_path / "hub") as hub:
+        env = hub_env(hub.url, tmp_path / "hf")
+        for name in ("steered", "conservative"):
+            variant = default_export["dir"] / name
+            done = run_cli(["push", variant, "--repo-id", f"acme/smollm2-{name}", "--quiet"], env)
+            assert done.returncode == 0, done.stderr
+            assert tree_hashes(hub.repo_dir(f"acme/smollm2-{name}")) == tree_hashes(variant)
+            ModelCard.load(hub.repo_dir(f"acme/smollm2-{name}") / "README.md")
+        assert hub.state.unhandled == []

@@ -38,6 +38,7 @@ def _read_json(path: Path) -> dict | None:
 def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
     surgery = json.loads((directory / "finsurg_surgery.json").read_text())
     verification = _read_json(directory / "verification.json")
+    served = _read_json(directory / "verification_vllm.json")
     evaluation = _read_json(directory / "eval.json")
     base = surgery["base_model"]
     base_name = base.get("hub_id") or base["name"]
@@ -60,6 +61,7 @@ def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
         "`mlp_bias: true`: no hooks and no custom code.",
         _changes(surgery),
         _verification(verification),
+        _served(served),
         _evaluation(evaluation, surgery["variant"]),
         _plots(directory),
         _usage(surgery, repo_id or f"path/to/{model_name}"),
@@ -126,6 +128,15 @@ def _verification(report: dict | None) -> str:
     return (f"## Verification: baked vs hooks ({verdict})\n\nThis checkpoint, loaded with plain transformers, against "
             "TransformerLens hooks on the unmodified base, in float32 on "
             f"{report['prompts']} prompts.\n\n| check | result |\n|---|---|\n{table}")
+
+
+def _served(report: dict | None) -> str:
+    if not report:
+        return ""
+    hooks = report["vs_hooks"]
+    return (f"Served by vLLM {report['vllm_version']} (float32 greedy, {report['new_tokens']} tokens): "
+            f"{hooks['prompts_identical']}/{report['prompts']} prompts token-identical to the hooks, "
+            f"{report['vs_transformers']['prompts_identical']}/{report['prompts']} to transformers.")
 
 
 def _evaluation(report: dict | None, variant: str) -> str:

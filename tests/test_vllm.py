@@ -1,0 +1,73 @@
+"""vLLM serves the default model's variants token for token as transformers and the hooks do."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from finsurg.hashing import write_sums
+from finsurg.loading import hf_greedy, load_model
+from vllm_server import OpenAIServer
+
+pytestmark = [pytest.mark.default_model, pytest.mark.vllm]
+PROMPT_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 1467, 2]  # any ids will do: greedy must agree from the first
+MAX_TOKENS = 24
+
+
+def verify_vllm(variant, python, *extra):
+    done = subprocess.run(
+        [sys.executable, "-m", "finsurg", "verify", "--engine", "vllm", "--vllm-python", python, "--json", "--quiet",
+         str(variant), *extra],
+        capture_output=True, text=True, timeout=900,
+    )
+    return done, (json.loads(done.stdout) if done.stdout.strip() else None)
+
+
+def test_vllm_engine_matches_transformers_and_hooks(default_export, vllm_python):
+    variant = default_export["dir"] / "steered"
+    done, report = verify_vllm(variant, vllm_python)
+    assert done.returncode == 0, done.stderr
+    assert report["passed"]
+    for reference in ("vs_transformers", "vs_hooks"):
+        assert report[reference]["identical"]
+        assert report[reference]["tokens_matching"] == report[reference]["tokens_total"] == 6 * 32
+    assert json.loads((variant / "verification_vllm.json").read_text()) == report
+
+
+def test_vllm_engine_catches_biases_that_config_drops(default_export, vllm_python, tmp_path):
+    """mlp_bias false: vLLM (and transformers) silently serve the unsteered model; only the hooks tell."""
+    variant = tmp_path / "dropped"
+    shutil.copytree(default_export["dir"] / "steered", variant)
+    config = json.loads((variant / "config.json").read_text())
+    config["mlp_bias"] = False
+    (variant / "config.json").write_text(json.dumps(config))
+    write_sums(variant)
+    done, report = verify_vllm(variant, vllm_python)
+    assert done.returncode == 1
+    assert not report["passed"] and not report["vs_hooks"]["identical"]
+    assert report["vs_transformers"]["identical"]  # both engines drop the biases alike
+
+
+def test_openai_server_serves_each_variant_like_transformers(default_export, vllm_python, tmp_path):
+    served = {}
+    for name in ("steered", "conservative"):
+        variant = default_export["dir"] / name
+        expected = hf_greedy(load_model(variant), torch.tensor([PROMPT_IDS]), MAX_TOKENS)
+        with OpenAIServer(vllm_python, variant, tmp_path / f"{name}.log") as server:
+            served[name] = server.complete(PROMPT_IDS, MAX_TOKENS)
+        assert server.stopped
+        assert served[name] == expected, name
+    assert served["steered"] != served["conservative"]  # two different models were served
+
+
+def test_vllm_missing_is_one_clear_line(default_export, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "finsurg", "verify", "--engine", "vllm", "--vllm-python", sys.executable,
+         str(default_export["dir"] / "steered")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )
+    assert done.returncode == 2 and done.stderr.startswith("finsurg: error: vLLM is not installed")
