@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default="keep", choices=["keep", "float32", "bfloat16", "float16"],
                         help="weight dtype of the variants (default: keep the base's)")
     export.add_argument("--overwrite", action="store_true", help="replace existing variant directories")
+    export.add_argument("--link", default="auto", choices=["auto", "copy"],
+                        help="unchanged shards: auto reflinks them where the filesystem allows (copy-on-write, "
+                             "so the base can never change through them) and copies elsewhere; copy always copies")
     export.add_argument("--no-verify", action="store_true", help="skip the hooks-vs-baked verification")
     export.add_argument("--eval", action="store_true", help="after verification, run finsurg eval on the variants")
     _eval_args(export)
@@ -201,7 +204,8 @@ def _export(args, model, recipe, alpha, progress) -> int:
     options = _eval_options(args) if args.eval else None
     namespace = _hub_namespace(args) if args.push_to_hub else None
     results = export_variants(
-        model, recipe, alpha, args.out, args.dtype, args.overwrite, verify=not args.no_verify, progress=progress
+        model, recipe, alpha, args.out, args.dtype, args.overwrite, verify=not args.no_verify, progress=progress,
+        link=args.link,
     )
     evaluation = None
     if options is not None:
@@ -222,7 +226,10 @@ def _export(args, model, recipe, alpha, progress) -> int:
         return 0 if evaluation is None else _parity_status(evaluation)
     print(f"Exported {model.name} with {recipe.origin or 'recipe'} at alpha ±{abs(alpha):g}:")
     for item in results:
-        print(f"  {item['variant']:<13} alpha {item['alpha']:+g}  {item['path']}  ({item['bytes'] / 1e6:.0f} MB, {item['dtype']})")
+        modes = sorted(set(item["shards"].values()))
+        how = f", unchanged shards by {'/'.join(modes)}" if modes else ""
+        print(f"  {item['variant']:<13} alpha {item['alpha']:+g}  {item['path']}  "
+              f"({item['bytes'] / 1e6:.0f} MB, {item['dtype']}{how})")
         if "verification" in item:
             print("    " + format_verification(item["verification"]).replace("\n", "\n    "))
     if evaluation is not None:

@@ -18,15 +18,9 @@ from tqdm import tqdm
 from finsurg import DISCLAIMER, __version__
 from finsurg.errors import FinsurgError
 from finsurg.exporter.checkpoint import INDEX_NAME, Checkpoint
-from finsurg.exporter.safetensors_io import (
-    FLOAT_CODES,
-    TORCH_DTYPES,
-    Entry,
-    copy_hashing,
-    write_safetensors,
-)
+from finsurg.exporter.safetensors_io import FLOAT_CODES, TORCH_DTYPES, Entry, write_safetensors
 from finsurg.exporter.seal import seal
-from finsurg.hashing import sha256_file
+from finsurg.exporter.shard_copy import SourceHashes, copy_shard
 from finsurg.model_source import ResolvedModel
 from finsurg.recipe import Recipe, check_alpha
 
@@ -52,6 +46,7 @@ class ExportResult:
     dtype: str
     bytes_written: int
     sums: dict[str, str] = field(default_factory=dict)
+    copied: dict[str, str] = field(default_factory=dict)  # unchanged shard -> "reflink" or "copy"
 
 
 def bake_variant(
@@ -61,12 +56,16 @@ def bake_variant(
     variant: str,
     out: Path,
     dtype: str = "keep",
-    source_hashes: dict[str, str] | None = None,
+    source_hashes: SourceHashes | None = None,
     progress: bool = True,
+    link: str = "auto",
 ) -> ExportResult:
-    """Write one complete variant directory into `out`, an empty directory."""
+    """Write one complete variant directory into `out`, an empty directory.
+
+    `source_hashes` is shared between the variants of one export, so each base file is hashed once.
+    """
     alpha = check_alpha(alpha)
-    source_hashes = {} if source_hashes is None else source_hashes
+    source_hashes = SourceHashes() if source_hashes is None else source_hashes
     checkpoint = Checkpoint.open(model.path)
     layers = model.num_layers
     names = checkpoint.names()
@@ -96,6 +95,7 @@ def bake_variant(
     count = len(checkpoint.shards) + (1 if new_biases else 0)
     shard_names = [f"model-{k:05d}-of-{count:05d}.safetensors" for k in range(1, count + 1)]
     sums: dict[str, str] = {}
+    copied: dict[str, str] = {}
     weight_map: dict[str, str] = {}
     tensor_bytes = 0
     total = checkpoint.total_bytes
@@ -105,9 +105,10 @@ def bake_variant(
                 info.dtype in FLOAT_CODES and info.dtype != target_code for info in shard.tensors.values()
             )
             touched = changed.keys() & shard.tensors.keys()
+            source_hashes.start(shard.path)
             if not needs_cast and not touched:
-                digest = copy_hashing(shard.path, out / filename, bar.update)
-                source_hashes.setdefault(shard.path.name, digest)
+                copied[filename] = copy_shard(shard.path, out / filename, link, bar.update)
+                digest = source_hashes.get(shard.path)  # the bytes are the source's
                 tensor_bytes += sum(info.nbytes for info in shard.tensors.values())
             else:
                 entries = [
@@ -123,8 +124,6 @@ def bake_variant(
                 ]
                 digest = write_safetensors(out / filename, entries, bar.update)
                 tensor_bytes += sum(entry.nbytes for entry in entries)
-                if shard.path.name not in source_hashes:
-                    source_hashes[shard.path.name] = sha256_file(shard.path)
             sums[filename] = digest
             weight_map.update({name: filename for name in shard.tensors})
         if new_biases:
@@ -147,11 +146,11 @@ def bake_variant(
             path.chmod(0o644)  # safetensors writes 0600; variants are meant to be shared and served
     sums = seal(out, known=sums)
     written = sum((out / name).stat().st_size for name in sums)
-    return ExportResult(variant, alpha, out, str(target).removeprefix("torch."), written, sums)
+    return ExportResult(variant, alpha, out, str(target).removeprefix("torch."), written, sums, copied)
 
 
 def surgery_record(
-    model: ResolvedModel, recipe: Recipe, alpha: float, variant: str, target: torch.dtype, hashes: dict[str, str]
+    model: ResolvedModel, recipe: Recipe, alpha: float, variant: str, target: torch.dtype, hashes: SourceHashes
 ) -> dict:
     return {
         "format": SURGERY_FORMAT,
@@ -166,7 +165,7 @@ def surgery_record(
             "path": str(model.path),
             "architecture": model.architecture,
             **model.provenance(),
-            "files": {p.name: hashes.get(p.name) or sha256_file(p) for p in model.weight_files()},
+            "files": {p.name: hashes.get(p) for p in model.weight_files()},
         },
         "recipe": recipe.to_dict(),
         "recipe_origin": recipe.origin,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
-from finsurg.errors import FinsurgError
 from finsurg.atomic import building
+from finsurg.errors import FinsurgError
 from finsurg.exporter.bake import DTYPE_CHOICES, VARIANT_SIGNS, bake_variant
+from finsurg.exporter.shard_copy import LINK_MODES, SourceHashes
 from finsurg.exporter.verify import verify_variant
 from finsurg.model_source import ResolvedModel
 from finsurg.recipe import Recipe, check_alpha
@@ -40,31 +42,35 @@ def export_variants(
     overwrite: bool = False,
     verify: bool = True,
     progress: bool = True,
+    link: str = "auto",
 ) -> list[dict]:
+    """Bake and verify both variants in hidden directories; publish them together, or neither."""
     alpha = check_alpha(alpha)
     if alpha == 0:
         raise FinsurgError("alpha must be non-zero: at 0 both variants equal the base model")
     if dtype not in DTYPE_CHOICES:
         raise FinsurgError(f"unknown --dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
+    if link not in LINK_MODES:
+        raise FinsurgError(f"unknown --link {link!r} (choose from {', '.join(LINK_MODES)})")
     recipe.check_model(model.config, model.name)
-    if out_dir.resolve() == model.path.resolve():
-        raise FinsurgError("the output directory is the model directory; choose another --out")
+    if out_dir.resolve() == model.path.resolve() or model.path.resolve() in out_dir.resolve().parents:
+        raise FinsurgError("the output directory is inside the model directory; choose another --out")
     targets = plan_targets(out_dir, overwrite)
-    source_hashes: dict[str, str] = {}
+    source_hashes = SourceHashes()
     results = []
-    for variant, final in targets.items():
-        with building(final) as partial:
-            baked = bake_variant(
-                model, recipe, VARIANT_SIGNS[variant] * abs(alpha), variant, partial, dtype, source_hashes, progress
-            )
+    with ExitStack() as stack:
+        for variant, final in targets.items():
+            partial = stack.enter_context(building(final))
+            baked = bake_variant(model, recipe, VARIANT_SIGNS[variant] * abs(alpha), variant, partial, dtype,
+                                 source_hashes, progress, link)
             summary = {"variant": variant, "alpha": baked.alpha, "path": str(final), "dtype": baked.dtype,
-                       "bytes": baked.bytes_written}
+                       "bytes": baked.bytes_written, "shards": baked.copied}
             if verify:
                 report = verify_variant(partial, model.path, base_trusted=True, progress=progress)
                 summary["verification"] = report
                 if not report["passed"]:
                     raise FinsurgError(f"{variant} failed verification: {_headline(report)}")
-        results.append(summary)
+            results.append(summary)
     return results
 
 

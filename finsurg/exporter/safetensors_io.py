@@ -164,14 +164,3 @@ def write_safetensors(path: Path, entries: list[Entry], on_bytes: Callable[[int]
             if written != entry.nbytes:
                 raise FinsurgError(f"{entry.name}: wrote {written} bytes, expected {entry.nbytes}")
     return digest.hexdigest()
-
-
-def copy_hashing(src: Path, dst: Path, on_bytes: Callable[[int], None] = lambda n: None) -> str:
-    """Copy src to dst byte for byte in one pass; return the SHA256 shared by both."""
-    digest = hashlib.sha256()
-    with open(src, "rb") as reader, open(dst, "wb") as writer:
-        while block := reader.read(CHUNK):
-            digest.update(block)
-            writer.write(block)
-            on_bytes(len(block))
-    return digest.hexdigest()
