@@ -18,6 +18,13 @@ ordinary checkpoints (mlp.down_proj biases) that plain transformers and vLLM loa
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same single line on stderr and exit status 2 as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -51,7 +58,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finsurg", description=DESCRIPTION, epilog=DISCLAIMER)
+    parser = _Parser(prog="finsurg", description=DESCRIPTION, epilog=DISCLAIMER)
     parser.add_argument("--version", action="version", version=f"finsurg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -114,6 +114,18 @@ def tree_hashes(directory: Path) -> dict[str, str]:
     }
 
 
+def export_checked(model, recipe, alpha, out, **kwargs):
+    """export_variants, then proof that neither the base model nor the recipe's files changed."""
+    from finsurg.exporter.export import export_variants
+
+    inputs = [model.path] + ([recipe.source_dir] if recipe.source_dir else [])
+    before = [tree_hashes(path) for path in inputs]
+    try:
+        return export_variants(model, recipe, alpha, out, **({"progress": False} | kwargs))
+    finally:
+        assert [tree_hashes(path) for path in inputs] == before, "export modified its input"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
@@ -136,13 +148,12 @@ def default_model():
 @pytest.fixture(scope="session")
 def default_export(default_model, tmp_path_factory):
     """The default model's steered and conservative variants at alpha 3, verified; with the base's hashes before."""
-    from finsurg.exporter.export import export_variants
     from finsurg.recipe import resolve_recipe
 
     out = tmp_path_factory.mktemp("default-export")
     recipe = resolve_recipe(None, default_model.name, default_model.config)
     before = tree_hashes(default_model.path)
-    results = export_variants(default_model, recipe, 3.0, out, progress=False)
+    results = export_checked(default_model, recipe, 3.0, out)
     return {"dir": out, "results": results, "base_hashes_before": before}
 
 

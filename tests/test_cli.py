@@ -60,9 +60,11 @@ def test_existing_output_refused(tmp_path, tiny_model, capsys):
     tiny_recipe(recipe_dir)
     args = ["export", "--model", str(tiny_model), "--recipe", str(recipe_dir), "--out", str(tmp_path / "out"),
             "--quiet", "--no-verify"]
+    base = tree_hashes(tiny_model)
     assert main(args) == 0
     capsys.readouterr()
     snapshot = tree_hashes(tmp_path / "out")
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert tree_hashes(tmp_path / "out") == snapshot
+    assert tree_hashes(tiny_model) == base

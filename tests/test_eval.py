@@ -6,11 +6,10 @@ import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_recipe
+from conftest import export_checked, tiny_recipe
 from finsurg.analysis.prompts import PromptSet
 from finsurg.cli import main
 from finsurg.exporter.evaluation import FINSURG_TASKS, Runner, evaluate, tasks_dir
-from finsurg.exporter.export import export_variants
 from finsurg.hashing import check_sums, write_sums
 from finsurg.model_source import resolve_model
 
@@ -21,7 +20,7 @@ LIMIT = 6
 def export_dir(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("eval")
     recipe = tiny_recipe(root / "recipe", scale=4.0)
-    export_variants(resolve_model(str(tiny_model)), recipe, 3.0, root / "out", verify=False, progress=False)
+    export_checked(resolve_model(str(tiny_model)), recipe, 3.0, root / "out", verify=False)
     return root / "out"
 
 

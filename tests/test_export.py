@@ -7,10 +7,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama, tiny_recipe, tree_hashes
+from conftest import export_checked, make_tiny_llama, tiny_recipe, tree_hashes
 from finsurg.errors import FinsurgError
 from finsurg.exporter.bake import bake_variant
-from finsurg.exporter.export import export_variants
 from finsurg.hashing import check_sums
 from finsurg.loading import load_model
 from finsurg.model_source import resolve_model
@@ -68,7 +67,7 @@ def test_export_matches_hooks_and_leaves_input_alone(tmp_path, layout):
     recipe = tiny_recipe(tmp_path / "recipe", scale=4.0)
     before = tree_hashes(base_dir)
     model = resolve_model(str(base_dir))
-    results = export_variants(model, recipe, 3.0, tmp_path / "out", progress=False)
+    results = export_checked(model, recipe, 3.0, tmp_path / "out")
     assert tree_hashes(base_dir) == before
     assert [r["variant"] for r in results] == ["steered", "conservative"]
     for result, alpha in zip(results, (3.0, -3.0)):
@@ -85,7 +84,7 @@ def test_variant_layout(tmp_path):
     base_dir = make_tiny_llama(tmp_path / "base", shard_size="60KB")
     recipe = tiny_recipe(tmp_path / "recipe")
     model = resolve_model(str(base_dir))
-    export_variants(model, recipe, 2.0, tmp_path / "out", verify=False, progress=False)
+    export_checked(model, recipe, 2.0, tmp_path / "out", verify=False)
     variant = tmp_path / "out" / "steered"
     config = json.loads((variant / "config.json").read_text())
     assert config["mlp_bias"] is True
@@ -140,7 +139,7 @@ def test_deterministic(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path / "recipe")
     model = resolve_model(str(tiny_model))
     for name in ("a", "b"):
-        export_variants(model, recipe, 3.0, tmp_path / name, verify=False, progress=False)
+        export_checked(model, recipe, 3.0, tmp_path / name, verify=False)
     for variant in ("steered", "conservative"):
         sums_a = (tmp_path / "a" / variant / "SHA256SUMS").read_text()
         assert sums_a == (tmp_path / "b" / variant / "SHA256SUMS").read_text()
@@ -150,7 +149,7 @@ def test_deterministic(tmp_path, tiny_model):
 def test_bfloat16_cast_reports_noise_floor(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path / "recipe", scale=4.0)
     model = resolve_model(str(tiny_model))
-    results = export_variants(model, recipe, 3.0, tmp_path / "out", dtype="bfloat16", progress=False)
+    results = export_checked(model, recipe, 3.0, tmp_path / "out", dtype="bfloat16")
     variant = tmp_path / "out" / "steered"
     assert json.loads((variant / "config.json").read_text())["dtype"] == "bfloat16"
     loaded = load_model(variant, torch.bfloat16)
@@ -166,12 +165,12 @@ def test_bfloat16_cast_reports_noise_floor(tmp_path, tiny_model):
 def test_refuses_existing_output_and_overwrites_on_request(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path / "recipe")
     model = resolve_model(str(tiny_model))
-    export_variants(model, recipe, 1.0, tmp_path / "out", verify=False, progress=False)
+    export_checked(model, recipe, 1.0, tmp_path / "out", verify=False)
     first = tree_hashes(tmp_path / "out")
     with pytest.raises(FinsurgError, match="already exists; pass --overwrite"):
-        export_variants(model, recipe, 2.0, tmp_path / "out", verify=False, progress=False)
+        export_checked(model, recipe, 2.0, tmp_path / "out", verify=False)
     assert tree_hashes(tmp_path / "out") == first
-    export_variants(model, recipe, 2.0, tmp_path / "out", overwrite=True, verify=False, progress=False)
+    export_checked(model, recipe, 2.0, tmp_path / "out", overwrite=True, verify=False)
     assert json.loads((tmp_path / "out" / "steered" / "finsurg_surgery.json").read_text())["alpha"] == 2.0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["conservative", "steered"]
 
@@ -187,5 +186,5 @@ def test_failed_verification_leaves_nothing(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(export_module, "verify_variant", failing)
     recipe = tiny_recipe(tmp_path / "recipe")
     with pytest.raises(FinsurgError, match="steered failed verification"):
-        export_variants(resolve_model(str(tiny_model)), recipe, 1.0, tmp_path / "out", progress=False)
-    assert list((tmp_path / "out").iterdir()) == []
+        export_checked(resolve_model(str(tiny_model)), recipe, 1.0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # the export created it, and removed it on failure

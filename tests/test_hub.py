@@ -8,9 +8,8 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import tiny_recipe, tree_hashes
+from conftest import export_checked, tiny_recipe, tree_hashes
 from finsurg import DISCLAIMER
-from finsurg.exporter.export import export_variants
 from finsurg.hashing import check_sums
 from finsurg.model_source import resolve_model
 from hub_server import TestHub
@@ -22,7 +21,7 @@ TOKEN = "hf_finsurgTestToken0123456789"
 def variants(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("hub")
     recipe = tiny_recipe(root / "recipe", scale=4.0)
-    export_variants(resolve_model(str(tiny_model)), recipe, 3.0, root / "out", progress=False)
+    export_checked(resolve_model(str(tiny_model)), recipe, 3.0, root / "out")
     return root / "out"
 
 

@@ -5,9 +5,8 @@ import json
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_recipe
+from conftest import export_checked, tiny_recipe
 from finsurg.errors import FinsurgError
-from finsurg.exporter.export import export_variants
 from finsurg.exporter.verify import verify_variant
 from finsurg.hashing import write_sums
 from finsurg.model_source import resolve_model
@@ -16,7 +15,7 @@ from finsurg.model_source import resolve_model
 @pytest.fixture
 def variant(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path / "recipe", scale=4.0)
-    export_variants(resolve_model(str(tiny_model)), recipe, 3.0, tmp_path / "out", verify=False, progress=False)
+    export_checked(resolve_model(str(tiny_model)), recipe, 3.0, tmp_path / "out", verify=False)
     return tmp_path / "out" / "steered"
 
 

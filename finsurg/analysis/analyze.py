@@ -86,6 +86,9 @@ def analyze(
             )
     timings["activations"] = time.perf_counter() - clock
 
+    # phases 2-4 are quick next to phase 1: one bar steps through them
+    steps = tqdm(total=3, desc="phases 2-4: features, heads, logit lens", disable=not progress or None)
+
     # phase 2: features
     clock = time.perf_counter()
     pos, neg, neu = (acts[c.name] for c in prompts.categories)
@@ -94,6 +97,7 @@ def analyze(
     exclude = set(massive)
     table = rank_layers(pos, neg, neu, names, top_k, exclude)
     timings["features"] = time.perf_counter() - clock
+    steps.update()
 
     # phase 4 (before): logit lens, then the band where separation and commitment peak
     clock = time.perf_counter()
@@ -110,6 +114,7 @@ def analyze(
     offsets = recipe.offsets(recipe.spec.default_alpha)
     lens_after = lens_over_probes(bridge, hf_model, tokenizer, prompts, offsets)
     timings["logit_lens"] = time.perf_counter() - clock
+    steps.update()
 
     # phase 3 summary: heads
     head_diff = (attention[names[0]].mean - attention[names[2]].mean).float()
@@ -118,9 +123,11 @@ def analyze(
         {"layer": int(i) // head_diff.shape[1], "head": int(i) % head_diff.shape[1], "difference": float(head_diff.flatten()[i])}
         for i in order
     ]
+    steps.update()
+    steps.close()
 
     clock = time.perf_counter()
-    sweep = run_sweep(bridge, tokenizer, prompts, recipe, alphas, batch_size, progress) if alphas else {}
+    sweep = run_sweep(bridge, tokenizer, prompts, recipe, alphas, batch_size, progress) if alphas else {}  # phase 5
     timings["sweep"] = time.perf_counter() - clock
 
     results = {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
 from finsurg.atomic import building
 from finsurg.errors import FinsurgError
 from finsurg.exporter.bake import DTYPE_CHOICES, VARIANT_SIGNS, bake_variant
+from finsurg.exporter.checkpoint import Checkpoint
 from finsurg.exporter.shard_copy import LINK_MODES, SourceHashes
 from finsurg.exporter.verify import verify_variant
 from finsurg.model_source import ResolvedModel
@@ -55,7 +57,28 @@ def export_variants(
     recipe.check_model(model.config, model.name)
     if out_dir.resolve() == model.path.resolve() or model.path.resolve() in out_dir.resolve().parents:
         raise FinsurgError("the output directory is inside the model directory; choose another --out")
+    Checkpoint.open(model.path)  # a truncated or corrupt shard is refused before anything is written
+    created = _first_missing(out_dir)
     targets = plan_targets(out_dir, overwrite)
+    try:
+        return _bake_all(model, recipe, alpha, targets, dtype, verify, progress, link)
+    except BaseException:
+        if created is not None:  # leave no trace of a failed export
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost directory of `path` that does not exist yet (what an export would create)."""
+    missing = None
+    for candidate in [path.absolute(), *path.absolute().parents]:
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def _bake_all(model, recipe, alpha, targets, dtype, verify, progress, link) -> list[dict]:
     source_hashes = SourceHashes()
     results = []
     with ExitStack() as stack:

@@ -1,0 +1,258 @@
+"""`make bench`: finsurg's costs against their baselines, measured in one run.
+
+Writes bench/results.json and bench/results.md. Every figure is paired with its baseline from
+the same run and quoted as a ratio. The synthetic 8B-shaped checkpoint (about 16 GB) is cached
+in bench/cache/; outputs are deleted after each measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+SYNTHETIC = CACHE / "llama-3.1-8b-shapes-bf16"
+REPEATS = 3
+TARGETS = {
+    "export_speedup_vs_naive": 5.0,
+    "export_8b_peak_rss_mb": 2048.0,
+    "export_8b_time_vs_copy": 1.5,
+    "baked_slowdown_vs_base": 0.02,
+}
+
+
+def task(name: str, **kwargs) -> dict:
+    """Run one measurement in a fresh process; return its JSON."""
+    done = subprocess.run([sys.executable, str(HERE / "tasks.py"), name, json.dumps(kwargs)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench task {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda run: run["seconds"])
+    return ordered[len(ordered) // 2] | {"all_seconds": [round(run["seconds"], 3) for run in runs]}
+
+
+def flush() -> None:
+    """Write dirty pages out, so one measurement's writeback is not billed to the next."""
+    os.sync()
+    time.sleep(1)
+
+
+def scratch_dir(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=parent))
+
+
+def measure_export_default(results: dict) -> None:
+    from finsurg.model_source import resolve_model
+
+    base = resolve_model(None).path
+    runs: dict[str, list[dict]] = {"naive": [], "copy": [], "auto": []}
+    for _ in range(REPEATS):  # interleaved; the median of each
+        for name in runs:
+            work = scratch_dir(CACHE)
+            try:
+                if name == "naive":
+                    runs[name].append(task("export_naive", model="smollm2-135m", recipe="smollm2-135m",
+                                           out=str(work / "out")))
+                else:
+                    runs[name].append(task("export_stream", model="smollm2-135m", recipe="smollm2-135m",
+                                           out=str(work / "out"), link=name))
+            finally:
+                shutil.rmtree(work)
+            flush()
+    naive, stream, auto = (median_run(runs[name]) for name in ("naive", "copy", "auto"))
+    results["export_default_model"] = {
+        "model": str(base),
+        "what": f"both variants (steered and conservative), no verification; median of {REPEATS} runs",
+        "naive_load_set_save": naive,
+        "finsurg_export_copy": stream,
+        "finsurg_export_link_auto": auto,
+        "speedup_vs_naive": naive["seconds"] / stream["seconds"],
+        "rss_ratio_vs_naive": stream["peak_rss_mb"] / naive["peak_rss_mb"],
+        "link_auto_speedup_vs_copy": stream["seconds"] / auto["seconds"],
+    }
+    results["export_default_model"]["reflink"] = measure_reflink(base)
+
+
+def measure_reflink(base: Path) -> dict:
+    """The link mode on a copy-on-write filesystem: an XFS image on a loop device, where root may mount one."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.xfs"):
+        return {"available": False, "why": "needs root and mkfs.xfs to mount an XFS (reflink) image"}
+    image, mount = CACHE / "xfs.img", CACHE / "xfs"
+    mount.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["truncate", "-s", "3G", str(image)], check=True)
+        subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        image.unlink(missing_ok=True)
+        return {"available": False, "why": f"could not mount an XFS image: {exc}"}
+    try:
+        shutil.copytree(base, mount / "base")
+        copy = task("export_stream", model=str(mount / "base"), recipe="smollm2-135m", out=str(mount / "copy"))
+        shutil.rmtree(mount / "copy")
+        flush()
+        linked = task("export_stream", model=str(mount / "base"), recipe="smollm2-135m", out=str(mount / "linked"),
+                      link="auto")
+        return {"available": True, "filesystem": "xfs (loop image)", "copy": copy, "link_auto": linked,
+                "speedup_vs_copy": copy["seconds"] / linked["seconds"]}
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        image.unlink(missing_ok=True)
+
+
+def measure_export_8b(results: dict) -> None:
+    if not (SYNTHETIC / "config.json").is_file():
+        shutil.rmtree(SYNTHETIC, ignore_errors=True)
+        made = task("make_synthetic", out=str(SYNTHETIC))
+        results["synthetic_generation"] = made
+    size = sum(p.stat().st_size for p in SYNTHETIC.glob("*.safetensors"))
+    work = scratch_dir(CACHE)
+    try:
+        flush()
+        copy = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
+        shutil.rmtree(work / "copy")
+        flush()
+        export = task("export_stream", model=str(SYNTHETIC), recipe="llama-3.1-8b", out=str(work / "export"),
+                      variants="one")
+        shutil.rmtree(work / "export")
+        flush()
+        copy_again = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
+    finally:
+        shutil.rmtree(work)
+    copy_seconds = min(copy["seconds"], copy_again["seconds"])
+    results["export_8b_shapes"] = {
+        "checkpoint": str(SYNTHETIC),
+        "bytes": size,
+        "what": "one variant (steered, the seed recipe at alpha 3) against a plain copy of the same shards",
+        "plain_copy": [copy, copy_again],
+        "finsurg_export": export,
+        "time_vs_copy": export["seconds"] / copy_seconds,
+        "export_gb_per_second": size / export["seconds"] / 1e9,
+        "copy_gb_per_second": size / copy_seconds / 1e9,
+    }
+
+
+def measure_inference(results: dict) -> None:
+    from finsurg.model_source import resolve_model
+
+    base = resolve_model(None).path
+    work = scratch_dir(CACHE)
+    try:
+        task("export_stream", model="smollm2-135m", recipe="smollm2-135m", out=str(work / "v"))
+        speed = task("generation_speed", base=str(base), variant=str(work / "v" / "steered"))
+    finally:
+        shutil.rmtree(work)
+    rates = speed["tokens_per_second"]
+    base_rate = rates["base (transformers)"]
+    speed["slowdown_vs_base"] = {name: 1.0 - rate / base_rate for name, rate in rates.items()}
+    results["inference"] = speed
+
+
+def measure_analysis(results: dict) -> None:
+    batched = task("analysis_phase1", batch_size=16)
+    single = task("analysis_phase1", batch_size=1)
+    work = scratch_dir(CACHE)
+    try:
+        whole = task("analyze_cli", out=str(work / "run"))
+    finally:
+        shutil.rmtree(work)
+    results["analysis"] = {
+        "phase1_batched_16": batched,
+        "phase1_one_at_a_time": single,
+        "batched_speedup": batched["prompts_per_second"] / single["prompts_per_second"],
+        "finsurg_analyze_default_model": whole,
+    }
+
+
+def render(results: dict) -> str:
+    ex, big = results["export_default_model"], results["export_8b_shapes"]
+    inf, an = results["inference"], results["analysis"]
+    rates, slow = inf["tokens_per_second"], inf["slowdown_vs_base"]
+    reflink = ex["reflink"]
+    lines = [
+        "# finsurg benchmarks",
+        "",
+        f"Machine: {results['machine']}. Measured {results['date']}. Each figure comes from a fresh process.",
+        "",
+        "## Export cost",
+        "",
+        "| measurement | finsurg | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| default model, both variants: wall time | {ex['finsurg_export_copy']['seconds']:.2f} s | naive load/set/save "
+        f"{ex['naive_load_set_save']['seconds']:.2f} s | {ex['speedup_vs_naive']:.1f}× faster | ≥ 5× |",
+        f"| default model, both variants: peak RSS | {ex['finsurg_export_copy']['peak_rss_mb']:.0f} MB | naive "
+        f"{ex['naive_load_set_save']['peak_rss_mb']:.0f} MB | {ex['rss_ratio_vs_naive']:.2f}× | — |",
+        f"| default model, --link auto on this filesystem | {ex['finsurg_export_link_auto']['seconds']:.2f} s | "
+        f"copy {ex['finsurg_export_copy']['seconds']:.2f} s | {ex['link_auto_speedup_vs_copy']:.2f}× | — |",
+    ]
+    if reflink["available"]:
+        lines.append(f"| default model, --link auto on {reflink['filesystem']} | {reflink['link_auto']['seconds']:.2f} s | "
+                     f"copy {reflink['copy']['seconds']:.2f} s | {reflink['speedup_vs_copy']:.1f}× faster | — |")
+    lines += [
+        f"| 8B shapes ({big['bytes'] / 1e9:.1f} GB bf16, 4 shards), one variant: wall time | "
+        f"{big['finsurg_export']['seconds']:.1f} s | plain copy {min(c['seconds'] for c in big['plain_copy']):.1f} s | "
+        f"{big['time_vs_copy']:.2f}× the copy | ≤ 1.5× |",
+        f"| 8B shapes, one variant: peak RSS | {big['finsurg_export']['peak_rss_mb']:.0f} MB | plain copy "
+        f"{big['plain_copy'][0]['peak_rss_mb']:.0f} MB | — | < 2048 MB |",
+        "",
+        "## Inference cost of steering (greedy, batch 1, default model)",
+        "",
+        "| route | tokens/s (median) | vs base | target |",
+        "|---|---|---|---|",
+    ]
+    for name, rate in rates.items():
+        target = "within 2%" if name.startswith("baked") else "—"
+        lines.append(f"| {name} | {rate:.1f} | {-slow[name]:+.1%} | {target} |")
+    lines += [
+        "",
+        "## Analysis throughput (default model)",
+        "",
+        "| measurement | batched (16) | one at a time | ratio |",
+        "|---|---|---|---|",
+        f"| phase 1 (activations + head attention), prompts/s | {an['phase1_batched_16']['prompts_per_second']:.1f} | "
+        f"{an['phase1_one_at_a_time']['prompts_per_second']:.1f} | {an['batched_speedup']:.1f}× |",
+        f"| phase 1, peak RSS | {an['phase1_batched_16']['peak_rss_mb']:.0f} MB | "
+        f"{an['phase1_one_at_a_time']['peak_rss_mb']:.0f} MB | — |",
+        "",
+        f"`finsurg analyze` on the default model (all phases and the 7-point alpha sweep): "
+        f"{an['finsurg_analyze_default_model']['seconds']:.1f} s wall, peak RSS "
+        f"{an['finsurg_analyze_default_model']['child_peak_rss_mb']:.0f} MB.",
+        "",
+    ]
+    if not reflink["available"]:
+        lines.append(f"Reflink on a copy-on-write filesystem: not measured ({reflink['why']}).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import torch
+
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "targets": TARGETS,
+    }
+    for step in (measure_export_default, measure_export_8b, measure_inference, measure_analysis):
+        print(f"bench: {step.__name__.removeprefix('measure_')}", flush=True)
+        step(results)
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (HERE / "results.md").write_text(render(results))
+    print((HERE / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
