@@ -6,7 +6,6 @@ file, or a Hub id. GGUF files and pickle checkpoints are converted once into the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from finsurg.errors import FinsurgError
+from finsurg.jsonfile import read_json
 from finsurg.hashing import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -104,13 +104,8 @@ def resolve_model(spec: str | None = None, allow_pickle: bool = False) -> Resolv
 
 
 def read_config(directory: Path) -> dict:
-    path = directory / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FinsurgError(f"{directory} has no config.json; it is not a Hugging Face model directory") from None
-    except json.JSONDecodeError as exc:
-        raise FinsurgError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(directory / "config.json",
+                     f"{directory} has no config.json; it is not a Hugging Face model directory")
 
 
 def check_architecture(config: dict, where: str) -> None:

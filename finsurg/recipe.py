@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from finsurg.errors import FinsurgError
+from finsurg.jsonfile import read_json
 
 RECIPE_FORMAT = "finsurg.recipe/1"
 RECIPE_NAME = "recipe.json"
@@ -86,12 +87,7 @@ class Recipe:
         path = Path(path)
         if path.is_dir():
             path = path / RECIPE_NAME
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FinsurgError(f"recipe not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FinsurgError(f"recipe {path} is not valid JSON ({exc})") from None
+        raw = read_json(path, f"recipe not found: {path}")
         recipe = cls.from_dict(raw, base_dir=path.parent, origin=str(path))
         recipe.source_dir = path.parent
         return recipe

@@ -6,7 +6,6 @@ finance advice vs caution; `--prompts DIR` points the analysis at any other beha
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finsurg.errors import FinsurgError
+from finsurg.jsonfile import read_json
 
 MIN_TRAIN = 4
 
@@ -82,12 +82,7 @@ class PromptSet:
 
 
 def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FinsurgError(f"prompt set file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise FinsurgError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return read_json(path, f"prompt set file not found: {path}")
 
 
 def _category(directory: Path, name: str) -> Category:

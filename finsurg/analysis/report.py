@@ -66,5 +66,5 @@ def render(results: dict) -> str:
             f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
         )
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in results["plots"]]
-    lines += ["", f"Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
+    lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
     return "\n".join(lines)

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from finsurg import DISCLAIMER, __version__
-from finsurg.errors import FinsurgError
 from finsurg.exporter.checkpoint import INDEX_NAME, Checkpoint
 from finsurg.exporter.safetensors_io import FLOAT_CODES, TORCH_DTYPES, Entry, write_safetensors
 from finsurg.exporter.seal import seal

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from finsurg.analysis.bridge import boot_bridge, greedy, logits, offset_hooks
 from finsurg.errors import FinsurgError
+from finsurg.jsonfile import read_json
 from finsurg.exporter.bake import OFFSETS_NAME, SURGERY_NAME
 from finsurg.exporter.seal import seal
 from finsurg.hashing import check_sums, sha256_file
@@ -59,12 +60,8 @@ class VariantRecord:
         self.directory = directory
         if not directory.is_dir():
             raise FinsurgError(f"variant directory not found: {directory}")
-        try:
-            self.surgery = json.loads((directory / SURGERY_NAME).read_text())
-        except FileNotFoundError:
-            raise FinsurgError(f"{directory} has no {SURGERY_NAME}; it is not a finsurg variant") from None
-        except json.JSONDecodeError as exc:
-            raise FinsurgError(f"{directory / SURGERY_NAME} is not valid JSON ({exc})") from None
+        self.surgery = read_json(directory / SURGERY_NAME,
+                                 f"{directory} has no {SURGERY_NAME}; it is not a finsurg variant")
         raw = load_file(directory / OFFSETS_NAME)
         self.offsets = {int(name.split(".")[1]): value for name, value in raw.items()}
         self.dtype = self.surgery["dtype"]
@@ -83,6 +80,18 @@ class VariantRecord:
         for name, digest in self.surgery["base_model"]["files"].items():
             if not (base / name).is_file() or sha256_file(base / name) != digest:
                 raise FinsurgError(f"{base} is not the base this variant was made from ({name} differs)")
+
+
+def open_variant(directory: Path, base_override: Path | None, base_trusted: bool):
+    """A variant's record and checked SHA256SUMS, its base (hash-checked unless trusted), tokenizer and prompts."""
+    record = VariantRecord(directory)
+    sums = check_sums(directory)
+    base = record.base_path(base_override)
+    if not base_trusted:
+        record.check_base_hashes(base)
+    tokenizer = load_tokenizer(directory)
+    prompts = [encode(tokenizer, text) for text in verification_prompts()]
+    return record, sums, base, tokenizer, prompts
 
 
 def _hidden(model, ids: torch.Tensor, upto: int) -> list[torch.Tensor]:
@@ -147,13 +156,7 @@ def verify_variant(
     progress: bool = True,
 ) -> dict:
     """Run every check on a variant directory, write verification.json, and re-seal SHA256SUMS."""
-    record = VariantRecord(directory)
-    sums = check_sums(directory)
-    base = record.base_path(base_override)
-    if not base_trusted:
-        record.check_base_hashes(base)
-    tokenizer = load_tokenizer(directory)
-    prompts = [encode(tokenizer, text) for text in verification_prompts()]
+    record, sums, base, tokenizer, prompts = open_variant(directory, base_override, base_trusted)
     first = record.first_layer
     steps = 2 * len(prompts) * (1 if record.dtype == "float32" else 2)
     weights, f32 = DTYPES[record.dtype], torch.float32

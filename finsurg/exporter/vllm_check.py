@@ -24,9 +24,8 @@ import torch
 from finsurg.analysis.bridge import boot_bridge, greedy, offset_hooks
 from finsurg.errors import FinsurgError
 from finsurg.exporter.seal import seal
-from finsurg.exporter.verify import NEW_TOKENS, VariantRecord, verification_prompts
-from finsurg.hashing import check_sums
-from finsurg.loading import DTYPES, encode, hf_greedy, load_model, load_tokenizer
+from finsurg.exporter.verify import NEW_TOKENS, open_variant
+from finsurg.loading import DTYPES, hf_greedy, load_model
 
 VLLM_REPORT_NAME = "verification_vllm.json"
 RUNNER = Path(__file__).with_name("vllm_greedy.py")
@@ -75,13 +74,7 @@ def verify_with_vllm(
     base_trusted: bool = False,
 ) -> dict:
     python = vllm_python(python)
-    record = VariantRecord(directory)
-    sums = check_sums(directory)
-    base = record.base_path(base_override)
-    if not base_trusted:
-        record.check_base_hashes(base)
-    tokenizer = load_tokenizer(directory)
-    prompts = [encode(tokenizer, text) for text in verification_prompts()]
+    record, sums, base, tokenizer, prompts = open_variant(directory, base_override, base_trusted)
     weights = DTYPES[record.dtype]
 
     clock = time.perf_counter()
