@@ -208,6 +208,8 @@ def _surgery(args, model, recipe, alpha, progress) -> int:
 def _export(args, model, recipe, alpha, progress) -> int:
     from finsurg.exporter.export import export_variants
 
+    _needs(args, "eval", ("tasks", "limit", "eval_batch_size", "chat_template"))
+    _needs(args, "push_to_hub", ("hub_namespace", "private", "dry_run"))
     options = _eval_options(args) if args.eval else None
     namespace = _hub_namespace(args) if args.push_to_hub else None
     results = export_variants(
@@ -247,16 +249,30 @@ def _export(args, model, recipe, alpha, progress) -> int:
     return 0 if evaluation is None else _parity_status(evaluation)
 
 
+def _needs(args, switch: str, options: tuple[str, ...]) -> None:
+    """Options that only mean something with `switch` are refused without it, not silently ignored."""
+    defaults = vars(build_parser().parse_args([args.command]))
+    given = [name for name in options if getattr(args, name) != defaults[name]]
+    if given and not getattr(args, switch):
+        flag = "--" + given[0].replace("_", "-")
+        raise FinsurgError(f"{flag} needs --{switch.replace('_', '-')}")
+
+
 def _hub_namespace(args) -> str:
     """--hub-namespace, else the logged-in user (asked before any work, so a missing login fails fast)."""
-    if args.hub_namespace:
-        return args.hub_namespace
-    from huggingface_hub import HfApi
+    from finsurg.hub_cards.push import REPO_ID
 
-    try:
-        return HfApi().whoami()["name"]
-    except Exception:  # no token, or no reachable Hub: both mean the same to the user
-        raise FinsurgError("--push-to-hub needs --hub-namespace, or a Hugging Face login (hf auth login)") from None
+    namespace = args.hub_namespace
+    if not namespace:
+        from huggingface_hub import HfApi
+
+        try:
+            namespace = HfApi().whoami()["name"]
+        except Exception:  # no token, or no reachable Hub: both mean the same to the user
+            raise FinsurgError("--push-to-hub needs --hub-namespace, or a Hugging Face login (hf auth login)") from None
+    if not REPO_ID.match(f"{namespace}/x"):
+        raise FinsurgError(f"invalid --hub-namespace {namespace!r}")
+    return namespace
 
 
 def _push(args) -> int:

@@ -120,6 +120,10 @@ CASES = {
     "analyze --layers out of range": (lambda i, m: ["analyze", "--model", str(m), "--layers", "2-9",
                                                     "--out", str(i / "run")], "is out of range"),
     "verify a directory that is no variant": (_not_a_variant, "it is not a finsurg variant"),
+    "--dry-run without --push-to-hub": (lambda i, m: _export(m, _recipe(i), "--dry-run"), "--dry-run needs --push-to-hub"),
+    "--limit without --eval": (lambda i, m: _export(m, _recipe(i), "--limit", "5"), "--limit needs --eval"),
+    "invalid --hub-namespace": (lambda i, m: _export(m, _recipe(i), "--push-to-hub", "--hub-namespace", "a b"),
+                                "invalid --hub-namespace 'a b'"),
     "push to an invalid repo id": (lambda i, m: ["push", str(i), "--repo-id", "no-slash", "--dry-run"],
                                    "invalid repo id 'no-slash'"),
 }
