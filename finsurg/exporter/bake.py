@@ -44,7 +44,6 @@ class ExportResult:
     path: Path
     dtype: str
     bytes_written: int
-    sums: dict[str, str] = field(default_factory=dict)
     copied: dict[str, str] = field(default_factory=dict)  # unchanged shard -> "reflink" or "copy"
 
 
@@ -145,7 +144,7 @@ def bake_variant(
             path.chmod(0o644)  # safetensors writes 0600; variants are meant to be shared and served
     sums = seal(out, known=sums)
     written = sum((out / name).stat().st_size for name in sums)
-    return ExportResult(variant, alpha, out, str(target).removeprefix("torch."), written, sums, copied)
+    return ExportResult(variant, alpha, out, str(target).removeprefix("torch."), written, copied)
 
 
 def surgery_record(
