@@ -25,13 +25,17 @@ def default_repo_id(directory: Path, namespace: str) -> str:
     return f"{namespace}/{repo_name(surgery)}"
 
 
-def plan(directory: Path, repo_id: str, private: bool, endpoint: str) -> dict:
-    """What an upload would send where; checks SHA256SUMS first, so a damaged variant is never uploaded."""
+def checked(directory: Path, repo_id: str) -> dict[str, str]:
+    """The variant's verified SHA256SUMS: a damaged variant is never uploaded, nor one to a malformed repo id."""
     if not REPO_ID.match(repo_id):
         raise FinsurgError(f"invalid repo id {repo_id!r}: expected namespace/name")
     if not (directory / "finsurg_surgery.json").is_file():
         raise FinsurgError(f"{directory} is not a finsurg variant (no finsurg_surgery.json)")
-    check_sums(directory)
+    return check_sums(directory)
+
+
+def plan(directory: Path, repo_id: str, private: bool, endpoint: str) -> dict:
+    """What an upload sends where."""
     files = [{"path": name, "bytes": (directory / name).stat().st_size}
              for name in sealed_files(directory) + ["SHA256SUMS"]]
     return {"directory": str(directory), "repo_id": repo_id, "url": f"{endpoint.rstrip('/')}/{repo_id}",
@@ -44,10 +48,10 @@ def push(directory: Path, repo_id: str, private: bool = False, dry_run: bool = F
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     api = HfApi()
-    upload = plan(directory, repo_id, private, api.endpoint)
+    sums = checked(directory, repo_id)
     if dry_run:
-        return upload | {"dry_run": True}
-    seal(directory, known=check_sums(directory), repo_id=repo_id)
+        return plan(directory, repo_id, private, api.endpoint) | {"dry_run": True}
+    seal(directory, known=sums, repo_id=repo_id)
     upload = plan(directory, repo_id, private, api.endpoint)
     surgery = json.loads((directory / "finsurg_surgery.json").read_text())
     try:
