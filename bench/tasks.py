@@ -192,7 +192,7 @@ def analysis_phase1(batch_size: int) -> dict:
     from finsurg.analysis.activations import collect, keyword_ids
     from finsurg.analysis.bridge import boot_bridge
     from finsurg.analysis.prompts import PromptSet
-    from finsurg.loading import load_model, load_tokenizer, render_prompt
+    from finsurg.loading import load_model, load_tokenizer, prompt_ids
     from finsurg.model_source import resolve_model
 
     model = resolve_model(None)
@@ -201,7 +201,7 @@ def analysis_phase1(batch_size: int) -> dict:
     bridge = boot_bridge(model.path, load_model(model.path), tokenizer)
     prompts = PromptSet.load()
     keywords = keyword_ids(tokenizer, prompts.manifest.keywords)
-    sequences = [tokenizer(render_prompt(tokenizer, t)).input_ids for c in prompts.categories for t in c.train]
+    sequences = [prompt_ids(tokenizer, t) for c in prompts.categories for t in c.train]
 
     def run():
         collect(bridge, tokenizer, sequences, "last", batch_size, keywords)

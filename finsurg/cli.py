@@ -307,10 +307,11 @@ def _eval_options(args) -> dict:
 
 
 def _eval(args, progress) -> int:
+    from finsurg.exporter.bake import SURGERY_NAME
     from finsurg.exporter.evaluation import evaluate
 
     out = args.out
-    if out is None and len(args.variants) == 1 and not (args.variants[0] / "finsurg_surgery.json").exists():
+    if out is None and len(args.variants) == 1 and not (args.variants[0] / SURGERY_NAME).exists():
         out = args.variants[0]
     report = evaluate(args.variants, base_override=args.model, out_dir=out, progress=progress, **_eval_options(args))
     print(json.dumps(report, indent=2) if args.json else _eval_summary(report, out) + "\n" + DISCLAIMER)

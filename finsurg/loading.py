@@ -38,9 +38,14 @@ def render_prompt(tokenizer, text: str) -> str:
     return text
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of the rendered prompt, exactly as the tokenizer makes them (BOS included or not)."""
+    return tokenizer(render_prompt(tokenizer, text), add_special_tokens=True).input_ids
+
+
 def encode(tokenizer, text: str) -> torch.Tensor:
-    """Token ids [1, n] of the rendered prompt, exactly as the tokenizer makes them (BOS included or not)."""
-    return tokenizer(render_prompt(tokenizer, text), return_tensors="pt", add_special_tokens=True).input_ids
+    """prompt_ids as a [1, n] tensor."""
+    return torch.tensor([prompt_ids(tokenizer, text)])
 
 
 def hf_greedy(model, ids: torch.Tensor, new_tokens: int) -> list[int]:

@@ -20,7 +20,7 @@ from finsurg.analysis.prompts import PromptSet
 from finsurg.analysis.sweep import ALPHAS, run_sweep
 from finsurg.atomic import building
 from finsurg.errors import FinsurgError
-from finsurg.loading import load_model, load_tokenizer, render_prompt
+from finsurg.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.model_source import ResolvedModel
 
 RESULTS_NAME = "mech_interp_results.json"
@@ -80,7 +80,7 @@ def analyze(
     total = sum(len(c.train) for c in prompts.categories)
     with tqdm(total=total, desc="phase 1: activations", disable=not progress or None) as bar:
         for category in prompts.categories:
-            sequences = [tokenizer(render_prompt(tokenizer, t), add_special_tokens=True).input_ids for t in category.train]
+            sequences = [prompt_ids(tokenizer, text) for text in category.train]
             acts[category.name], attention[category.name] = collect(
                 bridge, tokenizer, sequences, pool, batch_size, keywords, bar.update
             )

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from finsurg.analysis.bridge import offset_hooks
 from finsurg.analysis.prompts import PromptSet
 from finsurg.analysis.scoring import continuation_logprobs
-from finsurg.loading import render_prompt
+from finsurg.loading import prompt_ids
 from finsurg.recipe import Recipe
 
 ALPHAS = [-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0]
@@ -22,7 +22,7 @@ def preference_items(tokenizer, prompts: PromptSet) -> list[tuple[list[int], lis
     pairs = list(zip(prompts.manifest.continuations.positive, prompts.manifest.continuations.negative))
     items = []
     for text in heldout:
-        context = tokenizer(render_prompt(tokenizer, text), add_special_tokens=True).input_ids
+        context = prompt_ids(tokenizer, text)
         for good, bad in pairs:
             items.append((context, tokenizer.encode(good, add_special_tokens=False)))
             items.append((context, tokenizer.encode(bad, add_special_tokens=False)))

@@ -170,13 +170,13 @@ def evaluate(
     variants = [VariantRecord(path) for path in find_variants(paths)]
     sealed = {record.directory: check_sums(record.directory) for record in variants}
     bases = {str(v.base_path(base_override)) for v in variants}
+    base_files = {json.dumps(v.surgery["base_model"]["files"], sort_keys=True) for v in variants}
     dtypes = {v.dtype for v in variants}
-    if len(bases) > 1 or len(dtypes) > 1:
+    if len(bases) > 1 or len(base_files) > 1 or len(dtypes) > 1:
         raise FinsurgError("the variants come from different base models or dtypes; evaluate them separately")
     base = Path(bases.pop())
     if not base_trusted:
-        for record in variants:
-            record.check_base_hashes(base)
+        variants[0].check_base_hashes(base)  # every variant records the same base files: hash them once
     weights = DTYPES[dtypes.pop()]
     tokenizer = load_tokenizer(base)
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
@@ -226,8 +226,13 @@ def evaluate(
     return report
 
 
+def headline(task: str, metrics: dict[str, float]) -> str:
+    """The metric a task is summarised by: finsurg's choice for its own tasks, else the first reported."""
+    return HEADLINE.get(task) or next(iter(metrics))
+
+
 def _change(base: dict, variant: dict) -> dict:
-    """Per task, the headline metric's change from the base: points for accuracy, ratio for perplexity."""
+    """Per task and metric, the change from the base: points for accuracy, ratio for perplexity."""
     change = {}
     for task, metrics in variant.items():
         for metric, value in metrics.items():

@@ -142,12 +142,12 @@ def _served(report: dict | None) -> str:
 def _evaluation(report: dict | None, variant: str) -> str:
     if not report:
         return ""
-    from finsurg.exporter.evaluation import HEADLINE
+    from finsurg.exporter.evaluation import headline
 
     metrics = report["metrics"]
     rows = []
     for task in report["tasks"]:
-        metric = HEADLINE.get(task) or next(iter(metrics["base"][task]))
+        metric = headline(task, metrics["base"][task])
         extra = ["log_odds"] if "log_odds" in metrics["base"][task] else []
         for name in [metric] + extra:
             rows.append(f"| {task} | {name} | {metrics['base'][task][name]:.4f} | "
@@ -163,12 +163,12 @@ def _evaluation(report: dict | None, variant: str) -> str:
 def _eval_results(report: dict | None, variant: str) -> list[EvalResult]:
     if not report:
         return []
-    from finsurg.exporter.evaluation import HEADLINE
+    from finsurg.exporter.evaluation import headline
 
     results = []
     for task in report["tasks"]:
         metrics = report["metrics"][f"{variant}/baked"][task]
-        metric = HEADLINE.get(task) or next(iter(metrics))
+        metric = headline(task, metrics)
         results.append(EvalResult(task_type="text-generation", dataset_type=task,
                                   dataset_name=EVAL_NAMES.get(task, task), metric_type=metric,
                                   metric_value=round(metrics[metric], 4), dataset_split="test"))

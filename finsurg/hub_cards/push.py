@@ -7,13 +7,13 @@ saved login) and is never printed, logged or written.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from finsurg import __version__
 from finsurg.errors import FinsurgError
 from finsurg.exporter.seal import seal
+from finsurg.exporter.verify import VariantRecord
 from finsurg.hashing import check_sums, sealed_files
 from finsurg.hub_cards.card import repo_name
 
@@ -21,17 +21,14 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]{1,96}$")
 
 
 def default_repo_id(directory: Path, namespace: str) -> str:
-    surgery = json.loads((directory / "finsurg_surgery.json").read_text())
-    return f"{namespace}/{repo_name(surgery)}"
+    return f"{namespace}/{repo_name(VariantRecord(directory).surgery)}"
 
 
-def checked(directory: Path, repo_id: str) -> dict[str, str]:
-    """The variant's verified SHA256SUMS: a damaged variant is never uploaded, nor one to a malformed repo id."""
+def checked(directory: Path, repo_id: str) -> tuple[dict, dict[str, str]]:
+    """The variant's surgery record and verified SHA256SUMS: a damaged variant is never uploaded."""
     if not REPO_ID.match(repo_id):
         raise FinsurgError(f"invalid repo id {repo_id!r}: expected namespace/name")
-    if not (directory / "finsurg_surgery.json").is_file():
-        raise FinsurgError(f"{directory} is not a finsurg variant (no finsurg_surgery.json)")
-    return check_sums(directory)
+    return VariantRecord(directory).surgery, check_sums(directory)
 
 
 def plan(directory: Path, repo_id: str, private: bool, endpoint: str) -> dict:
@@ -48,12 +45,11 @@ def push(directory: Path, repo_id: str, private: bool = False, dry_run: bool = F
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     api = HfApi()
-    sums = checked(directory, repo_id)
+    surgery, sums = checked(directory, repo_id)
     if dry_run:
         return plan(directory, repo_id, private, api.endpoint) | {"dry_run": True}
     seal(directory, known=sums, repo_id=repo_id)
     upload = plan(directory, repo_id, private, api.endpoint)
-    surgery = json.loads((directory / "finsurg_surgery.json").read_text())
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.upload_folder(
