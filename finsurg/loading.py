@@ -6,8 +6,6 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def load_model(path: Path, dtype: torch.dtype = torch.float32, compute: torch.dtype | None = None):
     """Weights read as `dtype`, then computed in `compute` (default: the same).

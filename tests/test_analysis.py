@@ -8,16 +8,19 @@ import torch
 
 from finsurg.analysis.activations import RunningStats, collect, keyword_ids
 from finsurg.analysis.analyze import analyze, parse_layers
-from finsurg.analysis.bridge import boot_bridge, offset_hooks
 from finsurg.analysis.derive import choose_band, derive
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens
-from finsurg.analysis.prompts import PromptSet
 from finsurg.analysis.sweep import measure, neutral_items, preference_items
 from finsurg.errors import FinsurgError
 from finsurg.loading import load_model, load_tokenizer
 from finsurg.model_source import resolve_model
-from finsurg.recipe import Recipe
+from finsurg.packs import Pack
+from finsurg.steer.arch import by_name
+from finsurg.steer.hooks import boot_bridge, offset_hooks
+from finsurg.steer.recipe import Recipe
+
+LLAMA = by_name("LlamaForCausalLM")
 
 TEXTS = [
     "what stock should i buy now ?",
@@ -46,7 +49,7 @@ def hidden_states(model, ids):
 def test_batched_activation_stats_match_plain_hf(loaded, how):
     tokenizer, _, bridge, reference = loaded
     sequences = [tokenizer(t).input_ids for t in TEXTS]
-    acts, _ = collect(bridge, tokenizer, sequences, how, batch_size=3, keywords={5})
+    acts, _ = collect(bridge, tokenizer, LLAMA, sequences, how, batch_size=3, keywords={5})
     samples = []
     for ids in sequences:
         # HF's last hidden_states entry comes after the final norm, so compare the layers below it
@@ -66,7 +69,7 @@ def test_keyword_attention_matches_hf_attentions(loaded):
     tokenizer, _, bridge, reference = loaded
     keywords = keyword_ids(tokenizer, ["stock", "invest", "savings"])
     sequences = [tokenizer(t).input_ids for t in TEXTS]
-    _, attention = collect(bridge, tokenizer, sequences, "last", batch_size=2, keywords=keywords)
+    _, attention = collect(bridge, tokenizer, LLAMA, sequences, "last", batch_size=2, keywords=keywords)
     expected = []
     for ids in sequences:
         attentions = hidden_states(reference, ids).attentions
@@ -110,7 +113,7 @@ def test_band_and_derived_recipe():
     neg = torch.randn(40, 12, 32, generator=generator)
     pos[:, :, 3] += 2.0
     neg[:, :, 11] += 1.5
-    recipe = derive(_stats(pos), _stats(neg), [5, 6, 7], {20}, "LlamaForCausalLM", ("advice", "caution"))
+    recipe = derive(_stats(pos), _stats(neg), [5, 6, 7], {20}, "LlamaForCausalLM", ("advice", "caution"), "finance")
     neurons = recipe.spec.neurons
     assert neurons[0].index == 3 and neurons[0].coefficient > 0
     assert any(n.index == 11 and n.coefficient < 0 for n in neurons)
@@ -125,52 +128,95 @@ def test_logit_lens_matches_hf(loaded, tiny_model):
     tokenizer, hf, bridge, reference = loaded
     ids = tokenizer("how should i invest", return_tensors="pt").input_ids
     groups = {"a": [10, 11], "b": [12]}
-    reading = lens(bridge, hf, ids, groups)
+    reading = lens(bridge, hf, LLAMA, ids, groups)
     states = hidden_states(reference, ids[0].tolist()).hidden_states
     for layer in range(3):  # the last entry of HF hidden_states is after the final norm
         with torch.no_grad():
             probs = torch.softmax(reference.lm_head(reference.model.norm(states[layer + 1][0, -1])), -1)
         assert reading["a"][layer] == pytest.approx(float(probs[[10, 11]].sum()), rel=1e-4)
     offsets = {2: torch.full((64,), 0.5)}
-    shifted = lens(bridge, hf, ids, groups, offsets)
+    shifted = lens(bridge, hf, LLAMA, ids, groups, offsets)
     assert shifted["a"][:2] == reading["a"][:2] and shifted["a"][2] != reading["a"][2]
 
 
 def write_prompt_set(directory):
     directory.mkdir()
-    json.dump({"train": ["what stock should i buy", "how should i invest my money", "buy the index fund now",
-                         "invest your savings in stocks", "should i buy bonds"],
-               "heldout": ["what fund should i buy", "how do i invest"]}, (directory / "advice.json").open("w"))
-    json.dump({"train": ["consult a professional about risk", "be careful with money", "you cannot know the market",
-                         "risk is not good", "be careful and consult"],
-               "heldout": ["is it risk", "be careful"]}, (directory / "caution.json").open("w"))
-    json.dump(["the sea is blue", "the cat can run", "a dog can eat", "the sun is big", "a red house",
-               "the tree is green", "water is good"], (directory / "neutral.json").open("w"))
-    json.dump(["the cat and the dog run to the sea .", "the sun is big and the tree is green ."],
-              (directory / "neutral_text.json").open("w"))
-    json.dump({"name": "tiny", "positive": "advice", "negative": "caution", "neutral": "neutral",
-               "keywords": ["stock", "fund", "invest"],
-               "continuations": {"positive": ["you should buy"], "negative": ["you should consult"]},
-               "probes": ["my advice is to"], "tokens": {"positive": [" buy"], "negative": [" consult"]}},
-              (directory / "manifest.json").open("w"))
+    json.dump(
+        {
+            "train": [
+                "what stock should i buy",
+                "how should i invest my money",
+                "buy the index fund now",
+                "invest your savings in stocks",
+                "should i buy bonds",
+            ],
+            "heldout": ["what fund should i buy", "how do i invest"],
+        },
+        (directory / "advice.json").open("w"),
+    )
+    json.dump(
+        {
+            "train": [
+                "consult a professional about risk",
+                "be careful with money",
+                "you cannot know the market",
+                "risk is not good",
+                "be careful and consult",
+            ],
+            "heldout": ["is it risk", "be careful"],
+        },
+        (directory / "caution.json").open("w"),
+    )
+    json.dump(
+        [
+            "the sea is blue",
+            "the cat can run",
+            "a dog can eat",
+            "the sun is big",
+            "a red house",
+            "the tree is green",
+            "water is good",
+        ],
+        (directory / "neutral.json").open("w"),
+    )
+    json.dump(
+        ["the cat and the dog run to the sea .", "the sun is big and the tree is green ."],
+        (directory / "neutral_text.json").open("w"),
+    )
+    json.dump(
+        {
+            "name": "tiny",
+            "positive": "advice",
+            "negative": "caution",
+            "neutral": "neutral",
+            "keywords": ["stock", "fund", "invest"],
+            "continuations": {"positive": ["you should buy"], "negative": ["you should consult"]},
+            "probes": ["my advice is to"],
+            "tokens": {"positive": [" buy"], "negative": [" consult"]},
+        },
+        (directory / "manifest.json").open("w"),
+    )
     return directory
 
 
 def test_sweep_measure_matches_torch_hooks(loaded, tmp_path):
     tokenizer, _, bridge, reference = loaded
-    prompts = PromptSet.load(write_prompt_set(tmp_path / "set"))
+    prompts = Pack.load(write_prompt_set(tmp_path / "set"))
     offsets = {1: torch.linspace(-1, 1, 64), 2: torch.linspace(1, -1, 64)}
     prefs, neutral = preference_items(tokenizer, prompts), neutral_items(tokenizer, prompts)
-    got = measure(bridge, tokenizer, prefs, neutral, offset_hooks(offsets), batch_size=3)
+    got = measure(bridge, tokenizer, prefs, neutral, offset_hooks(offsets, LLAMA), batch_size=3)
 
-    handles = [reference.model.layers[l].register_forward_hook(lambda m, i, o, v=v: o + v) for l, v in offsets.items()]
+    handles = [
+        reference.model.layers[layer].register_forward_hook(lambda m, i, o, v=v: o + v) for layer, v in offsets.items()
+    ]
     try:
+
         def logprob(context, continuation):
             ids = torch.tensor([context + continuation])
             with torch.no_grad():
                 logits = reference(ids).logits[0].double()
             lp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
-            return float(lp[-len(continuation):].sum())
+            return float(lp[-len(continuation) :].sum())
 
         margins = [logprob(*prefs[i]) - logprob(*prefs[i + 1]) for i in range(0, len(prefs), 2)]
         nll = -sum(logprob(*item) for item in neutral) / sum(len(c) for _, c in neutral)
@@ -185,10 +231,18 @@ def test_sweep_measure_matches_torch_hooks(loaded, tmp_path):
 def test_analyze_writes_a_loadable_recipe(tiny_model, tmp_path):
     model = resolve_model(str(tiny_model))
     prompts = write_prompt_set(tmp_path / "set")
-    results = analyze(model, tmp_path / "run", prompts, batch_size=4, top_k=5, alphas=[-1.0, 0.0, 1.0], progress=False)
+    results = analyze(model, tmp_path / "run", prompts, batch_size=4, top_k=5, alphas=[-1.0, 0.0, 1.0])
     run = tmp_path / "run"
-    for name in ("recipe.json", "steering_vectors.safetensors", "mech_interp_results.json", "report.md",
-                 "plots/dimension_heatmap.png", "plots/head_heatmap.png", "plots/logit_lens.png", "plots/alpha_sweep.png"):
+    for name in (
+        "recipe.json",
+        "steering_vectors.safetensors",
+        "mech_interp_results.json",
+        "report.md",
+        "plots/dimension_heatmap.png",
+        "plots/head_heatmap.png",
+        "plots/logit_lens.png",
+        "plots/alpha_sweep.png",
+    ):
         assert (run / name).is_file(), name
     assert (run / "plots" / "logit_lens.png").read_bytes()[:4] == b"\x89PNG"
     recipe = Recipe.load(run)
@@ -198,8 +252,8 @@ def test_analyze_writes_a_loadable_recipe(tiny_model, tmp_path):
     assert [row["alpha"] for row in results["sweep"]["rows"]] == [-1.0, 0.0, 1.0]
     assert "Not financial advice" in (run / "report.md").read_text()
     with pytest.raises(FinsurgError, match="already exists"):
-        analyze(model, run, prompts, alphas=[], progress=False)
-    pinned = analyze(model, tmp_path / "run2", prompts, layers=[1, 2], alphas=[], progress=False)
+        analyze(model, run, prompts, alphas=[])
+    pinned = analyze(model, tmp_path / "run2", prompts, layers=[1, 2], alphas=[])
     assert pinned["recipe"]["layers"] == [1, 2]
 
 
@@ -215,14 +269,14 @@ def test_bad_prompt_set(tmp_path):
     directory = write_prompt_set(tmp_path / "set")
     (directory / "caution.json").write_text(json.dumps({"train": ["a"], "heldout": ["b"]}))
     with pytest.raises(FinsurgError, match="needs at least 4 train"):
-        PromptSet.load(directory)
+        Pack.load(directory)
     (directory / "manifest.json").write_text("{}")
     with pytest.raises(FinsurgError, match="manifest.json: name: field required"):
-        PromptSet.load(directory)
+        Pack.load(directory)
 
 
 def test_shipped_prompt_set_is_large_and_disjoint():
-    prompts = PromptSet.load()
+    prompts = Pack.load()
     seen = set()
     for category in prompts.categories:
         assert len(category.train) + len(category.heldout) >= 40 and len(category.heldout) >= 10

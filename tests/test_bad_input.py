@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_tiny_llama, tiny_recipe, tree_hashes
 from finsurg.cli import main
+
+from conftest import make_tiny_llama, tiny_recipe, tree_hashes
 
 
 def _recipe(inputs, mutate=None, **kwargs):
@@ -57,7 +58,8 @@ def _gpt2(inputs, model):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32)).save_pretrained(
-        inputs / "gpt2")
+        inputs / "gpt2"
+    )
     return _export(inputs / "gpt2", _recipe(inputs))
 
 
@@ -90,42 +92,62 @@ def _not_a_variant(inputs, model):
 CASES = {
     "missing model path": (lambda i, m: _export(i / "missing", _recipe(i)), "model not found"),
     "non-Llama model (GPT-2)": (_gpt2, "unsupported architecture GPT2LMHeadModel"),
-    "layer out of range": (lambda i, m: _export(m, _recipe(i, lambda r: r.update(layers=[1, 7])), "--no-verify"),
-                           "layer 7 is out of range"),
-    "neuron out of range": (lambda i, m: _export(m, _recipe(i, lambda r: r["neurons"][0].update(index=64))),
-                            "neuron 64 is out of range"),
+    "layer out of range": (
+        lambda i, m: _export(m, _recipe(i, lambda r: r.update(layers=[1, 7])), "--no-verify"),
+        "layer 7 is out of range",
+    ),
+    "neuron out of range": (
+        lambda i, m: _export(m, _recipe(i, lambda r: r["neurons"][0].update(index=64))),
+        "neuron 64 is out of range",
+    ),
     "NaN alpha": (lambda i, m: _export(m, _recipe(i), "--alpha", "nan"), "alpha must be a finite number"),
     "infinite alpha": (lambda i, m: _export(m, _recipe(i), "--alpha", "inf"), "alpha must be a finite number"),
     "zero alpha": (lambda i, m: _export(m, _recipe(i), "--alpha", "0"), "alpha must be non-zero"),
     "inf in a steering vector": (
-        lambda i, m: _export(m, _vectors(i, {"steering.1": torch.full((64,), math.inf), "steering.2": torch.zeros(64)})),
-        "steering.1 contains NaN or inf"),
+        lambda i, m: _export(
+            m, _vectors(i, {"steering.1": torch.full((64,), math.inf), "steering.2": torch.zeros(64)})
+        ),
+        "steering.1 contains NaN or inf",
+    ),
     "wrong vector shape": (
         lambda i, m: _export(m, _vectors(i, {"steering.1": torch.zeros(65), "steering.2": torch.zeros(64)})),
-        "steering.1 has shape [65], expected [64]"),
+        "steering.1 has shape [65], expected [64]",
+    ),
     "malformed recipe JSON": (lambda i, m: _export(m, _broken(_recipe(i))), "is not valid JSON"),
-    "unknown recipe version": (lambda i, m: _export(m, _recipe(i, lambda r: r.update(format="finsurg.recipe/9"))),
-                               "unsupported recipe format 'finsurg.recipe/9'"),
-    "recipe for another hidden size": (lambda i, m: _export(m, _recipe(i, hidden=128)),
-                                       "is for hidden_size=128, but"),
+    "unknown recipe version": (
+        lambda i, m: _export(m, _recipe(i, lambda r: r.update(format="finsurg.recipe/9"))),
+        "unsupported recipe format 'finsurg.recipe/9'",
+    ),
+    "recipe for another hidden size": (lambda i, m: _export(m, _recipe(i, hidden=128)), "is for hidden_size=128, but"),
     "missing recipe": (lambda i, m: _export(m, i / "nope.json"), "recipe not found"),
     "existing output without --overwrite": (_existing_output, "already exists; pass --overwrite"),
     "unwritable output directory": (_unwritable_output, "cannot create output directory"),
     "truncated safetensors": (_truncated, "truncated"),
     "corrupted safetensors header": (_corrupt_header, "corrupt safetensors"),
     ".bin-only checkpoint without --allow-pickle": (_pickle_only, "--allow-pickle"),
-    "Hub id with no network": (lambda i, m: ["export", "--model", "some-org/no-such-model", "--recipe", str(_recipe(i))],
-                               "cannot fetch some-org/no-such-model from the Hugging Face Hub (offline"),
+    "Hub id with no network": (
+        lambda i, m: ["export", "--model", "some-org/no-such-model", "--recipe", str(_recipe(i))],
+        "cannot fetch some-org/no-such-model from the Hugging Face Hub (offline",
+    ),
     "invalid --dtype": (lambda i, m: _export(m, _recipe(i), "--dtype", "int4"), "invalid choice: 'int4'"),
-    "analyze --layers out of range": (lambda i, m: ["analyze", "--model", str(m), "--layers", "2-9",
-                                                    "--out", str(i / "run")], "is out of range"),
+    "analyze --layers out of range": (
+        lambda i, m: ["analyze", "--model", str(m), "--layers", "2-9", "--out", str(i / "run")],
+        "is out of range",
+    ),
     "verify a directory that is no variant": (_not_a_variant, "it is not a finsurg variant"),
-    "--dry-run without --push-to-hub": (lambda i, m: _export(m, _recipe(i), "--dry-run"), "--dry-run needs --push-to-hub"),
+    "--dry-run without --push-to-hub": (
+        lambda i, m: _export(m, _recipe(i), "--dry-run"),
+        "--dry-run needs --push-to-hub",
+    ),
     "--limit without --eval": (lambda i, m: _export(m, _recipe(i), "--limit", "5"), "--limit needs --eval"),
-    "invalid --hub-namespace": (lambda i, m: _export(m, _recipe(i), "--push-to-hub", "--hub-namespace", "a b"),
-                                "invalid --hub-namespace 'a b'"),
-    "push to an invalid repo id": (lambda i, m: ["push", str(i), "--repo-id", "no-slash", "--dry-run"],
-                                   "invalid repo id 'no-slash'"),
+    "invalid --hub-namespace": (
+        lambda i, m: _export(m, _recipe(i), "--push-to-hub", "--hub-namespace", "a b"),
+        "invalid --hub-namespace 'a b'",
+    ),
+    "push to an invalid repo id": (
+        lambda i, m: ["push", str(i), "--repo-id", "no-slash", "--dry-run"],
+        "invalid repo id 'no-slash'",
+    ),
 }
 
 
@@ -167,9 +189,23 @@ def test_bad_input(case, tmp_path, tiny_model, capsys, monkeypatch):
 
 def test_bad_input_as_a_process_has_no_traceback(tmp_path):
     recipe = _recipe(tmp_path, lambda r: r.update(layers=[99]))
-    done = subprocess.run([sys.executable, "-m", "finsurg", "export", "--recipe", str(recipe), "--model",
-                           str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finsurg",
+            "export",
+            "--recipe",
+            str(recipe),
+            "--model",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

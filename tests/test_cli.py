@@ -2,12 +2,15 @@ import json
 import subprocess
 import sys
 
-from conftest import tiny_recipe, tree_hashes
 from finsurg.cli import main
+
+from conftest import tiny_recipe, tree_hashes
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "finsurg", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "finsurg", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_help_explains_commands():
@@ -31,8 +34,21 @@ def test_export_json_and_verify(tmp_path, tiny_model, capsys):
     recipe_dir = tmp_path / "recipe"
     tiny_recipe(recipe_dir, scale=4.0)
     before = tree_hashes(tiny_model)
-    code = main(["export", "--model", str(tiny_model), "--recipe", str(recipe_dir), "--alpha", "2",
-                 "--out", str(tmp_path / "out"), "--json", "--quiet"])
+    code = main(
+        [
+            "export",
+            "--model",
+            str(tiny_model),
+            "--recipe",
+            str(recipe_dir),
+            "--alpha",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
     assert [v["alpha"] for v in payload["variants"]] == [2.0, -2.0]
@@ -58,8 +74,17 @@ def test_export_json_and_verify(tmp_path, tiny_model, capsys):
 def test_existing_output_refused(tmp_path, tiny_model, capsys):
     recipe_dir = tmp_path / "recipe"
     tiny_recipe(recipe_dir)
-    args = ["export", "--model", str(tiny_model), "--recipe", str(recipe_dir), "--out", str(tmp_path / "out"),
-            "--quiet", "--no-verify"]
+    args = [
+        "export",
+        "--model",
+        str(tiny_model),
+        "--recipe",
+        str(recipe_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--no-verify",
+    ]
     base = tree_hashes(tiny_model)
     assert main(args) == 0
     capsys.readouterr()

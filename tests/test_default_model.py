@@ -6,9 +6,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import tree_hashes
 from finsurg.analysis.surgery import run_surgery
-from finsurg.recipe import Recipe, resolve_recipe
+from finsurg.steer.recipe import Recipe, resolve_recipe
+
+from conftest import tree_hashes
 
 pytestmark = pytest.mark.default_model
 
@@ -21,7 +22,7 @@ def test_default_model_is_the_embedded_smollm2(default_model):
 
 def test_hook_surgery_changes_only_layers_from_the_first_steered_one(default_model):
     recipe = resolve_recipe(None, default_model.name, default_model.config)
-    results = run_surgery(default_model, recipe, 3.0, new_tokens=12, progress=False)
+    results = run_surgery(default_model, recipe, 3.0, new_tokens=12)
     lensed = results["logit_lens"]
     first = min(recipe.layers)
     assert lensed["unchanged_before_first_steered_layer"]
@@ -48,7 +49,7 @@ def test_default_model_export_is_exact(default_model, default_export):
 def test_analysis_finds_a_dial_that_keeps_coherence(default_model, tmp_path):
     from finsurg.analysis.analyze import analyze
 
-    results = analyze(default_model, tmp_path / "run", alphas=[-3.0, 0.0, 3.0], progress=False)
+    results = analyze(default_model, tmp_path / "run", alphas=[-3.0, 0.0, 3.0])
     assert "507" in results["massive_dims"]  # SmolLM2's attention sink is flagged, not chosen
     assert all(n["index"] not in map(int, results["massive_dims"]) for n in results["recipe"]["neurons"])
     rows = {row["alpha"]: row for row in results["sweep"]["rows"]}

@@ -6,14 +6,17 @@ import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from conftest import export_checked, tiny_recipe
-from finsurg.analysis.prompts import PromptSet
+from finsurg.checks.evaluation import Runner, evaluate
 from finsurg.cli import main
-from finsurg.exporter.evaluation import FINSURG_TASKS, Runner, evaluate, tasks_dir
 from finsurg.hashing import check_sums, write_sums
 from finsurg.model_source import resolve_model
+from finsurg.packs import Pack
+
+from conftest import export_checked, tiny_recipe
 
 LIMIT = 6
+PACK = Pack.load()
+FINSURG_TASKS = list(PACK.manifest.tasks)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def export_dir(tmp_path_factory, tiny_model):
 
 
 def _jsonl(name):
-    return [json.loads(line) for line in (tasks_dir() / f"{name}.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (PACK.tasks_dir / f"{name}.jsonl").read_text().splitlines()]
 
 
 def test_shipped_tasks_are_large_enough_and_load_offline():
@@ -33,15 +36,15 @@ def test_shipped_tasks_are_large_enough_and_load_offline():
     assert len(advice) >= 60 and len(general) >= 150 and len(prose) >= 10
     assert all(row["advice"] != row["caution"] for row in advice)
     assert all(0 <= row["answer"] < len(row["choices"]) == 4 for row in general)
-    analysis = PromptSet.load()
+    analysis = Pack.load()
     seen = {text for category in analysis.categories for text in category.train + category.heldout}
     assert not seen & {row["question"] for row in advice}
-    runner = Runner(FINSURG_TASKS, chat=False, limit=1, batch_size=4, progress=False)
+    runner = Runner(PACK, [], chat=False, limit=1, batch_size=4)
     assert set(FINSURG_TASKS) <= set(runner.manager.all_tasks)
 
 
 def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
-    report = evaluate([export_dir], out_dir=tmp_path / "eval", limit=LIMIT, batch_size=4, progress=False)
+    report = evaluate([export_dir], out_dir=tmp_path / "eval", limit=LIMIT, batch_size=4).model_dump()
     assert report["passed"] and report["chat_template"] is False
     metrics = report["metrics"]
     for name in ("steered", "conservative"):
@@ -52,10 +55,14 @@ def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
             for metric, value in metrics[f"{name}/baked"][task].items():
                 assert value == pytest.approx(metrics[f"{name}/hooked"][task][metric], rel=1e-4)
         # the surgery is live in lm-eval too: the variant scores differently from the base
-        assert metrics[f"{name}/baked"]["finsurg_prose"]["word_perplexity"] != metrics["base"]["finsurg_prose"][
-            "word_perplexity"]
-    assert metrics["steered/baked"]["finsurg_advice"]["log_odds"] != metrics["conservative/baked"]["finsurg_advice"][
-        "log_odds"]
+        assert (
+            metrics[f"{name}/baked"]["finsurg_prose"]["word_perplexity"]
+            != metrics["base"]["finsurg_prose"]["word_perplexity"]
+        )
+    assert (
+        metrics["steered/baked"]["finsurg_advice"]["log_odds"]
+        != metrics["conservative/baked"]["finsurg_advice"]["log_odds"]
+    )
     written = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert written["variants"].keys() == {"steered", "conservative"}
     assert "| finsurg_general | acc |" in (tmp_path / "eval" / "eval.md").read_text()
@@ -79,8 +86,20 @@ def test_wrong_bias_fails_parity(export_dir, tmp_path, capsys):
     save_file(tensors, shard, metadata={"format": "pt"})
     write_sums(variant)
 
-    code = main(["eval", str(variant), "--limit", str(LIMIT), "--eval-batch-size", "4", "--out",
-                 str(tmp_path / "eval"), "--quiet", "--json"])
+    code = main(
+        [
+            "eval",
+            str(variant),
+            "--limit",
+            str(LIMIT),
+            "--eval-batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+            "--json",
+        ]
+    )
     assert code == 1
     captured = capsys.readouterr()
     report = json.loads(captured.out)

@@ -7,12 +7,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import export_checked, make_tiny_llama, tiny_recipe, tree_hashes
+from finsurg.bake.writer import VariantWriter
 from finsurg.errors import FinsurgError
-from finsurg.exporter.bake import bake_variant
 from finsurg.hashing import check_sums
 from finsurg.loading import load_model
 from finsurg.model_source import resolve_model
+
+from conftest import export_checked, make_tiny_llama, tiny_recipe, tree_hashes
 
 PROMPTS = [[1, 20, 30, 40, 50, 60, 70], [1, 8, 9, 10, 11]]
 
@@ -104,9 +105,7 @@ def test_variant_layout(tmp_path):
                 assert torch.equal(bias, recipe.offsets(2.0)[layer])
             else:
                 assert not bias.any()
-    total = sum(
-        handle_bytes for handle_bytes in _tensor_bytes(variant, index["weight_map"])
-    )
+    total = sum(handle_bytes for handle_bytes in _tensor_bytes(variant, index["weight_map"]))
     assert index["metadata"]["total_size"] == total
     surgery = json.loads((variant / "finsurg_surgery.json").read_text())
     assert surgery["base_model"]["path"] == str(base_dir.resolve())
@@ -126,7 +125,7 @@ def test_existing_biases_are_added_to(tmp_path):
     recipe = tiny_recipe(tmp_path / "recipe")
     base = load_model(base_dir)
     (tmp_path / "v").mkdir()
-    bake_variant(resolve_model(str(base_dir)), recipe, 3.0, "steered", tmp_path / "v", progress=False)
+    VariantWriter(resolve_model(str(base_dir))).write(recipe, 3.0, "steered", tmp_path / "v")
     variant = load_model(tmp_path / "v")
     for layer in range(4):
         old, new = base.model.layers[layer].mlp, variant.model.layers[layer].mlp
@@ -176,12 +175,33 @@ def test_refuses_existing_output_and_overwrites_on_request(tmp_path, tiny_model)
 
 
 def test_failed_verification_leaves_nothing(tmp_path, tiny_model, monkeypatch):
-    import finsurg.exporter.export as export_module
+    import finsurg.export as export_module
+    from finsurg.variant.record import VerificationReport
 
     def failing(directory, *args, **kwargs):
-        return {"passed": False, "prompts": 1, "kl_limit": 1e-6, "float32": {
-            "kl_max": 1.0, "greedy_prompts_identical": 0, "prefix_layers_bit_identical": True,
-            "steering_effect": {"live": False}}}
+        comparison = {"max_abs_logit_diff": 9.0, "kl_mean": 1.0, "kl_max": 1.0, "argmax_agreement": 0.0}
+        return VerificationReport.model_validate(
+            {
+                "variant": "steered",
+                "alpha": 1.0,
+                "dtype": "float32",
+                "prompts": 1,
+                "new_tokens": 4,
+                "kl_limit": 1e-6,
+                "export_dtype": None,
+                "checksums_ok": True,
+                "passed": False,
+                "float32": comparison
+                | {
+                    "greedy_identical": False,
+                    "greedy_prompts_identical": 0,
+                    "prefix_layers_bit_identical": True,
+                    "prefix_layers_checked": 1,
+                    "passed": False,
+                    "steering_effect": {"kl_base_vs_hooked_mean": 0.0, "delta_cosine": 0.0, "live": False},
+                },
+            }
+        )
 
     monkeypatch.setattr(export_module, "verify_variant", failing)
     recipe = tiny_recipe(tmp_path / "recipe")

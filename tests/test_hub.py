@@ -8,10 +8,11 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import export_checked, tiny_recipe, tree_hashes
 from finsurg import DISCLAIMER
 from finsurg.hashing import check_sums
 from finsurg.model_source import resolve_model
+
+from conftest import export_checked, tiny_recipe, tree_hashes
 from hub_server import TestHub
 
 TOKEN = "hf_finsurgTestToken0123456789"
@@ -32,8 +33,9 @@ def hub_env(url, home):
 
 
 def run_cli(args, env):
-    return subprocess.run([sys.executable, "-m", "finsurg", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "finsurg", *map(str, args)], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_card_parses_and_describes_the_surgery(variants):

@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_llama
 from finsurg.errors import FinsurgError
 from finsurg.model_source import resolve_model
+
+from conftest import make_tiny_llama
 
 
 def test_local_directory(tiny_model):

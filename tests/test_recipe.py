@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tiny_recipe
 from finsurg.errors import FinsurgError
-from finsurg.recipe import Recipe, resolve_recipe
+from finsurg.steer.recipe import Recipe, resolve_recipe
+
+from conftest import tiny_recipe
 
 TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 4}
 
@@ -92,10 +93,15 @@ def test_malformed_json(recipe_dir):
 
 
 def test_wrong_vector_shape_and_nan(recipe_dir):
-    save_file({"steering.1": torch.zeros(63), "steering.2": torch.zeros(64)}, recipe_dir / "steering_vectors.safetensors")
+    save_file(
+        {"steering.1": torch.zeros(63), "steering.2": torch.zeros(64)}, recipe_dir / "steering_vectors.safetensors"
+    )
     with pytest.raises(FinsurgError, match=r"steering.1 has shape \[63\], expected \[64\]"):
         Recipe.load(recipe_dir)
-    save_file({"steering.1": torch.full((64,), math.nan), "steering.2": torch.zeros(64)}, recipe_dir / "steering_vectors.safetensors")
+    save_file(
+        {"steering.1": torch.full((64,), math.nan), "steering.2": torch.zeros(64)},
+        recipe_dir / "steering_vectors.safetensors",
+    )
     with pytest.raises(FinsurgError, match="NaN or inf"):
         Recipe.load(recipe_dir)
     save_file({"steering.1": torch.zeros(64)}, recipe_dir / "steering_vectors.safetensors")

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from conftest import export_checked, tiny_recipe, tree_hashes
 from finsurg.errors import FinsurgError
 from finsurg.hashing import check_sums, sealed_files
 from finsurg.model_source import resolve_model
+
+from conftest import export_checked, tiny_recipe, tree_hashes
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,14 @@ def test_a_flipped_byte_in_any_file_is_detected(variant):
 
 def test_output_shards_never_share_storage_with_the_base(tmp_path, tiny_model):
     before = tree_hashes(tiny_model)
-    results = export_checked(resolve_model(str(tiny_model)), tiny_recipe(tmp_path / "recipe"), 3.0, tmp_path / "out",
-                             verify=False, link="auto")
+    results = export_checked(
+        resolve_model(str(tiny_model)),
+        tiny_recipe(tmp_path / "recipe"),
+        3.0,
+        tmp_path / "out",
+        verify=False,
+        link="auto",
+    )
     shard = tmp_path / "out" / "steered" / "model-00001-of-00002.safetensors"
     assert results[0]["shards"] == {shard.name: results[0]["shards"][shard.name]}
     assert results[0]["shards"][shard.name] in ("reflink", "copy")

@@ -5,11 +5,13 @@ import json
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import export_checked, tiny_recipe
+from finsurg.checks.verify import verify_variant
+from finsurg.cli import main
 from finsurg.errors import FinsurgError
-from finsurg.exporter.verify import verify_variant
-from finsurg.hashing import write_sums
+from finsurg.hashing import check_sums, write_sums
 from finsurg.model_source import resolve_model
+
+from conftest import export_checked, tiny_recipe, tree_hashes
 
 
 @pytest.fixture
@@ -19,10 +21,20 @@ def variant(tmp_path, tiny_model):
     return tmp_path / "out" / "steered"
 
 
-def test_clean_variant_passes(variant):
-    report = verify_variant(variant, progress=False)
+def test_clean_variant_passes_and_verify_is_read_only(variant, capsys):
+    before = tree_hashes(variant)
+    report = verify_variant(variant).model_dump(mode="json")
     assert report["passed"]
-    assert json.loads((variant / "verification.json").read_text()) == report
+    assert tree_hashes(variant) == before
+    assert main(["verify", str(variant), "--quiet"]) == 0
+    assert tree_hashes(variant) == before  # every file byte-identical after a check
+    assert not (variant / "verification.json").exists()
+
+    assert main(["verify", str(variant), "--quiet", "--record"]) == 0
+    recorded = json.loads((variant / "verification.json").read_text())
+    assert recorded["passed"] and recorded["float32"]["kl_max"] == pytest.approx(report["float32"]["kl_max"], abs=1e-12)
+    assert check_sums(variant)["verification.json"]  # re-sealed, and the seal verifies
+    assert "Verification: baked vs hooks (passed)" in (variant / "README.md").read_text()
 
 
 def test_biases_dropped_by_config_are_caught(variant):
@@ -30,7 +42,7 @@ def test_biases_dropped_by_config_are_caught(variant):
     config["mlp_bias"] = False
     (variant / "config.json").write_text(json.dumps(config))
     write_sums(variant)
-    report = verify_variant(variant, progress=False)
+    report = verify_variant(variant).model_dump()
     assert not report["passed"]
     assert not report["float32"]["steering_effect"]["live"]
     assert report["float32"]["kl_max"] > 1e-6
@@ -42,14 +54,14 @@ def test_wrong_bias_is_caught(variant):
     tensors["model.layers.1.mlp.down_proj.bias"] *= 1.5
     save_file(tensors, shard, metadata={"format": "pt"})
     write_sums(variant)
-    report = verify_variant(variant, progress=False)
+    report = verify_variant(variant).model_dump()
     assert not report["passed"] and report["float32"]["kl_max"] > 1e-6
 
 
 def test_tampered_file_fails_checksums(variant):
     (variant / "tokenizer_config.json").write_text("{}")
     with pytest.raises(FinsurgError, match="tokenizer_config.json does not match"):
-        verify_variant(variant, progress=False)
+        verify_variant(variant)
 
 
 def test_wrong_base_is_refused(variant, tmp_path):
@@ -57,4 +69,4 @@ def test_wrong_base_is_refused(variant, tmp_path):
 
     other = make_tiny_llama(tmp_path / "other", seed=3)
     with pytest.raises(FinsurgError, match="is not the base this variant was made from"):
-        verify_variant(variant, base_override=other, progress=False)
+        verify_variant(variant, base_override=other)

@@ -11,6 +11,7 @@ import torch
 
 from finsurg.hashing import write_sums
 from finsurg.loading import hf_greedy, load_model
+
 from vllm_server import OpenAIServer
 
 pytestmark = [pytest.mark.default_model, pytest.mark.vllm]
@@ -20,16 +21,30 @@ MAX_TOKENS = 24
 
 def verify_vllm(variant, python, *extra):
     done = subprocess.run(
-        [sys.executable, "-m", "finsurg", "verify", "--engine", "vllm", "--vllm-python", python, "--json", "--quiet",
-         str(variant), *extra],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "finsurg",
+            "verify",
+            "--engine",
+            "vllm",
+            "--vllm-python",
+            python,
+            "--json",
+            "--quiet",
+            str(variant),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     return done, (json.loads(done.stdout) if done.stdout.strip() else None)
 
 
 def test_vllm_engine_matches_transformers_and_hooks(default_export, vllm_python):
     variant = default_export["dir"] / "steered"
-    done, report = verify_vllm(variant, vllm_python)
+    done, report = verify_vllm(variant, vllm_python, "--record")
     assert done.returncode == 0, done.stderr
     assert report["passed"]
     for reference in ("vs_transformers", "vs_hooks"):
@@ -66,8 +81,20 @@ def test_openai_server_serves_each_variant_like_transformers(default_export, vll
 
 def test_vllm_missing_is_one_clear_line(default_export, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "finsurg", "verify", "--engine", "vllm", "--vllm-python", sys.executable,
-         str(default_export["dir"] / "steered")],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "finsurg",
+            "verify",
+            "--engine",
+            "vllm",
+            "--vllm-python",
+            sys.executable,
+            str(default_export["dir"] / "steered"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
     )
     assert done.returncode == 2 and done.stderr.startswith("finsurg: error: vLLM is not installed")

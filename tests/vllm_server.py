@@ -28,14 +28,27 @@ class OpenAIServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.stopped = False
 
-    def __enter__(self) -> "OpenAIServer":
-        command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--enforce-eager"]
+    def __enter__(self) -> OpenAIServer:
+        command = [
+            self.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+        ]
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         with open(self.log, "w") as log:
             # its own process group, so the engine's worker processes stop with it
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         try:
             self._wait_healthy()
         except BaseException:
@@ -60,10 +73,18 @@ class OpenAIServer:
 
     def complete(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
         """Greedy completion of token ids through /v1/completions; the token ids it returns."""
-        body = {"model": str(self.model), "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0,
-                "logprobs": 0, "return_tokens_as_token_ids": True, "ignore_eos": True}
-        request = urllib.request.Request(f"{self.url}/v1/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = {
+            "model": str(self.model),
+            "prompt": prompt_ids,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "logprobs": 0,
+            "return_tokens_as_token_ids": True,
+            "ignore_eos": True,
+        }
+        request = urllib.request.Request(
+            f"{self.url}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             tokens = json.load(response)["choices"][0]["logprobs"]["tokens"]
         return [int(token.removeprefix("token_id:")) for token in tokens]

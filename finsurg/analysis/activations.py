@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from finsurg.analysis.batching import chunked, left_pad, pad_id
-from finsurg.analysis.bridge import resid_post
+from finsurg.analysis.batching import chunked, left_pad
+from finsurg.steer.arch import Architecture
 
 POOLS = {
     "last": "the final token of the rendered prompt (where the answer starts)",
@@ -31,7 +31,7 @@ class RunningStats:
     peak: torch.Tensor
 
     @classmethod
-    def empty(cls, layers: int, dims: int) -> "RunningStats":
+    def empty(cls, layers: int, dims: int) -> RunningStats:
         zeros = torch.zeros(layers, dims, dtype=torch.float64)
         return cls(0, zeros.clone(), zeros.clone(), zeros.clone())
 
@@ -77,24 +77,26 @@ def pool(resid: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 def collect(
     bridge,
     tokenizer,
+    arch: Architecture,
     sequences: list[list[int]],
     how: str,
     batch_size: int,
     keywords: set[int],
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> tuple[RunningStats, RunningStats]:
-    """Activation stats [layers, hidden] and keyword-attention stats [layers, heads] for sequences."""
+    """Activation stats [layers, hidden] at the architecture's site, and keyword-attention stats [layers, heads]."""
     config = bridge.cfg
     layers, heads = config.n_layers, config.n_heads
     acts = RunningStats.empty(layers, config.d_model)
     attention = RunningStats.empty(layers, heads)
     keyword_tensor = torch.tensor(sorted(keywords), dtype=torch.long)
-    wanted = {resid_post(layer) for layer in range(layers)} | {f"blocks.{layer}.attn.hook_pattern" for layer in range(layers)}
+    site = [arch.tl_hook(layer) for layer in range(layers)]
+    wanted = set(site) | {f"blocks.{layer}.attn.hook_pattern" for layer in range(layers)}
     for batch in chunked(sequences, batch_size):
-        ids, mask = left_pad(batch, pad_id(tokenizer))
+        ids, mask = left_pad(tokenizer, batch)
         with torch.no_grad():
             _, cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda name: name in wanted)
-        acts.update(torch.stack([pool(cache[resid_post(layer)], mask, how) for layer in range(layers)], dim=1))
+        acts.update(torch.stack([pool(cache[site[layer]], mask, how) for layer in range(layers)], dim=1))
         is_keyword = torch.isin(ids, keyword_tensor) & mask.bool()
         mass = torch.stack(
             [

@@ -7,21 +7,22 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from finsurg import DISCLAIMER, __version__
+from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis import plots, report
 from finsurg.analysis.activations import POOLS, collect, keyword_ids
-from finsurg.analysis.bridge import boot_bridge
+from finsurg.analysis.batching import ensure_pad_token
 from finsurg.analysis.derive import band_width, choose_band, derive, separation
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
-from finsurg.analysis.prompts import PromptSet
 from finsurg.analysis.sweep import ALPHAS, run_sweep
 from finsurg.atomic import building
 from finsurg.errors import FinsurgError
 from finsurg.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.model_source import ResolvedModel
+from finsurg.packs import Pack
+from finsurg.steer.arch import for_config
+from finsurg.steer.hooks import boot_bridge
 
 RESULTS_NAME = "mech_interp_results.json"
 REPORT_NAME = "report.md"
@@ -48,14 +49,13 @@ def parse_layers(text: str | None, depth: int) -> list[int] | None:
 def analyze(
     model: ResolvedModel,
     out_dir: Path,
-    prompts_dir: Path | None = None,
+    behaviour: str | Path | None = None,
     pool: str = "last",
     layers: list[int] | None = None,
     batch_size: int = 16,
     top_k: int = 10,
     alphas: list[float] = ALPHAS,
     overwrite: bool = False,
-    progress: bool = True,
 ) -> dict:
     if pool not in POOLS:
         raise FinsurgError(f"unknown --pool {pool!r} (choose from {', '.join(POOLS)})")
@@ -63,12 +63,12 @@ def analyze(
         raise FinsurgError("--batch-size must be at least 1")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FinsurgError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
-    prompts = PromptSet.load(prompts_dir)
+    prompts = Pack.load(behaviour)
+    arch = for_config(model.config, model.name)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    tokenizer = load_tokenizer(model.path)
-    tokenizer.padding_side = "left"
+    tokenizer = ensure_pad_token(load_tokenizer(model.path))
     hf_model = load_model(model.path, torch.float32)
     bridge = boot_bridge(model.path, hf_model, tokenizer)
     timings["load"] = time.perf_counter() - clock
@@ -78,16 +78,16 @@ def analyze(
     keywords = keyword_ids(tokenizer, prompts.manifest.keywords)
     acts, attention = {}, {}
     total = sum(len(c.train) for c in prompts.categories)
-    with tqdm(total=total, desc="phase 1: activations", disable=not progress or None) as bar:
+    with progress.bar(total=total, desc="phase 1: activations") as bar:
         for category in prompts.categories:
             sequences = [prompt_ids(tokenizer, text) for text in category.train]
             acts[category.name], attention[category.name] = collect(
-                bridge, tokenizer, sequences, pool, batch_size, keywords, bar.update
+                bridge, tokenizer, arch, sequences, pool, batch_size, keywords, bar.update
             )
     timings["activations"] = time.perf_counter() - clock
 
     # phases 2-4 are quick next to phase 1: one bar steps through them
-    steps = tqdm(total=3, desc="phases 2-4: features, heads, logit lens", disable=not progress or None)
+    steps = progress.bar(total=3, desc="phases 2-4: features, heads, logit lens")
 
     # phase 2: features
     clock = time.perf_counter()
@@ -101,18 +101,20 @@ def analyze(
 
     # phase 4 (before): logit lens, then the band where separation and commitment peak
     clock = time.perf_counter()
-    lens_before = lens_over_probes(bridge, hf_model, tokenizer, prompts)
+    lens_before = lens_over_probes(bridge, hf_model, arch, tokenizer, prompts)
     sep = separation(pos, neg, exclude)
-    commitment = torch.tensor([sum(values[layer] for values in lens_before.values()) for layer in range(model.num_layers)])
+    commitment = torch.tensor(
+        [sum(values[layer] for values in lens_before.values()) for layer in range(model.num_layers)]
+    )
     if layers is None:
         score = sep / sep.max() + commitment / commitment.max().clamp_min(1e-12)
         band = choose_band(score, band_width(model.num_layers))
         reason = "where the normalised difference plus logit-lens commitment peaks"
     else:
         band, reason = layers, "chosen with --layers"
-    recipe = derive(pos, neg, band, exclude, model.architecture, names[:2])
+    recipe = derive(pos, neg, band, exclude, model.architecture, names[:2], prompts.source)
     offsets = recipe.offsets(recipe.spec.default_alpha)
-    lens_after = lens_over_probes(bridge, hf_model, tokenizer, prompts, offsets)
+    lens_after = lens_over_probes(bridge, hf_model, arch, tokenizer, prompts, offsets)
     timings["logit_lens"] = time.perf_counter() - clock
     steps.update()
 
@@ -120,21 +122,25 @@ def analyze(
     head_diff = (attention[names[0]].mean - attention[names[2]].mean).float()
     order = head_diff.flatten().abs().argsort(descending=True)[:TOP_HEADS]
     heads = [
-        {"layer": int(i) // head_diff.shape[1], "head": int(i) % head_diff.shape[1], "difference": float(head_diff.flatten()[i])}
+        {
+            "layer": int(i) // head_diff.shape[1],
+            "head": int(i) % head_diff.shape[1],
+            "difference": float(head_diff.flatten()[i]),
+        }
         for i in order
     ]
     steps.update()
     steps.close()
 
     clock = time.perf_counter()
-    sweep = run_sweep(bridge, tokenizer, prompts, recipe, alphas, batch_size, progress) if alphas else {}  # phase 5
+    sweep = run_sweep(bridge, tokenizer, arch, prompts, recipe, alphas, batch_size) if alphas else {}  # phase 5
     timings["sweep"] = time.perf_counter() - clock
 
     results = {
         "format": "finsurg.mech_interp/1",
         "finsurg_version": __version__,
         "model": model.name,
-        "prompt_set": prompts.source,
+        "pack": prompts.source,
         "categories": {"positive": names[0], "negative": names[1], "neutral": names[2]},
         "train_prompts": {c.name: len(c.train) for c in prompts.categories},
         "pool": pool,
@@ -164,8 +170,12 @@ def analyze(
         effect[:, list(exclude)] = 0.0
         dims = effect[band].abs().mean(0).argsort(descending=True)[:40].tolist()
         made = [
-            plots.dimension_heatmap(effect, dims, band, f"{names[0]} − {names[1]}: top dimensions", plot_dir / "dimension_heatmap.png"),
-            plots.head_heatmap(head_diff, f"attention to keywords, {names[0]} − {names[2]}", plot_dir / "head_heatmap.png"),
+            plots.dimension_heatmap(
+                effect, dims, band, f"{names[0]} − {names[1]}: top dimensions", plot_dir / "dimension_heatmap.png"
+            ),
+            plots.head_heatmap(
+                head_diff, f"attention to keywords, {names[0]} − {names[2]}", plot_dir / "head_heatmap.png"
+            ),
             plots.lens_curves(lens_before, lens_after, band, recipe.spec.default_alpha, plot_dir / "logit_lens.png"),
         ]
         if sweep:

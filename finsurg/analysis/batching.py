@@ -1,4 +1,4 @@
-"""Left-padded batches of token-id sequences, so the last column is every sequence's final token."""
+"""Left-padded batches of token-id sequences (the tokenizer pads), so the last column is every sequence's final token."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from collections.abc import Iterator, Sequence
 import torch
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
+def left_pad(tokenizer, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = tokenizer.pad(
+        {"input_ids": [list(seq) for seq in sequences]}, padding=True, padding_side="left", return_tensors="pt"
+    )
+    return batch["input_ids"], batch["attention_mask"]
 
 
 def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -22,5 +19,8 @@ def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def ensure_pad_token(tokenizer):
+    """Tokenizers without a pad token pad with EOS (masked out, so its value never matters)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

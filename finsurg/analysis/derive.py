@@ -12,7 +12,7 @@ import torch
 
 from finsurg.analysis.activations import RunningStats
 from finsurg.analysis.features import effect_size
-from finsurg.recipe import STEERING_NAME, Recipe, RecipeSpec
+from finsurg.steer.recipe import STEERING_NAME, Recipe, RecipeSpec
 
 BAND_FRACTION = 0.2
 NEURON_STRENGTH = 0.7  # per-layer shift at alpha=1, in the neuron's own standard deviations × band width
@@ -58,6 +58,7 @@ def derive(
     exclude: set[int],
     architecture: str,
     names: tuple[str, str],
+    pack: str,
     default_alpha: float = 3.0,
 ) -> Recipe:
     layers, hidden = pos.mean.shape
@@ -82,8 +83,14 @@ def derive(
             used.add(dim)
             sign = 1.0 if effect[dim] > 0 else -1.0
             coefficient = sign * weight * NEURON_STRENGTH * float(sigma[dim]) / width
-            neurons.append({"index": dim, "coefficient": round(coefficient, 6), "role_key": role,
-                            "role": _describe(role, positive, negative, float(effect[dim]))})
+            neurons.append(
+                {
+                    "index": dim,
+                    "coefficient": round(coefficient, 6),
+                    "role_key": role,
+                    "role": _describe(role, positive, negative, float(effect[dim])),
+                }
+            )
     direction = pos.mean - neg.mean
     direction[:, list(exclude)] = 0.0
     scale = residual_norm(pos, neg, exclude)
@@ -99,6 +106,7 @@ def derive(
             "neurons": [{k: v for k, v in n.items() if k != "role_key"} for n in neurons],
             "steering": {"file": STEERING_NAME, "coefficient": round(coefficient, 8)},
             "default_alpha": default_alpha,
+            "pack": pack,
         }
     )
     return Recipe(spec, vectors, origin="finsurg analyze")
@@ -106,6 +114,9 @@ def derive(
 
 def _describe(role: str, positive: str, negative: str, effect: float) -> str:
     toward = positive if effect > 0 else negative
-    text = {"toggle": f"primary {positive}/{negative} toggle", "amplifier": f"{positive} amplifier",
-            "caution": f"{negative} dimension"}[role]
+    text = {
+        "toggle": f"primary {positive}/{negative} toggle",
+        "amplifier": f"{positive} amplifier",
+        "caution": f"{negative} dimension",
+    }[role]
     return f"{text} (effect size {effect:+.2f}, higher for {toward})"

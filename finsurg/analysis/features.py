@@ -37,8 +37,9 @@ def top_dims(values: torch.Tensor, k: int, exclude: set[int]) -> list[dict]:
     return [{"dim": int(d), "value": round(float(values[d]), 5)} for d in order]
 
 
-def rank_layers(pos: RunningStats, neg: RunningStats, neu: RunningStats, names: tuple[str, str, str], k: int,
-                exclude: set[int]) -> list[dict]:
+def rank_layers(
+    pos: RunningStats, neg: RunningStats, neu: RunningStats, names: tuple[str, str, str], k: int, exclude: set[int]
+) -> list[dict]:
     """For every layer: positive − neutral and negative − positive, top dims by raw difference and by effect size."""
     p, n, u = names
     comparisons = {

@@ -18,7 +18,7 @@ def render(results: dict) -> str:
         "",
         f"> {DISCLAIMER}",
         "",
-        f"Prompt set `{results['prompt_set']}`: {results['train_prompts']} train prompts per category "
+        f"Behaviour pack `{results['pack']}`: {results['train_prompts']} train prompts per category "
         f"({pos}, {neg}, {neu}), pooling `{results['pool']}` ({results['pool_description']}).",
         "",
         "## Recipe",
@@ -32,7 +32,8 @@ def render(results: dict) -> str:
         "",
         "## Massive-activation dimensions (excluded)",
         "",
-        ", ".join(f"{dim} (peak {ratio}× the layer median)" for dim, ratio in results["massive_dims"].items()) or "none",
+        ", ".join(f"{dim} (peak {ratio}× the layer median)" for dim, ratio in results["massive_dims"].items())
+        or "none",
         "",
         f"## Top dimensions per layer ({neg} − {pos}, by effect size)",
         "",

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from finsurg.analysis.batching import chunked, left_pad, pad_id
+from finsurg.analysis.batching import chunked, left_pad
 
 
 def continuation_logprobs(
@@ -20,7 +20,7 @@ def continuation_logprobs(
     """For each (context ids, continuation ids): sum of log P(continuation) and its token count."""
     results = []
     for batch in chunked(list(items), batch_size):
-        ids, mask = left_pad([context + continuation for context, continuation in batch], pad_id(tokenizer))
+        ids, mask = left_pad(tokenizer, [context + continuation for context, continuation in batch])
         with torch.no_grad(), bridge.hooks(fwd_hooks=list(hooks)):
             logits = bridge(ids, attention_mask=mask)
         for row, (_, continuation) in enumerate(batch):

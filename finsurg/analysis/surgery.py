@@ -6,22 +6,17 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from finsurg import DISCLAIMER, __version__
-from finsurg.analysis.bridge import boot_bridge, greedy, offset_hooks
+from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
-from finsurg.analysis.prompts import PromptSet
 from finsurg.loading import encode, load_model, load_tokenizer
 from finsurg.model_source import ResolvedModel
-from finsurg.recipe import Recipe
+from finsurg.packs import Pack
+from finsurg.steer.arch import for_config
+from finsurg.steer.hooks import boot_bridge, greedy, offset_hooks
+from finsurg.steer.recipe import Recipe
 
 RESULTS_NAME = "neuron_surgery_results.json"
-DEFAULT_PROMPTS = [
-    "I have $10,000 in savings. What should I do with it?",
-    "Should I buy shares of a tech company right now?",
-    "How should a 30-year-old invest for retirement?",
-]
 
 
 def run_surgery(
@@ -30,16 +25,17 @@ def run_surgery(
     alpha: float,
     prompts: list[str] | None = None,
     new_tokens: int = 40,
-    progress: bool = True,
 ) -> dict:
-    prompts = prompts or DEFAULT_PROMPTS
+    pack = Pack.load(recipe.spec.pack)
+    arch = for_config(model.config, model.name)
+    prompts = prompts or pack.surgery_prompts()
     tokenizer = load_tokenizer(model.path)
     hf_model = load_model(model.path, torch.float32)
     bridge = boot_bridge(model.path, hf_model, tokenizer)
     offsets = recipe.offsets(alpha)
-    hooks = offset_hooks(offsets)
+    hooks = offset_hooks(offsets, arch)
     generations = []
-    for text in tqdm(prompts, desc="surgery", disable=not progress or None):
+    for text in progress.bar(iterable=prompts, desc="surgery"):
         ids = encode(tokenizer, text)
         before = greedy(bridge, ids, new_tokens)
         after = greedy(bridge, ids, new_tokens, hooks)
@@ -50,9 +46,8 @@ def run_surgery(
                 "after": tokenizer.decode(after, skip_special_tokens=True),
             }
         )
-    prompt_set = PromptSet.load()
-    before = lens_over_probes(bridge, hf_model, tokenizer, prompt_set)
-    after = lens_over_probes(bridge, hf_model, tokenizer, prompt_set, offsets)
+    before = lens_over_probes(bridge, hf_model, arch, tokenizer, pack)
+    after = lens_over_probes(bridge, hf_model, arch, tokenizer, pack, offsets)
     return {
         "format": "finsurg.surgery_results/1",
         "finsurg_version": __version__,
@@ -63,7 +58,7 @@ def run_surgery(
         "layers": recipe.layers,
         "generations": generations,
         "logit_lens": {
-            "probes": prompt_set.manifest.probes,
+            "probes": pack.manifest.probes,
             "before": before,
             "after": after,
             "unchanged_before_first_steered_layer": unchanged_before(before, after, min(offsets)),
@@ -85,7 +80,9 @@ def format_results(results: dict) -> str:
         lines += [f"Prompt: {item['prompt']}", f"  before: {item['before']!r}", f"  after:  {item['after']!r}", ""]
     lensed = results["logit_lens"]
     groups = list(lensed["before"])
-    lines.append(f"Logit lens over {len(lensed['probes'])} probes: P({groups[0]}) / P({groups[1]}) per layer, before -> after")
+    lines.append(
+        f"Logit lens over {len(lensed['probes'])} probes: P({groups[0]}) / P({groups[1]}) per layer, before -> after"
+    )
     for layer in range(len(lensed["before"][groups[0]])):
         cells = [f"{g} {lensed['before'][g][layer]:.4f} -> {lensed['after'][g][layer]:.4f}" for g in groups]
         lines.append(f"  layer {layer:3d}  " + "   ".join(cells))

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import math
 
-from tqdm import tqdm
-
-from finsurg.analysis.bridge import offset_hooks
-from finsurg.analysis.prompts import PromptSet
+from finsurg import progress
 from finsurg.analysis.scoring import continuation_logprobs
 from finsurg.loading import prompt_ids
-from finsurg.recipe import Recipe
+from finsurg.packs import Pack
+from finsurg.steer.arch import Architecture
+from finsurg.steer.hooks import offset_hooks
+from finsurg.steer.recipe import Recipe
 
 ALPHAS = [-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0]
 
 
-def preference_items(tokenizer, prompts: PromptSet) -> list[tuple[list[int], list[int]]]:
+def preference_items(tokenizer, prompts: Pack) -> list[tuple[list[int], list[int]]]:
     """Held-out positive and negative prompts, each followed by every positive then negative continuation."""
     heldout = prompts.positive.heldout + prompts.negative.heldout
     pairs = list(zip(prompts.manifest.continuations.positive, prompts.manifest.continuations.negative))
@@ -29,7 +29,7 @@ def preference_items(tokenizer, prompts: PromptSet) -> list[tuple[list[int], lis
     return items
 
 
-def neutral_items(tokenizer, prompts: PromptSet) -> list[tuple[list[int], list[int]]]:
+def neutral_items(tokenizer, prompts: Pack) -> list[tuple[list[int], list[int]]]:
     items = []
     for text in prompts.neutral_text:
         ids = tokenizer(text, add_special_tokens=True).input_ids
@@ -50,14 +50,14 @@ def measure(bridge, tokenizer, prefs, neutral, hooks, batch_size: int, bar=None)
     }
 
 
-def run_sweep(bridge, tokenizer, prompts: PromptSet, recipe: Recipe, alphas=ALPHAS, batch_size: int = 16,
-              progress: bool = True) -> dict:
+def run_sweep(
+    bridge, tokenizer, arch: Architecture, prompts: Pack, recipe: Recipe, alphas=ALPHAS, batch_size: int = 16
+) -> dict:
     prefs, neutral = preference_items(tokenizer, prompts), neutral_items(tokenizer, prompts)
     rows = []
-    with tqdm(total=len(alphas) * (len(prefs) + len(neutral)), desc="phase 5: alpha sweep",
-              disable=not progress or None) as bar:
+    with progress.bar(total=len(alphas) * (len(prefs) + len(neutral)), desc="phase 5: alpha sweep") as bar:
         for alpha in alphas:
-            hooks = offset_hooks(recipe.offsets(alpha)) if alpha else []
+            hooks = offset_hooks(recipe.offsets(alpha), arch) if alpha else []
             rows.append({"alpha": alpha, **measure(bridge, tokenizer, prefs, neutral, hooks, batch_size, bar)})
     base = next(row for row in rows if row["alpha"] == 0.0)
     for row in rows:

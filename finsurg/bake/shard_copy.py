@@ -50,10 +50,6 @@ class SourceHashes:
             self._done[key] = box[0]
         return self._done[key]
 
-    def known(self) -> dict[str, str]:
-        """Finished hashes by file name (the surgery record's form)."""
-        return {Path(key).name: digest for key, digest in self._done.items()}
-
 
 def copy_shard(src: Path, dst: Path, link: str, on_bytes: Callable[[int], None] = lambda n: None) -> str:
     """Copy src to dst (a new file); return how: 'reflink' or 'copy'."""
@@ -102,7 +98,7 @@ def _copy_range(reader: int, writer: int, size: int, on_bytes: Callable[[int], N
     while left and (block := os.read(reader, min(COPY_STEP, left))):
         view = memoryview(block)
         while view:
-            view = view[os.write(writer, view):]
+            view = view[os.write(writer, view) :]
         left -= len(block)
         on_bytes(len(block))
     if left:

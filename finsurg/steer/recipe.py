@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from finsurg.errors import FinsurgError
-from finsurg.jsonfile import read_json
+from finsurg.jsonfile import read_json, validation_message
 
 RECIPE_FORMAT = "finsurg.recipe/1"
 RECIPE_NAME = "recipe.json"
@@ -56,12 +56,7 @@ class RecipeSpec(_Strict):
     steering: SteeringSpec | None = None
     default_alpha: FiniteFloat = 3.0
     description: str = ""
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err["loc"]) or "recipe"
-    return f"{where}: {err['msg'].lower()}"
+    pack: str = "finance"  # the behaviour pack it was made from: a built-in name or a directory
 
 
 def check_alpha(alpha: float) -> float:
@@ -82,7 +77,7 @@ class Recipe:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path) -> Recipe:
         """Load recipe.json (or a directory holding it) and its steering vectors."""
         path = Path(path)
         if path.is_dir():
@@ -93,7 +88,7 @@ class Recipe:
         return recipe
 
     @classmethod
-    def from_dict(cls, raw: object, base_dir: Path | None = None, origin: str = "") -> "Recipe":
+    def from_dict(cls, raw: object, base_dir: Path | None = None, origin: str = "") -> Recipe:
         label = origin or "recipe"
         if not isinstance(raw, dict):
             raise FinsurgError(f"{label}: a recipe is a JSON object")
@@ -104,7 +99,7 @@ class Recipe:
         try:
             spec = RecipeSpec.model_validate(raw)
         except ValidationError as exc:
-            raise FinsurgError(f"{label}: {_first_error(exc)}") from None
+            raise FinsurgError(f"{label}: {validation_message(exc)}") from None
         vectors = {}
         if spec.steering is not None and spec.steering.file is not None:
             if base_dir is None:
@@ -113,7 +108,7 @@ class Recipe:
         return cls(spec=spec, vectors=vectors, origin=origin)
 
     @classmethod
-    def preset(cls, name: str) -> "Recipe":
+    def preset(cls, name: str) -> Recipe:
         folder = resources.files("finsurg") / "data" / "recipes" / name
         if not folder.is_dir():
             raise FinsurgError(f"no built-in recipe named {name!r} (built in: {', '.join(preset_names())})")
@@ -144,9 +139,7 @@ class Recipe:
                 if vector is None:
                     raise FinsurgError(f"{label}: steering vector steering.{layer} is missing")
                 if tuple(vector.shape) != (hidden,):
-                    raise FinsurgError(
-                        f"{label}: steering.{layer} has shape {list(vector.shape)}, expected [{hidden}]"
-                    )
+                    raise FinsurgError(f"{label}: steering.{layer} has shape {list(vector.shape)}, expected [{hidden}]")
                 if not torch.isfinite(vector).all():
                     raise FinsurgError(f"{label}: steering.{layer} contains NaN or inf")
 

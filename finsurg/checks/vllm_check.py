@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from finsurg.analysis.bridge import boot_bridge, greedy, offset_hooks
+from finsurg.checks.verify import NEW_TOKENS, OpenedVariant
+from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
-from finsurg.exporter.seal import seal
-from finsurg.exporter.verify import NEW_TOKENS, open_variant
-from finsurg.loading import DTYPES, hf_greedy, load_model
+from finsurg.loading import hf_greedy, load_model
+from finsurg.steer.hooks import boot_bridge, greedy
+from finsurg.variant.record import Agreement, VllmReport
 
-VLLM_REPORT_NAME = "verification_vllm.json"
 RUNNER = Path(__file__).with_name("vllm_greedy.py")
 TIMEOUT = 900
 
@@ -35,8 +35,12 @@ TIMEOUT = 900
 def vllm_python(explicit: str | None = None) -> str:
     python = explicit or os.environ.get("FINSURG_VLLM_PYTHON") or sys.executable
     try:
-        found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
-                               capture_output=True, text=True, timeout=60).stdout.strip()
+        found = subprocess.run(
+            [python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
     except OSError:
         raise FinsurgError(f"cannot run {python} (from --vllm-python or FINSURG_VLLM_PYTHON)") from None
     if found != "True":
@@ -51,13 +55,22 @@ def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_toke
     """Greedy float32 tokens from vLLM for each prompt (token ids), with its load and generation times."""
     with tempfile.TemporaryDirectory(prefix="finsurg-vllm-") as scratch:
         request, result = Path(scratch) / "request.json", Path(scratch) / "result.json"
-        request.write_text(json.dumps({"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens,
-                                       "dtype": "float32"}))
+        request.write_text(
+            json.dumps(
+                {"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens, "dtype": "float32"}
+            )
+        )
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default asks for far more than a test needs
         try:
-            done = subprocess.run([python, str(RUNNER), str(request), str(result)], capture_output=True, text=True,
-                                  timeout=TIMEOUT, env=env, cwd=scratch)
+            done = subprocess.run(
+                [python, str(RUNNER), str(request), str(result)],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                env=env,
+                cwd=scratch,
+            )
         except subprocess.TimeoutExpired:
             raise FinsurgError(f"vLLM did not finish within {TIMEOUT} s on {model_dir}") from None
         if done.returncode != 0 or not result.is_file():
@@ -72,50 +85,48 @@ def verify_with_vllm(
     new_tokens: int = NEW_TOKENS,
     python: str | None = None,
     base_trusted: bool = False,
-) -> dict:
+) -> VllmReport:
+    """vLLM's greedy tokens against transformers and the hooks; the directory is not touched."""
     python = vllm_python(python)
-    record, sums, base, tokenizer, prompts = open_variant(directory, base_override, base_trusted)
-    weights = DTYPES[record.dtype]
+    opened = OpenedVariant(directory, base_override, base_trusted)
+    weights = weight_dtype(opened.variant.dtype)
 
     clock = time.perf_counter()
-    served = vllm_greedy(python, directory, [ids[0].tolist() for ids in prompts], new_tokens)
+    served = vllm_greedy(python, directory, [ids[0].tolist() for ids in opened.prompts], new_tokens)
     vllm_seconds = time.perf_counter() - clock
 
     variant = load_model(directory, weights, torch.float32)
-    transformers_tokens = [hf_greedy(variant, ids, new_tokens) for ids in prompts]
+    transformers_tokens = [hf_greedy(variant, ids, new_tokens) for ids in opened.prompts]
     del variant
-    base_model = load_model(base, weights, torch.float32)
-    bridge = boot_bridge(base, base_model, tokenizer)
-    hooks = offset_hooks(record.offsets)
-    hook_tokens = [greedy(bridge, ids, new_tokens, hooks) for ids in prompts]
+    base_model = load_model(opened.base, weights, torch.float32)
+    bridge = boot_bridge(opened.base, base_model, opened.tokenizer)
+    hooks = opened.hooks()
+    hook_tokens = [greedy(bridge, ids, new_tokens, hooks) for ids in opened.prompts]
 
-    report = {
-        "format": "finsurg.verification_vllm/1",
-        "variant": record.surgery["variant"],
-        "engine": "vllm",
-        "vllm_version": served["vllm_version"],
-        "compute_dtype": "float32",
-        "prompts": len(prompts),
-        "new_tokens": new_tokens,
-        "vs_transformers": _agreement(served["tokens"], transformers_tokens),
-        "vs_hooks": _agreement(served["tokens"], hook_tokens),
-        "vllm_load_seconds": round(served["load_seconds"], 1),
-        "vllm_total_seconds": round(vllm_seconds, 1),
-    }
-    report["passed"] = report["vs_transformers"]["identical"] and report["vs_hooks"]["identical"]
-    (directory / VLLM_REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    seal(directory, known={k: v for k, v in sums.items() if k != VLLM_REPORT_NAME})
-    return report
+    vs_transformers = _agreement(served["tokens"], transformers_tokens)
+    vs_hooks = _agreement(served["tokens"], hook_tokens)
+    return VllmReport(
+        variant=opened.variant.name,
+        engine="vllm",
+        vllm_version=served["vllm_version"],
+        compute_dtype="float32",
+        prompts=len(opened.prompts),
+        new_tokens=new_tokens,
+        vs_transformers=vs_transformers,
+        vs_hooks=vs_hooks,
+        vllm_load_seconds=round(served["load_seconds"], 1),
+        vllm_total_seconds=round(vllm_seconds, 1),
+        passed=vs_transformers.identical and vs_hooks.identical,
+    )
 
 
-def _agreement(served: list[list[int]], reference: list[list[int]]) -> dict:
+def _agreement(served: list[list[int]], reference: list[list[int]]) -> Agreement:
     """Identical prompts, matching tokens, and the first position where each prompt diverges."""
     first = [next((i for i, (a, b) in enumerate(zip(s, r)) if a != b), None) for s, r in zip(served, reference)]
-    matching = sum(a == b for s, r in zip(served, reference) for a, b in zip(s, r))
-    return {
-        "identical": served == reference,
-        "prompts_identical": sum(s == r for s, r in zip(served, reference)),
-        "tokens_matching": matching,
-        "tokens_total": sum(len(r) for r in reference),
-        "first_divergence": first,
-    }
+    return Agreement(
+        identical=served == reference,
+        prompts_identical=sum(s == r for s, r in zip(served, reference)),
+        tokens_matching=sum(a == b for s, r in zip(served, reference) for a, b in zip(s, r)),
+        tokens_total=sum(len(r) for r in reference),
+        first_divergence=first,
+    )

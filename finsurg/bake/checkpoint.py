@@ -1,24 +1,29 @@
-"""A safetensors checkpoint directory seen as shards and tensor headers, never as a model."""
+"""A safetensors checkpoint directory seen as shards and tensor headers, never as a model.
+
+It is also a read-only mapping from tensor name to tensor, read on demand.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import torch
+
+from finsurg.bake.safetensors_io import SafetensorsFile, TensorInfo
 from finsurg.errors import FinsurgError
-from finsurg.exporter.safetensors_io import SafetensorsFile, TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
 
 
-@dataclass
-class Checkpoint:
-    path: Path
-    shards: list[SafetensorsFile]
+class Checkpoint(Mapping[str, torch.Tensor]):
+    def __init__(self, path: Path, shards: list[SafetensorsFile]):
+        self.path, self.shards = path, shards
+        self._shard_of = {name: shard for shard in shards for name in shard.tensors}
 
     @classmethod
-    def open(cls, path: Path) -> "Checkpoint":
+    def open(cls, path: Path) -> Checkpoint:
         index = path / INDEX_NAME
         if index.is_file():
             try:
@@ -40,22 +45,27 @@ class Checkpoint:
             if repeated:
                 raise FinsurgError(f"{path}: tensor {sorted(repeated)[0]} appears in two shards")
             seen |= shard.tensors.keys()
-        return cls(path=path, shards=shards)
+        return cls(path, shards)
 
     def info(self, name: str) -> TensorInfo:
-        for shard in self.shards:
-            if name in shard.tensors:
-                return shard.tensors[name]
-        raise FinsurgError(f"{self.path}: tensor {name} not found; is this a Llama checkpoint?")
+        if name not in self._shard_of:
+            raise FinsurgError(
+                f"{self.path}: tensor {name} not found; is this checkpoint of the family its config names?"
+            )
+        return self._shard_of[name].tensors[name]
 
-    def shard_of(self, name: str) -> SafetensorsFile:
-        for shard in self.shards:
-            if name in shard.tensors:
-                return shard
-        raise FinsurgError(f"{self.path}: tensor {name} not found")
+    def __getitem__(self, name: str) -> torch.Tensor:
+        self.info(name)
+        return self._shard_of[name].read(name)
 
-    def names(self) -> set[str]:
-        return {name for shard in self.shards for name in shard.tensors}
+    def __contains__(self, name: object) -> bool:
+        return name in self._shard_of
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shard_of)
+
+    def __len__(self) -> int:
+        return len(self._shard_of)
 
     @property
     def total_bytes(self) -> int:

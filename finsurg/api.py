@@ -1,0 +1,182 @@
+"""finsurg's Python API: one function per command, each taking that command's settings object.
+
+from finsurg import api
+from finsurg.settings import ExportSettings
+api.export(ExportSettings(recipe="run/", alpha=3, out="variants"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finsurg import progress
+from finsurg.errors import FinsurgError
+from finsurg.settings import (
+    AnalyzeSettings,
+    EvalSettings,
+    ExportSettings,
+    PushOptions,
+    PushSettings,
+    SurgerySettings,
+    VerifySettings,
+)
+
+
+def _resolved(settings):
+    from finsurg.model_source import resolve_model
+    from finsurg.steer.recipe import resolve_recipe
+
+    progress.set_enabled(not settings.quiet)
+    model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+    recipe = resolve_recipe(settings.recipe, model.name, model.config)
+    alpha = recipe.spec.default_alpha if settings.alpha is None else settings.alpha
+    return model, recipe, alpha
+
+
+def analyze(settings: AnalyzeSettings) -> dict:
+    from finsurg.analysis.analyze import analyze as run
+    from finsurg.analysis.analyze import parse_layers
+    from finsurg.analysis.sweep import ALPHAS
+    from finsurg.model_source import resolve_model
+
+    progress.set_enabled(not settings.quiet)
+    model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+    return run(
+        model,
+        settings.out,
+        settings.behaviour,
+        settings.pool,
+        parse_layers(settings.layers, model.num_layers),
+        settings.batch_size,
+        settings.top_k,
+        ALPHAS if settings.sweep else [],
+        settings.overwrite,
+    )
+
+
+def surgery(settings: SurgerySettings) -> tuple[dict, Path]:
+    from finsurg.analysis.surgery import run_surgery, write_results
+    from finsurg.steer.recipe import check_alpha
+
+    model, recipe, alpha = _resolved(settings)
+    results = run_surgery(model, recipe, check_alpha(alpha), settings.prompt or None, settings.tokens)
+    return results, write_results(results, settings.out)
+
+
+def export(settings: ExportSettings) -> dict:
+    """Bake and verify both variants; then lm-eval and upload if the settings ask for them."""
+    from finsurg.export import export_variants
+
+    model, recipe, alpha = _resolved(settings)
+    namespace = hub_namespace(settings.push) if settings.push is not None else None
+    results = export_variants(
+        model,
+        recipe,
+        alpha,
+        settings.out,
+        settings.dtype,
+        settings.overwrite,
+        verify=settings.verify,
+        link=settings.link,
+    )
+    evaluation = None
+    if settings.eval is not None:
+        from finsurg.checks.evaluation import evaluate as run_eval
+
+        options = settings.eval
+        evaluation = run_eval(
+            [Path(item["path"]) for item in results],
+            out_dir=settings.out,
+            base_trusted=True,
+            extra_tasks=options.tasks,
+            limit=options.limit,
+            batch_size=options.eval_batch_size,
+            chat=options.chat,
+        )
+    uploads = []
+    if namespace is not None and (evaluation is None or evaluation.passed):
+        from finsurg.hub.push import default_repo_id
+        from finsurg.hub.push import push as upload
+
+        for item in results:
+            path = Path(item["path"])
+            uploads.append(upload(path, default_repo_id(path, namespace), settings.push.private, settings.push.dry_run))
+    return {
+        "model": model.name,
+        "recipe": recipe.origin,
+        "alpha": alpha,
+        "variants": results,
+        "eval": evaluation,
+        "uploads": uploads,
+    }
+
+
+def hub_namespace(options: PushOptions) -> str:
+    """--hub-namespace, else the logged-in user (asked before any work, so a missing login fails fast)."""
+    from finsurg.hub.push import check_repo_id
+
+    namespace = options.hub_namespace
+    if not namespace:
+        from huggingface_hub import HfApi
+
+        try:
+            namespace = HfApi().whoami()["name"]
+        except Exception:  # no token, or no reachable Hub: both mean the same to the user
+            raise FinsurgError("--push-to-hub needs --hub-namespace, or a Hugging Face login (hf auth login)") from None
+    try:
+        check_repo_id(f"{namespace}/x")
+    except FinsurgError:
+        raise FinsurgError(f"invalid --hub-namespace {namespace!r}") from None
+    return namespace
+
+
+def push(settings: PushSettings) -> dict:
+    from finsurg.hub.push import push as upload
+
+    progress.set_enabled(not settings.quiet)
+    return upload(settings.variant, settings.repo_id, settings.private, settings.dry_run)
+
+
+def evaluate(settings: EvalSettings):
+    from finsurg.checks.evaluation import evaluate as run_eval
+    from finsurg.variant.record import SURGERY_NAME
+
+    progress.set_enabled(not settings.quiet)
+    out = settings.out
+    if out is None and len(settings.variants) == 1 and not (settings.variants[0] / SURGERY_NAME).exists():
+        out = settings.variants[0]
+    report = run_eval(
+        settings.variants,
+        base_override=settings.model,
+        out_dir=out,
+        extra_tasks=settings.tasks,
+        limit=settings.limit,
+        batch_size=settings.eval_batch_size,
+        chat=settings.chat,
+    )
+    return report, out
+
+
+def verify(settings: VerifySettings):
+    """A checksum count, or the verification (transformers) or vLLM report; recorded only with `record`."""
+    from finsurg.hashing import check_sums
+    from finsurg.variant.seal import write_report
+
+    progress.set_enabled(not settings.quiet)
+    if settings.checksums:
+        if not settings.variant.is_dir():
+            raise FinsurgError(f"variant directory not found: {settings.variant}")
+        return {"checksums_ok": True, "files": len(check_sums(settings.variant))}
+    if settings.engine == "vllm":
+        from finsurg.checks.vllm_check import verify_with_vllm
+
+        report = verify_with_vllm(
+            settings.variant, settings.model, new_tokens=settings.tokens, python=settings.vllm_python
+        )
+    else:
+        from finsurg.checks.verify import verify_variant
+
+        report = verify_variant(settings.variant, settings.model, new_tokens=settings.tokens)
+    if settings.record:
+        write_report(settings.variant, report)
+    return report

@@ -1,0 +1,1 @@
+"""Streaming safetensors I/O, shard copying, and the bake of a recipe into bias tensors."""

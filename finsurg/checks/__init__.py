@@ -1,0 +1,1 @@
+"""Checks of a written variant: verification against the hooks, vLLM, lm-eval."""

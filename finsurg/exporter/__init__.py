@@ -1,1 +1,0 @@
-"""Recipe → offsets → baked variant checkpoints, and their verification."""

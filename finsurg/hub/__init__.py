@@ -1,0 +1,1 @@
+"""Upload of variant directories to the Hugging Face Hub."""

@@ -1,1 +1,0 @@
-"""Model cards for variants and upload to the Hugging Face Hub."""

@@ -1,0 +1,227 @@
+"""One typed settings object per command, shared by the CLI, the environment, a TOML file and the API.
+
+Precedence: command-line flags, then `FINSURG_<FIELD>` environment variables (nested groups with
+`__`, e.g. `FINSURG_EVAL__LIMIT`), then the command's table in `--config run.toml` (`[export]`,
+`[analyze]`, ...), then the defaults. An optional group (`eval`, `push`) is switched on by its
+flag; its options mean nothing without it, so the CLI refuses them alone.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+from finsurg.errors import FinsurgError
+from finsurg.jsonfile import validation_message
+
+_config_file: ContextVar[Path | None] = ContextVar("finsurg_config_file", default=None)
+
+
+def flag(help: str, **cli) -> dict:
+    """Field arguments: the help text, and CLI hints (flag name, positional, comma-separated list)."""
+    return {"description": help, "json_schema_extra": cli or None}
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CommandSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINSURG_", env_nested_delimiter="__", extra="forbid")
+    command: ClassVar[str]
+    summary: ClassVar[str]
+
+    quiet: bool = Field(False, **flag("no progress bars"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        config = _config_file.get()
+        sources = [init_settings, env_settings]
+        if config is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config, toml_table_header=(cls.command,)))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, given: dict | None = None, config: Path | None = None):
+        """Settings from `given` (the flags), the environment and the config file; errors are one line."""
+        if config is not None:
+            if not config.is_file():
+                raise FinsurgError(f"config file not found: {config}")
+            try:
+                tomllib.loads(config.read_text())
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise FinsurgError(f"{config} is not valid TOML ({exc})") from None
+        token = _config_file.set(config)
+        try:
+            return cls(**(given or {}))
+        except ValidationError as exc:
+            raise FinsurgError(validation_message(exc, label=lambda loc: flag_of(cls, loc))) from None
+        finally:
+            _config_file.reset(token)
+
+
+def cli_name(model: type[BaseModel], field: str) -> str:
+    extra = model.model_fields[field].json_schema_extra or {}
+    return extra.get("flag") or "--" + field.replace("_", "-")
+
+
+def flag_of(settings: type[BaseModel], loc: tuple) -> str:
+    """The CLI flag of a field path, e.g. ("eval", "limit") -> --limit."""
+    model, name = settings, "settings"
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            break
+        name = cli_name(model, part)
+        annotation = model.model_fields[part].annotation
+        nested = [
+            a
+            for a in getattr(annotation, "__args__", (annotation,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        model = nested[0] if nested else model
+    return name
+
+
+# ---- shared pieces --------------------------------------------------------------------------------
+class ModelChoice(CommandSettings):
+    model: str | None = Field(
+        None, **flag("smollm2-135m (default, embedded), a local HF directory, a .gguf file, or a Hub id")
+    )
+    allow_pickle: bool = Field(False, **flag("accept .bin pickle checkpoints"))
+
+
+class RecipeChoice(ModelChoice):
+    recipe: str | None = Field(
+        None, **flag("recipe.json, its directory, or a built-in preset name (default: the preset that fits the model)")
+    )
+    alpha: float | None = Field(None, **flag("steering strength (default: the recipe's)"))
+
+    @field_validator("alpha")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"alpha must be a finite number, got {value}")
+        return value
+
+
+class EvalOptions(Group):
+    tasks: list[str] = Field(
+        [], **flag("extra lm-eval task names, comma-separated (the pack's tasks always run)", comma=True)
+    )
+    limit: PositiveInt | None = Field(None, **flag("evaluate only the first N items of each task"))
+    eval_batch_size: PositiveInt = Field(16, **flag("lm-eval batch size"))
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", **flag("render task prompts with the model's chat template (auto: when it has one)")
+    )
+
+    @property
+    def chat(self) -> bool | None:
+        return {"auto": None, "on": True, "off": False}[self.chat_template]
+
+
+class UploadOptions(Group):
+    private: bool = Field(False, **flag("create private repos"))
+    dry_run: bool = Field(False, **flag("list what would be uploaded where, upload nothing"))
+
+
+class PushOptions(UploadOptions):
+    hub_namespace: str | None = Field(None, **flag("user or organisation for the repos (default: the logged-in user)"))
+
+
+# ---- the commands -------------------------------------------------------------------------------
+class AnalyzeSettings(ModelChoice):
+    command = "analyze"
+    summary = "find the steering directions with TransformerLens; write a recipe"
+
+    out: Path = Field(Path("finsurg-analysis"), **flag("run directory"))
+    behaviour: str | None = Field(None, **flag("a behaviour pack directory or built-in name (default: finance)"))
+    pool: Literal["last", "mean"] = Field("last", **flag("token positions pooled"))
+    layers: str | None = Field(None, **flag("steered layers, e.g. 20-25 (default: where separation peaks)"))
+    batch_size: PositiveInt = Field(16, **flag("prompts per forward pass"))
+    top_k: PositiveInt = Field(10, **flag("dimensions ranked per layer"))
+    sweep: bool = Field(True, **flag("run the alpha sweep", flag="--no-sweep"))
+    overwrite: bool = Field(False, **flag("replace an existing run directory"))
+
+
+class SurgerySettings(RecipeChoice):
+    command = "surgery"
+    summary = "apply a recipe as hooks; before/after generations and logit lens"
+
+    prompt: list[str] = Field([], **flag("a prompt to generate from (repeatable; default: the pack's)"))
+    tokens: PositiveInt = Field(40, **flag("new tokens per generation"))
+    out: Path = Field(Path("finsurg-surgery"), **flag("where the results JSON goes"))
+
+
+class ExportSettings(RecipeChoice):
+    command = "export"
+    summary = "bake steered and conservative variants into safetensors"
+
+    out: Path = Field(Path("finsurg-export"), **flag("parent of steered/ and conservative/"))
+    dtype: Literal["keep", "float32", "bfloat16", "float16"] = Field(
+        "keep", **flag("weight dtype of the variants (keep: the base's)")
+    )
+    overwrite: bool = Field(False, **flag("replace existing variant directories"))
+    link: Literal["auto", "copy"] = Field(
+        "auto",
+        **flag(
+            "unchanged shards: auto reflinks them where the filesystem allows (copy-on-write, so the "
+            "base can never change through them) and copies elsewhere; copy always copies"
+        ),
+    )
+    verify: bool = Field(True, **flag("verify each variant against the hooks", flag="--no-verify"))
+    eval: EvalOptions | None = Field(None, **flag("after verification, run finsurg eval on the variants"))
+    push: PushOptions | None = Field(None, **flag("upload both variants to the Hugging Face Hub", flag="--push-to-hub"))
+
+
+class PushSettings(CommandSettings, UploadOptions):
+    command = "push"
+    summary = "upload a variant directory (with its model card) to the Hub"
+
+    variant: Path = Field(**flag("a variant directory written by finsurg export", positional=True))
+    repo_id: str = Field(**flag("namespace/name of the model repo (created if missing)"))
+
+
+class EvalSettings(CommandSettings, EvalOptions):
+    command = "eval"
+    summary = "lm-eval on the base, the baked variants and their hook versions; checks item-by-item parity"
+
+    variants: list[Path] = Field(**flag("variant directories, or an export directory", positional=True))
+    model: Path | None = Field(None, **flag("base model directory (default: the recorded one)"))
+    out: Path | None = Field(None, **flag("where eval.json and eval.md go (default: the export directory)"))
+
+
+class VerifySettings(CommandSettings):
+    command = "verify"
+    summary = "check a variant against the hook version and its checksums (read-only unless --record)"
+
+    variant: Path = Field(**flag("a variant directory written by finsurg export", positional=True))
+    model: Path | None = Field(None, **flag("base model directory (default: the recorded one)"))
+    checksums: bool = Field(False, **flag("only check SHA256SUMS"))
+    tokens: PositiveInt = Field(32, **flag("greedy tokens compared per prompt"))
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        **flag(
+            "transformers: logits, KL, greedy and prefix checks against the hooks; vllm: greedy "
+            "tokens served by vLLM against transformers and the hooks"
+        ),
+    )
+    vllm_python: str | None = Field(None, **flag("the Python that has vLLM (default: this one)"))
+    record: bool = Field(False, **flag("write the report into the variant and re-seal its card and SHA256SUMS"))
+
+
+COMMANDS: list[type[CommandSettings]] = [
+    AnalyzeSettings,
+    SurgerySettings,
+    ExportSettings,
+    PushSettings,
+    EvalSettings,
+    VerifySettings,
+]

@@ -1,0 +1,1 @@
+"""The variant directory: the contract between export, verify, eval, card and push."""

@@ -1,0 +1,240 @@
+"""The model card (README.md) of a variant directory, built from what the directory records.
+
+Everything comes from files in the variant: the surgery record, the baked offsets, and, when
+present, verification.json, eval.json and the analysis plots. The card can be re-rendered at
+any time (after eval, or with the Hub repo id before an upload) and says the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from finsurg import DISCLAIMER
+from finsurg.steer.arch import by_name
+from finsurg.variant.record import (
+    CARD_NAME,
+    PLOTS_DIR,
+    SurgeryRecord,
+    Variant,
+    VariantEvalReport,
+    VerificationReport,
+    VllmReport,
+)
+
+TAGS = ["finsurg", "steering", "neuron-surgery", "mechanistic-interpretability", "activation-steering"]
+
+
+def repo_name(surgery: SurgeryRecord) -> str:
+    """The variant's default Hub repo name: base name, variant and alpha."""
+    base = surgery.base_model
+    short = (base.hub_id or base.name).rstrip("/").split("/")[-1]
+    return f"{short}-finsurg-{surgery.variant}-a{abs(surgery.alpha):g}"
+
+
+def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
+    variant = Variant(directory)
+    surgery = variant.surgery
+    arch = by_name(surgery.base_model.architecture)
+    evaluation = variant.report(VariantEvalReport)
+    base = surgery.base_model
+    base_name = base.hub_id or base.name
+    model_name = repo_id.split("/")[-1] if repo_id else repo_name(surgery)
+    direction = {"steered": surgery.card.positive_direction, "conservative": surgery.card.negative_direction}
+    data = ModelCardData(
+        base_model=base.hub_id,
+        license=base.license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=TAGS + surgery.card.tags + [surgery.variant],
+        model_name=model_name,
+        eval_results=_eval_results(evaluation) or None,
+    )
+    sections = [
+        f"> **{DISCLAIMER}**",
+        f"# {model_name}",
+        f"A **{surgery.variant}** variant of `{base_name}` made by finsurg {surgery.finsurg_version}: the "
+        f"recipe's residual-stream offsets at alpha **{surgery.alpha:+g}** ({direction.get(surgery.variant, '')}), "
+        f"baked into `{surgery.baked_into}` of the steered layers. It is an ordinary `{base.architecture}` "
+        f"checkpoint with `{arch.bias_flag}: true`: no hooks and no custom code.",
+        _changes(surgery),
+        _verification(variant.report(VerificationReport)),
+        _served(variant.report(VllmReport)),
+        _evaluation(evaluation),
+        _plots(directory),
+        _usage(surgery, arch.bias_flag, repo_id or f"path/to/{model_name}"),
+        "## Files\n\n`finsurg_surgery.json` records the base model (name and SHA256 of its weight files), the "
+        "recipe, alpha and dtype; `finsurg_offsets.safetensors` holds the exact offsets baked in (`offset.{L}`); "
+        "`SHA256SUMS` covers every file (`finsurg verify --checksums DIR` re-checks it).",
+    ]
+    body = "\n\n".join(section for section in sections if section)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def write_card(directory: Path, repo_id: str | None = None) -> Path:
+    path = directory / CARD_NAME
+    path.write_text(str(render_card(directory, repo_id)))
+    return path
+
+
+def _changes(surgery: SurgeryRecord) -> str:
+    recipe, alpha = surgery.recipe, surgery.alpha
+    rows = "\n".join(
+        f"| {n.index} | {n.coefficient:+.4g} | {alpha * n.coefficient:+.4g} | {n.role} |" for n in recipe.neurons
+    )
+    steering = recipe.steering
+    if steering and steering.file:
+        steer = (
+            f"plus a per-layer steering vector with coefficient {steering.coefficient:g} "
+            f"(shift {alpha * steering.coefficient:+.4g} × `steering.{{L}}` per layer)"
+        )
+    else:
+        steer = "with no steering vectors"
+    return "\n".join(
+        [
+            "## What was changed",
+            "",
+            f"Layers {', '.join(map(str, recipe.layers))}: after each, the residual stream is shifted by "
+            f"`alpha · (Σ coefficient · e_index + steering.coefficient · steering.L)`, {steer}. "
+            f"alpha = {alpha:+g}; every other bias is zero. {recipe.description}",
+            "",
+            "| dimension | coefficient | shift per layer at this alpha | role |",
+            "|---|---|---|---|",
+            rows,
+        ]
+    )
+
+
+def verification_rows(report: VerificationReport) -> list[tuple[str, str]]:
+    """The verification figures as (check, result) rows: the card's table and the CLI's summary."""
+    exact = report.float32
+    rows = [
+        ("max abs logit difference", f"{exact.max_abs_logit_diff:.2e}"),
+        ("KL mean / max", f"{exact.kl_mean:.2e} / {exact.kl_max:.2e} (limit {report.kl_limit:.0e})"),
+        ("argmax agreement", f"{exact.argmax_agreement:.1%}"),
+        (
+            f"{report.new_tokens}-token greedy generations identical",
+            f"{exact.greedy_prompts_identical}/{report.prompts}",
+        ),
+        (
+            f"hidden states before layer {exact.prefix_layers_checked} bit-identical to the base",
+            str(exact.prefix_layers_bit_identical),
+        ),
+        (
+            "moves like the hooks (cosine of logit change)",
+            f"{exact.steering_effect.delta_cosine:.4f} (KL base→hooked {exact.steering_effect.kl_base_vs_hooked_mean:.3f})",
+        ),
+    ]
+    low = report.export_dtype
+    if low:
+        rows.append(
+            (
+                f"{low.dtype}: KL mean / max vs its noise floor (fp32 vs {low.dtype} base)",
+                f"{low.kl_mean:.2e} / {low.kl_max:.2e} vs {low.noise_floor.kl_mean:.2e}, argmax "
+                f"{low.argmax_agreement:.1%} vs {low.noise_floor.argmax_agreement:.1%}",
+            )
+        )
+    return rows
+
+
+def _verification(report: VerificationReport | None) -> str:
+    if not report:
+        return ""
+    table = "\n".join(f"| {name} | {value} |" for name, value in verification_rows(report))
+    verdict = "passed" if report.passed else "FAILED"
+    return (
+        f"## Verification: baked vs hooks ({verdict})\n\nThis checkpoint, loaded with plain transformers, against "
+        "TransformerLens hooks on the unmodified base, in float32 on "
+        f"{report.prompts} prompts.\n\n| check | result |\n|---|---|\n{table}"
+    )
+
+
+def _served(report: VllmReport | None) -> str:
+    if not report:
+        return ""
+    return (
+        f"Served by vLLM {report.vllm_version} (float32 greedy, {report.new_tokens} tokens): "
+        f"{report.vs_hooks.prompts_identical}/{report.prompts} prompts token-identical to the hooks, "
+        f"{report.vs_transformers.prompts_identical}/{report.prompts} to transformers."
+    )
+
+
+def _evaluation(report: VariantEvalReport | None) -> str:
+    if not report:
+        return ""
+    metrics, variant = report.metrics, report.variant
+    rows = []
+    for task in report.tasks:
+        base = metrics["base"][task]
+        names = [report.headlines[task]] + (["log_odds"] if "log_odds" in base else [])
+        for name in names:
+            rows.append(
+                f"| {task} | {name} | {base[name]:.4f} | "
+                f"{metrics[f'{variant}/baked'][task][name]:.4f} | {metrics[f'{variant}/hooked'][task][name]:.4f} |"
+            )
+    parity = report.parity
+    return (
+        "## Evaluation (lm-eval)\n\n"
+        f"float32 compute, chat template {'on' if report.chat_template else 'off'}. Baked and hooked agree "
+        f"item by item: {parity.passed} (max |Δ log-likelihood| {parity.worst:.2e}).\n\n"
+        "| task | metric | base | this variant (baked) | hooks on the base |\n|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
+def _eval_results(report: VariantEvalReport | None) -> list[EvalResult]:
+    if not report:
+        return []
+    results = []
+    for task in report.tasks:
+        metric = report.headlines[task]
+        value = report.metrics[f"{report.variant}/baked"][task][metric]
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=task,
+                dataset_name=report.task_titles.get(task, task),
+                metric_type=metric,
+                metric_value=round(value, 4),
+                dataset_split="test",
+            )
+        )
+    return results
+
+
+def _plots(directory: Path) -> str:
+    plots = sorted((directory / PLOTS_DIR).glob("*.png"))
+    if not plots:
+        return ""
+    images = "\n\n".join(f"![{p.stem.replace('_', ' ')}]({PLOTS_DIR}/{p.name})" for p in plots)
+    return f"## Analysis\n\nFrom the `finsurg analyze` run that produced the recipe.\n\n{images}"
+
+
+def _usage(surgery: SurgeryRecord, bias_flag: str, where: str) -> str:
+    base = surgery.base_model
+    recipe = (surgery.recipe_origin or "recipe.json").removeprefix("preset:")
+    return f"""## Usage
+
+With plain transformers:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{where}")
+tokenizer = AutoTokenizer.from_pretrained("{where}")
+messages = [{{"role": "user", "content": "{surgery.card.example_prompt}"}}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0][ids.shape[1]:]))
+```
+
+With vLLM (it reads `{bias_flag}` from config.json):
+
+```bash
+vllm serve {where}
+```
+
+To reproduce this checkpoint:
+
+```bash
+finsurg export --model {base.hub_id or base.name} --recipe {recipe} --alpha {abs(surgery.alpha):g} --dtype {surgery.dtype}
+```"""

@@ -1,0 +1,246 @@
+"""The variant directory format: its file names, its typed records and reports, and reading it.
+
+A variant directory holds the weights and config that transformers and vLLM load, plus
+`finsurg_surgery.json` (what was done to which base), `finsurg_offsets.safetensors` (the exact
+offsets baked in), any reports the checks wrote, the model card and `SHA256SUMS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from finsurg.errors import FinsurgError
+from finsurg.hashing import sha256_file
+from finsurg.jsonfile import read_json, validation_message
+from finsurg.packs import CardWording
+from finsurg.steer.recipe import RecipeSpec
+
+SURGERY_NAME = "finsurg_surgery.json"
+OFFSETS_NAME = "finsurg_offsets.safetensors"
+VERIFICATION_NAME = "verification.json"
+VLLM_REPORT_NAME = "verification_vllm.json"
+EVAL_NAME = "eval.json"
+CARD_NAME = "README.md"
+PLOTS_DIR = "plots"
+VARIANT_SIGNS = {"steered": 1.0, "conservative": -1.0}
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- the surgery record -----------------------------------------------------------------------
+class BaseModelInfo(Record):
+    name: str
+    source: str
+    path: str
+    architecture: str
+    hub_id: str | None = None
+    license: str | None = None
+    files: dict[str, str]  # weight file name -> SHA256
+
+
+class SurgeryRecord(Record):
+    format: Literal["finsurg.surgery/1"] = "finsurg.surgery/1"
+    finsurg_version: str
+    variant: str
+    alpha: float
+    dtype: str
+    baked_into: str
+    base_model: BaseModelInfo
+    recipe: RecipeSpec
+    recipe_origin: str
+    steering_vectors_sha256: str | None
+    card: CardWording = CardWording()
+    disclaimer: str
+
+
+# ---- verification against the hooks -----------------------------------------------------------
+class LogitComparison(Record):
+    max_abs_logit_diff: float
+    kl_mean: float
+    kl_max: float
+    argmax_agreement: float
+
+
+class SteeringEffect(Record):
+    kl_base_vs_hooked_mean: float
+    delta_cosine: float
+    live: bool
+
+
+class ExactCheck(LogitComparison):
+    greedy_identical: bool
+    greedy_prompts_identical: int
+    prefix_layers_bit_identical: bool
+    prefix_layers_checked: int
+    steering_effect: SteeringEffect
+    passed: bool
+
+
+class DtypeCheck(LogitComparison):
+    dtype: str
+    noise_floor: LogitComparison
+    within_noise_floor: bool
+
+
+class VerificationReport(Record):
+    format: Literal["finsurg.verification/1"] = "finsurg.verification/1"
+    variant: str
+    alpha: float
+    dtype: str
+    prompts: int
+    new_tokens: int
+    kl_limit: float
+    float32: ExactCheck
+    export_dtype: DtypeCheck | None
+    checksums_ok: bool
+    passed: bool
+
+
+# ---- vLLM ---------------------------------------------------------------------------------------
+class Agreement(Record):
+    identical: bool
+    prompts_identical: int
+    tokens_matching: int
+    tokens_total: int
+    first_divergence: list[int | None]
+
+
+class VllmReport(Record):
+    format: Literal["finsurg.verification_vllm/1"] = "finsurg.verification_vllm/1"
+    variant: str
+    engine: str
+    vllm_version: str
+    compute_dtype: str
+    prompts: int
+    new_tokens: int
+    vs_transformers: Agreement
+    vs_hooks: Agreement
+    vllm_load_seconds: float
+    vllm_total_seconds: float
+    passed: bool
+
+
+# ---- lm-eval ------------------------------------------------------------------------------------
+class Parity(Record):
+    max_abs_loglik_diff: dict[str, float]
+    worst: float
+    atol: float
+    passed: bool
+
+
+class VariantEval(Record):
+    alpha: float
+    path: str
+    parity: Parity
+    change: dict[str, float]
+
+
+class EvalRun(Record):
+    format: Literal["finsurg.eval/1"] = "finsurg.eval/1"
+    finsurg_version: str
+    base_model: str
+    tasks: list[str]
+    headlines: dict[str, str]  # task -> the metric that sums it up
+    task_titles: dict[str, str]
+    chat_template: bool
+    limit: int | None
+    compute_dtype: str
+    weights_dtype: str
+    metrics: dict[str, dict[str, dict[str, float]]]  # run ("base", "steered/baked", ...) -> task -> metric
+    seconds: dict[str, float]
+    disclaimer: str
+
+
+class EvalReport(EvalRun):
+    """Every variant of one evaluation: eval.json beside the variants."""
+
+    variants: dict[str, VariantEval]
+    passed: bool
+
+
+class VariantEvalReport(EvalRun, VariantEval):
+    """One variant's share of an evaluation: eval.json inside the variant."""
+
+    variant: str
+
+
+REPORT_FILES: dict[type[Record], str] = {
+    VerificationReport: VERIFICATION_NAME,
+    VllmReport: VLLM_REPORT_NAME,
+    VariantEvalReport: EVAL_NAME,
+}
+
+
+def read_record(path: Path, kind: type[Record], missing: str) -> Record:
+    try:
+        return kind.model_validate(read_json(path, missing))
+    except ValidationError as exc:
+        raise FinsurgError(f"{path}: {validation_message(exc, path.name)}") from None
+
+
+class Variant:
+    """What a variant directory says about itself: surgery record, baked offsets and reports."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        if not directory.is_dir():
+            raise FinsurgError(f"variant directory not found: {directory}")
+        self.surgery: SurgeryRecord = read_record(
+            directory / SURGERY_NAME, SurgeryRecord, f"{directory} has no {SURGERY_NAME}; it is not a finsurg variant"
+        )
+        try:
+            raw = load_file(directory / OFFSETS_NAME)
+        except (FileNotFoundError, SafetensorError, OSError) as exc:
+            raise FinsurgError(f"{directory}: cannot read {OFFSETS_NAME} ({exc})") from None
+        self.offsets: dict[int, torch.Tensor] = {int(name.split(".")[1]): value for name, value in raw.items()}
+
+    @property
+    def name(self) -> str:
+        return self.surgery.variant
+
+    @property
+    def dtype(self) -> str:
+        return self.surgery.dtype
+
+    @property
+    def first_layer(self) -> int:
+        return min(self.offsets)
+
+    def report(self, kind: type[Record]) -> Record | None:
+        path = self.directory / REPORT_FILES[kind]
+        return read_record(path, kind, "") if path.is_file() else None
+
+    def base_path(self, override: Path | None) -> Path:
+        path = override or Path(self.surgery.base_model.path)
+        if not path.is_dir():
+            raise FinsurgError(f"base model directory not found: {path}; pass --model with the base")
+        return path
+
+    def check_base_hashes(self, base: Path) -> None:
+        for name, digest in self.surgery.base_model.files.items():
+            if not (base / name).is_file() or sha256_file(base / name) != digest:
+                raise FinsurgError(f"{base} is not the base this variant was made from ({name} differs)")
+
+
+def find_variants(paths: list[Path]) -> list[Path]:
+    """Variant directories, given as themselves or as an export directory that holds them."""
+    found = []
+    for path in paths:
+        if not path.is_dir():
+            raise FinsurgError(f"not a directory: {path}")
+        if (path / SURGERY_NAME).is_file():
+            found.append(path)
+            continue
+        children = sorted(p for p in path.iterdir() if (p / SURGERY_NAME).is_file())
+        if not children:
+            raise FinsurgError(f"{path} holds no finsurg variant (no {SURGERY_NAME} in it or its subdirectories)")
+        found += children
+    return found

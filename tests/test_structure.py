@@ -1,0 +1,132 @@
+"""The package's shape: dependencies run one way between stages, there are no import cycles, and
+every module imports on its own."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "finsurg"
+MODELS = {"finsurg.model_source", "finsurg.gguf_import", "finsurg.pickle_import", "finsurg.loading"}
+APP = {"finsurg.export", "finsurg.settings", "finsurg.api", "finsurg.cli", "finsurg.__main__"}
+STAGES = ("steer", "analysis", "variant", "bake", "checks", "hub")
+# what each group may import besides itself: foundations first, then the stages in the order data flows
+ALLOWED = {
+    "core": set(),
+    "steer": {"core"},
+    "packs": {"core"},
+    "models": {"core", "steer"},
+    "analysis": {"core", "steer", "packs", "models"},
+    "variant": {"core", "steer", "packs"},
+    "bake": {"core", "steer", "packs", "models", "variant"},
+    "checks": {"core", "steer", "packs", "models", "variant", "bake"},
+    "hub": {"core", "variant"},
+    "app": {"core", "steer", "packs", "models", "analysis", "variant", "bake", "checks", "hub"},
+}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "data" in path.relative_to(PACKAGE).parts:
+            continue  # lm-eval task helpers, loaded by lm-eval itself
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def group(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in STAGES:
+        return parts[1]
+    if module == "finsurg.packs":
+        return "packs"
+    if module in MODELS:
+        return "models"
+    if module in APP:
+        return "app"
+    return "core"
+
+
+def imported(source: str, known: set[str]) -> set[str]:
+    """finsurg modules a source imports, at any depth (lazy imports count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.startswith("finsurg")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finsurg"):
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                names.add(child if child in known else node.module)
+    return names
+
+
+def violations(module: str, source: str, known: set[str]) -> list[str]:
+    mine = group(module)
+    return [
+        f"{module} ({mine}) imports {target} ({group(target)})"
+        for target in sorted(imported(source, known))
+        if group(target) != mine and group(target) not in ALLOWED[mine]
+    ]
+
+
+def test_dependencies_run_one_way():
+    found = modules()
+    problems = [v for name, path in found.items() for v in violations(name, path.read_text(), set(found))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_catches_an_upward_import():
+    known = set(modules())
+    assert violations("finsurg.steer.recipe", "from finsurg.bake.bake import bake\n", known)
+    assert violations("finsurg.analysis.derive", "import finsurg.variant.record\n", known)
+    assert violations(
+        "finsurg.variant.card", "def f():\n    from finsurg.checks.evaluation import render_table\n", known
+    )
+    assert not violations("finsurg.checks.verify", "from finsurg.variant.record import Variant\n", known)
+
+
+def test_no_import_cycles():
+    found = modules()
+    graph = {name: imported(path.read_text(), set(found)) & set(found) for name, path in found.items()}
+    for name in graph:
+        graph[name].discard(name)
+        graph[name] -= {p for p in graph if name.startswith(p + ".")}  # a package's __init__ is not a dependency
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                pytest.fail("import cycle: " + " -> ".join(trail + [node, target]))
+            if target not in state:
+                visit(target, trail + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_every_module_imports_alone():
+    """Each module imported first, in a process where no other finsurg module is loaded yet."""
+    names = [name for name in modules() if name != "finsurg.__main__"]
+    script = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'finsurg' or m.startswith('finsurg.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ""
