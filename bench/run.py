@@ -193,6 +193,88 @@ def measure_analysis(results: dict) -> None:
     }
 
 
+def measure_steering(results: dict) -> None:
+    """Answer-behaviour steering on held-out questions: finsurg tuned, repeng and system prompts, matched KL."""
+    python = os.environ.get("FINSURG_REPENG_PYTHON")
+    if not python:
+        raise SystemExit("the steering benchmark needs repeng: run `make bench-setup` (sets FINSURG_REPENG_PYTHON)")
+    work = scratch_dir(CACHE)
+    run = CACHE / "steering-analysis"  # kept: the tuned recipe these figures belong to
+    try:
+        analysis = task("analyze_tuned", out=str(run))
+        peer = task("repeng_train", python=python, out=str(work / "repeng.safetensors"))
+        compare = task(
+            "steering_compare", recipe=str(run), repeng=str(work / "repeng.safetensors"), targets=[0.05, 0.1]
+        )
+        evaluation = task("export_eval", recipe=str(run), out=str(work / "variants"))
+    finally:
+        shutil.rmtree(work)
+    results["steering"] = {"analysis": analysis, "repeng_training": peer, "matched_kl": compare, "eval": evaluation}
+
+
+def render_steering(steering: dict) -> list[str]:
+    from finsurg.effects import heldout_table
+
+    analysis, compare, evaluation = steering["analysis"], steering["matched_kl"], steering["eval"]
+    heldout = analysis["behaviour"]["heldout"]
+    chosen = analysis["behaviour"]["tuning"]["chosen"]
+    lines = [
+        "## Steering efficacy (default model, held-out questions)",
+        "",
+        f"`finsurg analyze` with tuning: {analysis['seconds']:.0f} s wall (target < 300 s), peak RSS "
+        f"{analysis['child_peak_rss_mb']:.0f} MB. Chosen: trial {chosen['trial']}, {chosen['method']}, layers "
+        f"{chosen['layers'][0]}-{chosen['layers'][1]}, KL {chosen['kl']:.3f} on the tune split.",
+        "",
+        "At alpha ±3 (the tuned point), from the analysis:",
+        "",
+    ]
+    lines += heldout_table(heldout)
+    lines += [
+        "",
+        f"At matched cost (KL on {compare['neutral_replies']} neutral replies), {compare['heldout']} held-out questions; "
+        "repeng trained as it ships on the same train split:",
+        "",
+        "| route | target KL | KL +/− | Δ up [95% CI] | wrong way up | Δ down [95% CI] | wrong way down |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in compare["rows"]:
+        up, down = row["up"], row["down"]
+        lines.append(
+            f"| {row['route']} = {row['scale']:.3g} | {row['target_kl']:g} | {row['kl_up']:.3f} / {row['kl_down']:.3f} | "
+            f"{up['mean']:+.2f} [{up['ci95'][0]:+.2f}, {up['ci95'][1]:+.2f}] | {up['wrong_way']:.0%} | "
+            f"{down['mean']:+.2f} [{down['ci95'][0]:+.2f}, {down['ci95'][1]:+.2f}] | {down['wrong_way']:.0%} |"
+        )
+    for name, row in compare["prompts"].items():
+        shift = row["shift"]
+        lines.append(
+            f"| {name} system prompt | — | {row['kl']:.3f} | "
+            + (
+                f"{shift['mean']:+.2f} [{shift['ci95'][0]:+.2f}, {shift['ci95'][1]:+.2f}] | {shift['wrong_way']:.0%} | — | — |"
+                if name == "positive"
+                else f"— | — | {shift['mean']:+.2f} [{shift['ci95'][0]:+.2f}, {shift['ci95'][1]:+.2f}] | {shift['wrong_way']:.0%} |"
+            )
+        )
+    by = {(r["route"].split(" ")[0], r["target_kl"]): r for r in compare["rows"]}
+    lines.append("")
+    for target in sorted({r["target_kl"] for r in compare["rows"]}):
+        ours, peer = by[("finsurg", target)], by[("repeng", target)]
+        lines.append(
+            f"- KL {target:g}: finsurg/repeng shift ratio {ours['up']['mean'] / peer['up']['mean']:.2f}× up, "
+            f"{ours['down']['mean'] / peer['down']['mean']:.2f}× down (target ≥ 1.5×)."
+        )
+    metrics = evaluation["metrics"]
+    base, general, prose = metrics["base"], "finsurg_general", "finsurg_prose"
+    for name in ("steered", "conservative"):
+        baked = metrics[f"{name}/baked"]
+        lines.append(
+            f"- {name}: general accuracy {baked[general]['acc']:.3f} vs base {base[general]['acc']:.3f} "
+            f"({(baked[general]['acc'] - base[general]['acc']) * 100:+.1f} points, target within 2); neutral prose "
+            f"perplexity {baked[prose]['word_perplexity']:.2f} vs {base[prose]['word_perplexity']:.2f} "
+            f"({baked[prose]['word_perplexity'] / base[prose]['word_perplexity'] - 1:+.1%}, target within 5%)."
+        )
+    return lines + [""]
+
+
 def render(results: dict) -> str:
     ex, big = results["export_default_model"], results["export_8b_shapes"]
     inf, an = results["inference"], results["analysis"]
@@ -252,6 +334,8 @@ def render(results: dict) -> str:
     ]
     if not reflink["available"]:
         lines.append(f"Reflink on a copy-on-write filesystem: not measured ({reflink['why']}).")
+    if "steering" in results:
+        lines += [""] + render_steering(results["steering"])
     return "\n".join(lines) + "\n"
 
 
@@ -264,7 +348,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
         "targets": TARGETS,
     }
-    for step in (measure_export_default, measure_export_8b, measure_inference, measure_analysis):
+    steps = [measure_export_default, measure_export_8b, measure_inference, measure_analysis, measure_steering]
+    only = sys.argv[1:]  # e.g. `bench/run.py steering`: re-measure some sections, keep the others' last figures
+    if only and (HERE / "results.json").is_file():
+        results = json.loads((HERE / "results.json").read_text()) | {k: results[k] for k in ("date", "machine")}
+    for step in steps:
+        if only and step.__name__.removeprefix("measure_") not in only:
+            continue
         print(f"bench: {step.__name__.removeprefix('measure_')}", flush=True)
         step(results)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")

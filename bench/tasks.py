@@ -260,9 +260,161 @@ def analyze_cli(out: str) -> dict:
     return timed(run)
 
 
+# ---- steering efficacy at matched cost --------------------------------------------------------
+def _scale_for_kl(measure, offsets_at, target: float, start: float = 1.0) -> tuple[float, float]:
+    """The scale whose cost on neutral replies is `target`: KL grows about as its square; three refinements."""
+    scale, kl = start, measure.kl(offsets_at(start))
+    for _ in range(3):
+        scale *= (target / max(kl, 1e-12)) ** 0.5
+        kl = measure.kl(offsets_at(scale))
+    return scale, kl
+
+
+def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
+    """Held-out log-odds shifts of finsurg's tuned recipe and of repeng's vector, each at matched KL,
+    and of the pack's system prompts; every figure on the held-out split."""
+    import torch
+    from safetensors.torch import load_file
+
+    from finsurg import progress
+    from finsurg.analysis.answers import Batches, Measure, answer_items, margins, reply_items
+    from finsurg.analysis.behaviour import reply_split
+    from finsurg.effects import effect, preference
+    from finsurg.loading import load_model, load_tokenizer
+    from finsurg.model_source import resolve_model
+    from finsurg.packs import Pack
+    from finsurg.steer.arch import for_config
+    from finsurg.steer.recipe import Recipe
+
+    progress.set_enabled(False)
+    model = resolve_model(None)
+    arch = for_config(model.config)
+    tokenizer = load_tokenizer(model.path)
+    hf = load_model(model.path)
+    pack = Pack.load()
+    splits, (_, replies) = pack.answer_pairs(), reply_split(pack.neutral_reply_items())
+    measure = Measure(hf, tokenizer, arch, splits.heldout, replies)
+    tuned = Recipe.load(recipe)
+    vectors = {int(name.split(".")[1]): v for name, v in load_file(repeng).items()}
+    routes = {
+        "finsurg (tuned recipe, alpha)": (lambda a: tuned.offsets(a), 3.0),
+        "repeng pca_center (coefficient)": (lambda c: {layer: c * v for layer, v in vectors.items()}, 1.0),
+    }
+    rows = []
+    for name, (offsets_at, start) in routes.items():
+        for target in targets:
+            scale, kl_up = _scale_for_kl(measure, offsets_at, target, start)
+            up, down = measure.shifts(offsets_at(scale)), measure.shifts(offsets_at(-scale))
+            rows.append(
+                {
+                    "route": name,
+                    "target_kl": target,
+                    "scale": scale,
+                    "kl_up": kl_up,
+                    "kl_down": measure.kl(offsets_at(-scale)),
+                    "up": effect(up, 1.0),
+                    "down": effect(down, -1.0),
+                }
+            )
+    base = measure.base_margins
+    prompts = {}
+    for name, sign, system in (
+        ("positive", 1.0, pack.manifest.system_prompts.positive),
+        ("negative", -1.0, pack.manifest.system_prompts.negative),
+    ):
+        after = margins(Batches(hf, tokenizer, arch, answer_items(tokenizer, splits.heldout, system)).base)
+        prompted = Batches(hf, tokenizer, arch, reply_items(tokenizer, replies, system), distributions=True).base
+        kl = sum(
+            float(torch.nn.functional.kl_div(p, b, log_target=True, reduction="sum"))
+            for b, p in zip(measure.base_neutral, prompted)
+        ) / sum(b.shape[0] for b in measure.base_neutral)
+        prompts[name] = {
+            "system_prompt": system,
+            "shift": effect([a - b for a, b in zip(after, base)], sign),
+            "preference": preference(after),
+            "kl": kl,
+        }
+    return {
+        "rows": rows,
+        "prompts": prompts,
+        "base_preference": preference(base),
+        "heldout": len(splits.heldout),
+        "neutral_replies": len(replies),
+    }
+
+
+def repeng_train(python: str, out: str) -> dict:
+    """repeng's own training, in its own environment, on the pack's train split."""
+    import subprocess
+
+    from finsurg.model_source import resolve_model
+    from finsurg.packs import Pack
+
+    pack = Pack.load()
+    done = subprocess.run(
+        [
+            python,
+            str(Path(__file__).with_name("repeng_train.py")),
+            str(resolve_model(None).path),
+            str(pack.directory / pack.manifest.answers),
+            out,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def analyze_tuned(out: str) -> dict:
+    """`finsurg analyze` with tuning (the default), as a user runs it."""
+    import subprocess
+
+    def run():
+        done = subprocess.run(
+            [sys.executable, "-m", "finsurg", "analyze", "--out", out, "--overwrite", "--quiet", "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        behaviour = json.loads(done.stdout)["behaviour"]
+        return {"child_peak_rss_mb": usage.ru_maxrss / 1024, "behaviour": behaviour}
+
+    return timed(run)
+
+
+def export_eval(recipe: str, out: str) -> dict:
+    """Export the tuned variants and run finsurg eval (lm-eval) on them: capability cost beside the shift."""
+    import subprocess
+
+    subprocess.run(
+        [sys.executable, "-m", "finsurg", "export", "--recipe", recipe, "--out", out, "--no-verify", "--quiet"],
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "finsurg", "eval", out, "--quiet", "--json"], capture_output=True, text=True
+    )
+    return json.loads(done.stdout)
+
+
 TASKS = {
     f.__name__: f
-    for f in (export_stream, export_naive, plain_copy, make_synthetic, generation_speed, analysis_phase1, analyze_cli)
+    for f in (
+        export_stream,
+        export_naive,
+        plain_copy,
+        make_synthetic,
+        generation_speed,
+        analysis_phase1,
+        analyze_cli,
+        steering_compare,
+        repeng_train,
+        analyze_tuned,
+        export_eval,
+    )
 }
 
 if __name__ == "__main__":

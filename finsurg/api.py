@@ -36,21 +36,30 @@ def _resolved(settings):
 def analyze(settings: AnalyzeSettings) -> dict:
     from finsurg.analysis.analyze import analyze as run
     from finsurg.analysis.analyze import parse_layers
+    from finsurg.analysis.behaviour import TuneOptions
     from finsurg.analysis.sweep import ALPHAS
     from finsurg.model_source import resolve_model
 
     progress.set_enabled(not settings.quiet)
     model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+    tuning = None
+    if settings.tune:
+        tuning = TuneOptions(
+            settings.trials, settings.kl_budget, settings.seed, settings.method, settings.positions, settings.batch_size
+        )
+    sweep = ALPHAS if settings.sweep and tuning is None else []
+    layers = parse_layers(settings.layers, model.num_layers)
     return run(
         model,
         settings.out,
         settings.behaviour,
         settings.pool,
-        parse_layers(settings.layers, model.num_layers),
+        layers,
         settings.batch_size,
         settings.top_k,
-        ALPHAS if settings.sweep else [],
+        sweep,
         settings.overwrite,
+        tuning,
     )
 
 

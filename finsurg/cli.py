@@ -160,6 +160,19 @@ def _analyze(settings, as_json: bool) -> int:
             f"  alpha {row['alpha']:+4g}: preference {row['preference']:.3f}, log-odds {row['log_odds']:+.3f}, "
             f"perplexity {row['perplexity']:.3f} ({row['perplexity_change']:+.1%})"
         )
+    if results.get("behaviour"):
+        from finsurg.effects import heldout_table
+
+        behaviour = results["behaviour"]
+        chosen = behaviour["tuning"]["chosen"]
+        print(
+            f"Tuned on the tune split: trial {chosen['trial']}, {chosen['method']}, layers "
+            f"{chosen['layers'][0]}-{chosen['layers'][1]}, strength {chosen['strength']:g} = alpha 3 "
+            f"(KL {chosen['kl']:.3f} within {behaviour['tuning']['budget']:g})"
+        )
+        print(f"Held-out effects ({behaviour['splits']['heldout']} questions):")
+        print("\n".join("  " + line for line in heldout_table(behaviour["heldout"])))
+        print("  " + behaviour["neuron_ablation"]["reason"])
     print(f"Wrote {settings.out}/recipe.json, mech_interp_results.json, report.md and plots/")
     print(DISCLAIMER)
     return 0

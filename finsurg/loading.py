@@ -27,18 +27,17 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def render_prompt(tokenizer, text: str) -> str:
+def render_prompt(tokenizer, text: str, system: str | None = None) -> str:
     """The prompt as the model sees it in chat: through its chat template when it has one."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-    return text
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system}\n\n{text}" if system else text
 
 
-def prompt_ids(tokenizer, text: str) -> list[int]:
+def prompt_ids(tokenizer, text: str, system: str | None = None) -> list[int]:
     """Token ids of the rendered prompt, exactly as the tokenizer makes them (BOS included or not)."""
-    return tokenizer(render_prompt(tokenizer, text), add_special_tokens=True).input_ids
+    return tokenizer(render_prompt(tokenizer, text, system), add_special_tokens=True).input_ids
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:

@@ -147,8 +147,31 @@ class AnalyzeSettings(ModelChoice):
     layers: str | None = Field(None, **flag("steered layers, e.g. 20-25 (default: where separation peaks)"))
     batch_size: PositiveInt = Field(16, **flag("prompts per forward pass"))
     top_k: PositiveInt = Field(10, **flag("dimensions ranked per layer"))
-    sweep: bool = Field(True, **flag("run the alpha sweep", flag="--no-sweep"))
+    sweep: bool = Field(True, **flag("run the question-category alpha sweep (without tuning only)", flag="--no-sweep"))
     overwrite: bool = Field(False, **flag("replace an existing run directory"))
+    tune: bool = Field(
+        True,
+        **flag(
+            "tune answer-behaviour directions and strength (without it: the seed method, as the seed card did)",
+            flag="--no-tune",
+        ),
+    )
+    trials: PositiveInt = Field(12, **flag("tuning trials"))
+    kl_budget: float = Field(0.1, **flag("capability budget: mean per-token KL from the base on neutral replies"))
+    seed: int = Field(0, **flag("the tuner's random seed"))
+    method: Literal["auto", "seed", "caa", "pca"] = Field(
+        "auto", **flag("direction method (auto: the tuner chooses among seed, caa and pca)")
+    )
+    positions: Literal["answer_mean", "answer_last"] = Field(
+        "answer_mean", **flag("where answer activations are read: the mean over answer tokens, or the last one")
+    )
+
+    @field_validator("kl_budget")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"--kl-budget must be a positive finite number, got {value}")
+        return value
 
 
 class SurgerySettings(RecipeChoice):

@@ -58,8 +58,8 @@ def test_analysis_finds_a_dial_that_keeps_coherence(default_model, tmp_path):
     for alpha in (-3.0, 3.0):
         assert abs(rows[alpha]["perplexity_change"]) < 0.10
     assert results["logit_lens"]["unchanged_before_first_steered_layer"]
-    # the shipped preset is this analysis's output, not a hand-made stand-in
-    shipped = Recipe.preset("smollm2-135m")
+    # the shipped seed preset is this analysis's output (--no-tune), not a hand-made stand-in
+    shipped = Recipe.preset("smollm2-135m-seed")
     derived = Recipe.load(tmp_path / "run")
     assert shipped.layers == derived.layers
     assert [n.index for n in shipped.spec.neurons] == [n.index for n in derived.spec.neurons]

@@ -12,7 +12,9 @@ from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis import plots, report
 from finsurg.analysis.activations import POOLS, collect, keyword_ids
 from finsurg.analysis.batching import ensure_pad_token
+from finsurg.analysis.behaviour import TuneOptions, steer_by_answers
 from finsurg.analysis.derive import band_width, choose_band, derive, separation
+from finsurg.analysis.directions import seed as seed_direction
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
 from finsurg.analysis.sweep import ALPHAS, run_sweep
@@ -23,8 +25,9 @@ from finsurg.model_source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.arch import for_config
 from finsurg.steer.hooks import boot_bridge
+from finsurg.steer.recipe import ANALYSIS_NAME
 
-RESULTS_NAME = "mech_interp_results.json"
+RESULTS_NAME = ANALYSIS_NAME
 REPORT_NAME = "report.md"
 TOP_HEADS = 10
 
@@ -56,6 +59,7 @@ def analyze(
     top_k: int = 10,
     alphas: list[float] = ALPHAS,
     overwrite: bool = False,
+    tuning: TuneOptions | None = None,
 ) -> dict:
     if pool not in POOLS:
         raise FinsurgError(f"unknown --pool {pool!r} (choose from {', '.join(POOLS)})")
@@ -113,8 +117,6 @@ def analyze(
     else:
         band, reason = layers, "chosen with --layers"
     recipe = derive(pos, neg, band, exclude, model.architecture, names[:2], prompts.source)
-    offsets = recipe.offsets(recipe.spec.default_alpha)
-    lens_after = lens_over_probes(bridge, hf_model, arch, tokenizer, prompts, offsets)
     timings["logit_lens"] = time.perf_counter() - clock
     steps.update()
 
@@ -131,6 +133,31 @@ def analyze(
     ]
     steps.update()
     steps.close()
+
+    behaviour = None
+    if tuning is not None:  # phases 6-8: answer-behaviour directions, tuned, judged on held-out items
+        answer_model = load_model(model.path, torch.float32)  # its own copy: the bridge wraps hf_model
+        recipe, behaviour = steer_by_answers(
+            answer_model,
+            tokenizer,
+            arch,
+            prompts,
+            recipe,
+            seed_direction(pos.mean, neg.mean, exclude),
+            tuning,
+            model.architecture,
+        )
+        del answer_model
+        band = recipe.layers
+        chosen = behaviour["tuning"]["chosen"]
+        reason = (
+            f"tuned: trial {chosen['trial']} ({chosen['method']}), the largest two-sided shift on the tune "
+            f"split within KL {tuning.kl_budget:g}"
+        )
+        timings.update({f"behaviour_{k}": v for k, v in behaviour.pop("timings").items()})
+    clock = time.perf_counter()
+    lens_after = lens_over_probes(bridge, hf_model, arch, tokenizer, prompts, recipe.offsets(recipe.spec.default_alpha))
+    timings["logit_lens"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
     sweep = run_sweep(bridge, tokenizer, arch, prompts, recipe, alphas, batch_size) if alphas else {}  # phase 5
@@ -159,6 +186,7 @@ def analyze(
         },
         "recipe": recipe.to_dict(),
         "sweep": sweep,
+        "behaviour": behaviour,
         "timings": timings,
         "disclaimer": DISCLAIMER,
     }
@@ -180,6 +208,14 @@ def analyze(
         ]
         if sweep:
             made.append(plots.sweep_plot(sweep["rows"], names[0], plot_dir / "alpha_sweep.png"))
+        if behaviour:
+            tuned = behaviour["tuning"]
+            made.append(
+                plots.pareto_plot(
+                    tuned["trials"], tuned["pareto"], tuned["chosen"], tuned["budget"], plot_dir / "pareto.png"
+                )
+            )
+            made.append(plots.item_plot(behaviour["heldout"], plot_dir / "heldout_items.png"))
         results["plots"] = [p.name for p in made]
         (partial / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
         (partial / REPORT_NAME).write_text(report.render(results))

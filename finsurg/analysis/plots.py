@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -52,11 +60,9 @@ def lens_curves(before: dict, after: dict, band: list[int], alpha: float, path: 
         ax.plot(after[group], color=color, label=f"{group}, alpha {alpha:+g}")
     ax.axvspan(band[0], band[-1], color="grey", alpha=0.15, label="steered layers")
     ax.set_yscale("log")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("probability of token group (final position)")
-    ax.set_title("Logit lens before and after surgery")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(
+        fig, ax, "layer", "probability of token group (final position)", "Logit lens before and after surgery", path
+    )
 
 
 def sweep_plot(rows: list[dict], positive: str, path: Path) -> Path:
@@ -70,3 +76,61 @@ def sweep_plot(rows: list[dict], positive: str, path: Path) -> Path:
     twin.set_ylabel("neutral-text perplexity", color="tab:orange")
     ax.set_title("The dial: preference and coherence across alpha")
     return _save(fig, path)
+
+
+def pareto_plot(trials: list[dict], pareto: list[dict], chosen: dict, budget: float, path: Path) -> Path:
+    """Every measured trial's cost against its two-sided shift; the front and the chosen point marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    measured = [t for t in trials if t["two_sided"] is not None]
+    for method, marker in (("caa", "o"), ("pca", "s"), ("seed", "^")):
+        points = [t for t in measured if t["method"] == method]
+        if points:
+            ax.scatter(
+                [t["kl"] for t in points], [t["two_sided"] for t in points], marker=marker, alpha=0.6, label=method
+            )
+    ax.plot(
+        [t["kl"] for t in pareto], [t["two_sided"] for t in pareto], color="black", linewidth=1, label="Pareto front"
+    )
+    ax.scatter(
+        [chosen["kl"]],
+        [chosen["two_sided"]],
+        s=160,
+        facecolors="none",
+        edgecolors="red",
+        linewidths=2,
+        label="chosen (alpha 3)",
+    )
+    ax.axvline(budget, color="red", linestyle="--", linewidth=1, label=f"KL budget {budget:g}")
+    ax.set_xscale("log")
+    return _finish(
+        fig,
+        ax,
+        "mean per-token KL from the base on neutral replies",
+        "two-sided shift in log-odds (tune split)",
+        "Tuning: behaviour shift against capability cost",
+        path,
+    )
+
+
+def item_plot(heldout: dict, path: Path) -> Path:
+    """Per held-out item, the log-odds shift of each steering and prompt, sorted."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {
+        "steered": "tab:green",
+        "conservative": "tab:red",
+        "prompt_positive": "tab:olive",
+        "prompt_negative": "tab:purple",
+    }
+    for name, color in styles.items():
+        if name in heldout:
+            values = sorted(heldout[name]["per_item"])
+            ax.plot(range(len(values)), values, marker=".", color=color, label=name.replace("_", " "))
+    ax.axhline(0, color="black", linewidth=0.8)
+    return _finish(
+        fig,
+        ax,
+        "held-out item (sorted by shift)",
+        "change in log-odds, positive − negative answer",
+        "Per-item steerability on held-out questions",
+        path,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from finsurg import DISCLAIMER
+from finsurg.effects import examples_table, heldout_table
 
 
 def _dims(items: list[dict], n: int = 6) -> str:
@@ -66,6 +67,47 @@ def render(results: dict) -> str:
             f"| {row['alpha']:+g} | {row['preference']:.3f} | {row['log_odds']:+.3f} | "
             f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
         )
+    if results.get("behaviour"):
+        lines += behaviour_section(results["behaviour"])
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in results["plots"]]
     lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
     return "\n".join(lines)
+
+
+def _num(value, spec: str = "+.3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def behaviour_section(behaviour: dict) -> list[str]:
+    splits, tuning = behaviour["splits"], behaviour["tuning"]
+    chosen = tuning["chosen"]
+    lines = [
+        "",
+        "## Answer behaviour: directions, tuning and held-out effects",
+        "",
+        f"Paired answers: {splits['train']} train (directions), {splits['tune']} tune (search), "
+        f"{splits['heldout']} held-out (every effect below); {splits['neutral_replies']} neutral replies "
+        f"({splits['neutral_replies_tuning']} while tuning). Activations read at "
+        f"{behaviour['positions']['description']}. Methods searched: "
+        + "; ".join(f"`{name}`: {text}" for name, text in behaviour["methods"].items())
+        + ".",
+        "",
+        f"### Tuning (Optuna TPE, seed {tuning['seed']}, {len(tuning['trials'])} trials, KL budget {tuning['budget']:g})",
+        "",
+        f"Chosen: trial {chosen['trial']}, `{chosen['method']}`, layers {chosen['layers'][0]}–{chosen['layers'][1]}, "
+        f"strength {chosen['strength']:g} (alpha 3). The Pareto front, tune split:",
+        "",
+        "| trial | method | layers | strength | KL | shift at +s | shift at −s | two-sided |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in tuning["pareto"]:
+        lines.append(
+            f"| {row['trial']} | {row['method']} | {row['layers'][0]}–{row['layers'][1]} | {row['strength']:g} | "
+            f"{row['kl']:.4f} | {_num(row['shift_up'])} | {_num(row['shift_down'])} | {_num(row['two_sided'])} |"
+        )
+    lines += ["", "### Held-out effects (alpha ±3) beside the prompting baseline", ""] + heldout_table(
+        behaviour["heldout"]
+    )
+    lines += ["", "### Single-dimension terms", "", behaviour["neuron_ablation"]["reason"], ""]
+    lines += ["### Greedy answers to held-out questions", ""] + examples_table(behaviour["examples"])
+    return lines

@@ -8,6 +8,7 @@ their own. Then the side files, the offsets, the surgery record, and the seal.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from finsurg.jsonfile import write_json
 from finsurg.model_source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture, for_config
-from finsurg.steer.recipe import Recipe, check_alpha
+from finsurg.steer.recipe import ANALYSIS_NAME, Recipe, check_alpha
 from finsurg.variant.record import (
     CARD_NAME,
     OFFSETS_NAME,
@@ -152,6 +153,7 @@ class VariantWriter:
             recipe_origin=recipe.origin,
             steering_vectors_sha256=_vector_digest(recipe) if recipe.has_steering else None,
             card=Pack.load(recipe.spec.pack).manifest.card,
+            behaviour=_behaviour(recipe),
             disclaimer=DISCLAIMER,
         )
 
@@ -169,6 +171,23 @@ class VariantWriter:
                 write_json(out / "config.json", config)
             else:
                 shutil.copyfile(path, out / path.name)
+
+
+def _behaviour(recipe: Recipe) -> dict | None:
+    """The held-out effects and examples of the analysis beside the recipe, for the model card."""
+    path = recipe.source_dir / ANALYSIS_NAME if recipe.source_dir else None
+    if path is None or not path.is_file():
+        return None
+    behaviour = json.loads(path.read_text()).get("behaviour")
+    if not behaviour:
+        return None
+    heldout = {name: {k: v for k, v in row.items() if k != "per_item"} for name, row in behaviour["heldout"].items()}
+    return {
+        "heldout": heldout,
+        "examples": behaviour["examples"],
+        "splits": behaviour["splits"],
+        "tuning": {"budget": behaviour["tuning"]["budget"], "chosen": behaviour["tuning"]["chosen"]},
+    }
 
 
 def _vector_digest(recipe: Recipe) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from finsurg import DISCLAIMER, __version__, progress
 from finsurg.dtypes import weight_dtype
+from finsurg.effects import effect, shift_table
 from finsurg.errors import FinsurgError
 from finsurg.hashing import check_sums
 from finsurg.jsonfile import write_json
@@ -72,7 +73,7 @@ class Runner:
         if unknown:
             raise FinsurgError(f"unknown lm-eval task {unknown[0]!r}")
 
-    def run(self, lm) -> dict:
+    def run(self, lm, system: str | None = None) -> dict:
         from lm_eval import simple_evaluate
 
         clock = time.perf_counter()
@@ -83,6 +84,7 @@ class Runner:
                 task_manager=self.manager,
                 apply_chat_template=self.chat,
                 limit=self.limit,
+                system_instruction=system,
                 log_samples=True,
                 bootstrap_iters=0,
                 verbosity="ERROR",
@@ -170,13 +172,18 @@ def evaluate(
     arch = by_name(variants[0].surgery.base_model.architecture)
     tokenizer = load_tokenizer(base)
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-    runner = Runner(Pack.load(packs.pop()), extra_tasks or [], chat, limit, batch_size)
+    pack = Pack.load(packs.pop())
+    runner = Runner(pack, extra_tasks or [], chat, limit, batch_size)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs: dict[str, dict] = {}
     base_model = load_model(base, weights, torch.float32).to(device)
     progress.say("lm-eval: base")
     runs["base"] = runner.run(runner.wrap(base_model, tokenizer))
+    prompting = _prompting(pack)
+    for name, system in prompting.items():  # the baseline steering has to beat: a plain system prompt
+        progress.say(f"lm-eval: base with the {name} system prompt")
+        runs[name] = runner.run(runner.wrap(base_model, tokenizer), system)
     with tempfile.TemporaryDirectory(prefix="finsurg-eval-") as scratch:
         for variant in variants:
             progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
@@ -197,6 +204,7 @@ def evaluate(
         limit=limit,
         compute_dtype="float32",
         weights_dtype=str(weights).removeprefix("torch."),
+        prompting=prompting,
         metrics={name: run["metrics"] for name, run in runs.items()},
         seconds={name: round(run["seconds"], 2) for name, run in runs.items()},
         disclaimer=DISCLAIMER,
@@ -210,6 +218,7 @@ def evaluate(
         )
         for v in variants
     }
+    common["shifts"] = _shifts(runs, runner.preference_task, variants)
     report = EvalReport(**common, variants=results, passed=all(r.parity.passed for r in results.values()))
     for variant in variants:
         own = VariantEvalReport(**common, **results[variant.name].model_dump(), variant=variant.name)
@@ -236,17 +245,43 @@ def _change(base: dict, variant: dict) -> dict:
     return change
 
 
+def _shifts(runs: dict[str, dict], task: str | None, variants: list[Variant]) -> dict[str, dict]:
+    """Per run, its preference-task log-odds shift from the base, judged item by item in its intended direction."""
+    if task is None or task not in runs["base"]["items"]:
+        return {}
+    margins = {name: [row[0] - row[1] for row in run["items"][task]] for name, run in runs.items()}
+    intended = {"prompt:positive": 1.0, "prompt:negative": -1.0}
+    intended |= {
+        f"{v.name}/{kind}": math.copysign(1.0, v.surgery.alpha) for v in variants for kind in ("baked", "hooked")
+    }
+    return {
+        name: effect([after - before for after, before in zip(margins[name], margins["base"])], direction)
+        for name, direction in intended.items()
+        if name in margins
+    }
+
+
+def _prompting(pack: Pack) -> dict[str, str]:
+    prompts = pack.manifest.system_prompts
+    return {} if prompts is None else {"prompt:positive": prompts.positive, "prompt:negative": prompts.negative}
+
+
 def render_table(report: EvalReport) -> str:
-    """Markdown: one row per task metric; base, then each variant baked and hooked."""
+    """Markdown: one row per task metric; base, the base with each system prompt, each variant baked and hooked."""
     names = list(report.variants)
-    header = ["task", "metric", "base"] + [
+    header = ["task", "metric", "base", *[f"base, {name} system prompt" for name in report.prompting]] + [
         f"{n} (α {report.variants[n].alpha:+g}) {kind}" for n in names for kind in ("baked", "hooked")
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = report.metrics["base"]
     for task in report.tasks:
         for metric, value in base[task].items():
-            cells = [task, metric, _fmt(value)]
+            cells = [
+                task,
+                metric,
+                _fmt(value),
+                *[_fmt(report.metrics[name][task][metric]) for name in report.prompting],
+            ]
             for name in names:
                 for kind in ("baked", "hooked"):
                     cells.append(_fmt(report.metrics[f"{name}/{kind}"][task][metric]))
@@ -259,6 +294,9 @@ def render_table(report: EvalReport) -> str:
             f"- {name}: baked and hooked {verdict} item by item (max |Δ log-likelihood| "
             f"{par.worst:.2e}, tolerance {par.atol:.0e})"
         )
+    if report.shifts:
+        lines += ["", "Log-odds shift from the base on the preference task, item by item:", ""]
+        lines += shift_table({name: e.model_dump() for name, e in report.shifts.items()})
     return "\n".join(lines)
 
 

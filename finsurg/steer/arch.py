@@ -39,6 +39,7 @@ class Architecture(_Frozen):
     family: str
     architectures: tuple[str, ...]
     model_types: tuple[str, ...]
+    layers: str  # the decoder layers' ModuleList
     bias_flag: str
     biases: tuple[Bias, ...]
     weights: tuple[str, ...]  # tensors every layer must have

@@ -79,3 +79,25 @@ def greedy(bridge, ids: torch.Tensor, new_tokens: int, hooks: HookList = ()) -> 
 def logits(bridge, ids: torch.Tensor, hooks: HookList = ()) -> torch.Tensor:
     with torch.no_grad(), bridge.hooks(fwd_hooks=list(hooks)):
         return bridge(ids)[0].float()
+
+
+@contextmanager
+def site_outputs(model, arch: Architecture) -> Iterator[dict[int, torch.Tensor]]:
+    """Plain PyTorch forward hooks that record every layer's output at the site, by layer, per forward pass."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def make(layer: int):
+        def hook(module, inputs, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    handles = [
+        model.get_submodule(arch.module(layer)).register_forward_hook(make(layer))
+        for layer in range(model.config.num_hidden_layers)
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -23,6 +23,7 @@ from finsurg.jsonfile import read_json, validation_message
 RECIPE_FORMAT = "finsurg.recipe/1"
 RECIPE_NAME = "recipe.json"
 STEERING_NAME = "steering_vectors.safetensors"
+ANALYSIS_NAME = "mech_interp_results.json"  # beside a derived recipe: the analysis that made it
 
 
 class _Strict(BaseModel):
@@ -48,6 +49,27 @@ class ModelSpec(_Strict):
     num_hidden_layers: PositiveInt
 
 
+class DirectionSpec(_Strict):
+    """How the steering vectors were found (finsurg.analysis.directions)."""
+
+    method: Literal["seed", "caa", "pca"] = "seed"
+    positions: str = "last_prompt"
+
+
+class TuningSpec(_Strict):
+    """The tuning trial the recipe's alpha 3 lands on, and its objectives on the tune split."""
+
+    kl_budget: FiniteFloat
+    trials: PositiveInt
+    seed: int
+    trial: NonNegativeInt
+    strength: FiniteFloat
+    shift_up: FiniteFloat
+    shift_down: FiniteFloat
+    kl: FiniteFloat
+    split: str = "tune"
+
+
 class RecipeSpec(_Strict):
     format: Literal["finsurg.recipe/1"]
     model: ModelSpec
@@ -57,6 +79,8 @@ class RecipeSpec(_Strict):
     default_alpha: FiniteFloat = 3.0
     description: str = ""
     pack: str = "finance"  # the behaviour pack it was made from: a built-in name or a directory
+    direction: DirectionSpec = DirectionSpec()
+    tuning: TuningSpec | None = None
 
 
 def check_alpha(alpha: float) -> float:

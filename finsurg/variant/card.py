@@ -12,6 +12,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finsurg import DISCLAIMER
+from finsurg.effects import examples_table, heldout_table, shift_table
 from finsurg.steer.arch import by_name
 from finsurg.variant.record import (
     CARD_NAME,
@@ -61,6 +62,7 @@ def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
         _changes(surgery),
         _verification(variant.report(VerificationReport)),
         _served(variant.report(VllmReport)),
+        _efficacy(surgery),
         _evaluation(evaluation),
         _plots(directory),
         _usage(surgery, arch.bias_flag, repo_id or f"path/to/{model_name}"),
@@ -104,6 +106,27 @@ def _changes(surgery: SurgeryRecord) -> str:
             rows,
         ]
     )
+
+
+def _efficacy(surgery: SurgeryRecord) -> str:
+    """The analysis's held-out effects beside the prompting baseline, and greedy answers side by side."""
+    behaviour = surgery.behaviour
+    if not behaviour:
+        return ""
+    splits = behaviour["splits"]
+    lines = [
+        "## Steering efficacy (held-out questions, from the analysis)",
+        "",
+        f"Measured by `finsurg analyze` on {splits['heldout']} held-out questions the directions and the tuning "
+        f"never saw (alpha ±3, the tuned point; this variant is alpha {surgery.alpha:+g}). Log-odds are "
+        "log P(positive answer) − log P(negative answer) per question; KL is the mean per-token KL from the base "
+        f"on {splits['neutral_replies']} neutral replies. Published evaluations find that prompting often beats "
+        "steering, so the plain system prompts stand beside it.",
+        "",
+    ]
+    lines += heldout_table(behaviour["heldout"])
+    lines += ["", "Greedy answers to held-out questions:", ""] + examples_table(behaviour["examples"])
+    return "\n".join(lines)
 
 
 def verification_rows(report: VerificationReport) -> list[tuple[str, str]]:
@@ -164,21 +187,51 @@ def _evaluation(report: VariantEvalReport | None) -> str:
     if not report:
         return ""
     metrics, variant = report.metrics, report.variant
+    prompts = list(report.prompting)
     rows = []
     for task in report.tasks:
         base = metrics["base"][task]
         names = [report.headlines[task]] + (["log_odds"] if "log_odds" in base else [])
         for name in names:
-            rows.append(
-                f"| {task} | {name} | {base[name]:.4f} | "
-                f"{metrics[f'{variant}/baked'][task][name]:.4f} | {metrics[f'{variant}/hooked'][task][name]:.4f} |"
-            )
+            cells = [
+                base[name],
+                *[metrics[p][task][name] for p in prompts],
+                metrics[f"{variant}/baked"][task][name],
+                metrics[f"{variant}/hooked"][task][name],
+            ]
+            rows.append(f"| {task} | {name} | " + " | ".join(f"{value:.4f}" for value in cells) + " |")
+    header = [
+        "task",
+        "metric",
+        "base",
+        *[f"base + {p.split(':')[1]} system prompt" for p in prompts],
+        "this variant (baked)",
+        "hooks on the base",
+    ]
     parity = report.parity
+    baseline = (
+        " The system-prompt columns are the prompting baseline: the unmodified base told to behave "
+        "each way (" + "; ".join(f'{p.split(":")[1]}: "{text}"' for p, text in report.prompting.items()) + ")."
+        if prompts
+        else ""
+    )
     return (
         "## Evaluation (lm-eval)\n\n"
         f"float32 compute, chat template {'on' if report.chat_template else 'off'}. Baked and hooked agree "
-        f"item by item: {parity.passed} (max |Δ log-likelihood| {parity.worst:.2e}).\n\n"
-        "| task | metric | base | this variant (baked) | hooks on the base |\n|---|---|---|---|---|\n" + "\n".join(rows)
+        f"item by item: {parity.passed} (max |Δ log-likelihood| {parity.worst:.2e}).{baseline}\n\n"
+        "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(rows) + _shifts(report)
+    )
+
+
+def _shifts(report: VariantEvalReport) -> str:
+    """This variant's and the prompting baseline's preference shift, item by item."""
+    own = [f"{report.variant}/baked", *report.prompting]
+    shifts = {name: report.shifts[name].model_dump() for name in own if name in report.shifts}
+    if not shifts:
+        return ""
+    return (
+        "\n\nLog-odds shift from the base on the preference task, judged item by item (95% bootstrap "
+        "interval; wrong way: items moved against the intended direction):\n\n" + "\n".join(shift_table(shifts))
     )
 
 

@@ -58,6 +58,8 @@ class SurgeryRecord(Record):
     recipe_origin: str
     steering_vectors_sha256: str | None
     card: CardWording = CardWording()
+    # from the analysis that derived the recipe: held-out effects at alpha ±3, the prompting baseline, examples
+    behaviour: dict | None = None
     disclaimer: str
 
 
@@ -136,6 +138,15 @@ class Parity(Record):
     passed: bool
 
 
+class Effect(Record):
+    """A shift judged item by item: mean, 95% bootstrap interval, fraction moved the wrong way."""
+
+    mean: float
+    ci95: list[float]
+    wrong_way: float
+    items: int
+
+
 class VariantEval(Record):
     alpha: float
     path: str
@@ -154,7 +165,11 @@ class EvalRun(Record):
     limit: int | None
     compute_dtype: str
     weights_dtype: str
-    metrics: dict[str, dict[str, dict[str, float]]]  # run ("base", "steered/baked", ...) -> task -> metric
+    prompting: dict[str, str] = {}  # baseline run name -> the system prompt the base ran with
+    # run ("base", "prompt:positive", "steered/baked", ...) -> task -> metric
+    metrics: dict[str, dict[str, dict[str, float]]]
+    # per run, the preference task's log-odds shift from the base, judged item by item
+    shifts: dict[str, Effect] = {}
     seconds: dict[str, float]
     disclaimer: str
 

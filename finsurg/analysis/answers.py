@@ -1,0 +1,185 @@
+"""Answer-behaviour measurement on a plain transformers model: per-item log-odds and neutral-text KL.
+
+An item is a question with a positive and a negative answer. Its margin is
+log P(positive answer | question) − log P(negative answer | question), summed over the answer's
+tokens, with the question rendered through the chat template (optionally after a system prompt).
+A steering shift is the change of that margin from the base; its capability cost is the mean
+per-token KL from the base on neutral replies.
+
+Offsets change nothing before the first steered layer, so the stream entering each layer is kept
+from one unsteered pass, and a steered pass starts at the first layer it steers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from finsurg.analysis.batching import chunked, left_pad
+from finsurg.loading import prompt_ids
+from finsurg.packs import AnswerPair, NeutralReply
+from finsurg.steer.arch import Architecture
+from finsurg.steer.hooks import offsets_added
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Token ids of a context and of the continuation whose log-probability is wanted."""
+
+    context: list[int]
+    continuation: list[int]
+
+
+def answer_items(tokenizer, pairs: Sequence[AnswerPair], system: str | None = None) -> list[Scored]:
+    """Each pair as two items, positive then negative, after the same rendered question."""
+    items = []
+    for pair in pairs:
+        context = prompt_ids(tokenizer, pair.question, system)
+        for answer in (pair.positive, pair.negative):
+            items.append(Scored(context, tokenizer.encode(answer, add_special_tokens=False)))
+    return items
+
+
+def reply_items(tokenizer, replies: Sequence[NeutralReply], system: str | None = None) -> list[Scored]:
+    return [
+        Scored(prompt_ids(tokenizer, r.question, system), tokenizer.encode(r.reply, add_special_tokens=False))
+        for r in replies
+    ]
+
+
+class Batches:
+    """Fixed left-padded batches of items, with the stream entering every layer on the unsteered model.
+
+    Each item yields its summed continuation log-probability, or with `distributions` its whole
+    log-softmax at each continuation position (float32), which a KL needs.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        arch: Architecture,
+        items: list[Scored],
+        batch_size: int = 16,
+        distributions: bool = False,
+    ):
+        self.model, self.arch, self.items, self.distributions = model, arch, items, distributions
+        self.batches = []
+        for chunk in chunked(items, batch_size):
+            ids, mask = left_pad(tokenizer, [item.context + item.continuation for item in chunk])
+            self.batches.append((ids, mask, chunk))
+        self.inputs: list[list[torch.Tensor]] = [[] for _ in self.batches]
+        self._capturing: int | None = None
+        layers = model.get_submodule(arch.layers)
+        handles = [layer.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
+        try:
+            self.base = self._run({}, capture=True)  # the unsteered pass also keeps what enters each layer
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _capture(self, module, args, kwargs):
+        if self._capturing is not None:
+            self.inputs[self._capturing].append(_hidden(args, kwargs))
+
+    def run(self, offsets: dict[int, torch.Tensor], bar=None) -> list:
+        """Per item, under the offsets: its summed log-probability, or its log-softmax rows."""
+        return self.base if not offsets else self._run(offsets, bar)
+
+    def _run(self, offsets: dict[int, torch.Tensor], bar=None, capture: bool = False) -> list:
+        start = min(offsets) if offsets else 0
+        out = []
+        for index, (ids, mask, chunk) in enumerate(self.batches):
+            keep = max(len(item.continuation) for item in chunk) + 1
+            self._capturing = index if capture else None
+            try:
+                with (
+                    torch.inference_mode(),
+                    offsets_added(self.model, offsets, self.arch),
+                    _start_at(self.model, self.arch, start, self.inputs[index]),
+                ):
+                    logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+            finally:
+                self._capturing = None
+            for row, item in enumerate(chunk):
+                length = len(item.continuation)
+                log_probs = torch.log_softmax(logits[row, keep - length - 1 : keep - 1].double(), dim=-1)
+                if self.distributions:
+                    out.append(log_probs.float())
+                else:
+                    out.append(float(log_probs.gather(-1, torch.tensor(item.continuation)[:, None]).sum()))
+            if bar is not None:
+                bar.update(len(chunk))
+        return out
+
+
+def _hidden(args, kwargs) -> torch.Tensor:
+    return (args[0] if args else kwargs["hidden_states"]).detach()
+
+
+@contextmanager
+def _start_at(model, arch: Architecture, start: int, inputs: list[torch.Tensor]) -> Iterator[None]:
+    """Run only the decoder layers from `start` on, fed the unsteered stream that enters layer `start`."""
+    if start <= 0 or start >= len(inputs):
+        yield
+        return
+    parent_name, _, attribute = arch.layers.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    layers = getattr(parent, attribute)
+
+    def feed(module, args, kwargs):
+        if args:
+            return (inputs[start], *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": inputs[start]}
+
+    handle = layers[start].register_forward_pre_hook(feed, with_kwargs=True)
+    setattr(parent, attribute, torch.nn.ModuleList(list(layers)[start:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attribute, layers)
+        handle.remove()
+
+
+def margins(scores: list[float]) -> list[float]:
+    """Positive-minus-negative log-likelihood per pair, from answer_items' order."""
+    return [scores[i] - scores[i + 1] for i in range(0, len(scores), 2)]
+
+
+class Measure:
+    """The two figures a steering is judged by, on fixed items: per-pair margins and neutral KL."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        arch: Architecture,
+        pairs: Sequence[AnswerPair],
+        replies: Sequence[NeutralReply],
+        batch_size: int = 16,
+    ):
+        self.answers = Batches(model, tokenizer, arch, answer_items(tokenizer, pairs), batch_size)
+        self.neutral = Batches(model, tokenizer, arch, reply_items(tokenizer, replies), batch_size, distributions=True)
+        self.base_margins = margins(self.answers.base)
+        self.base_neutral = self.neutral.base
+        self.pairs = len(pairs)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.answers.items) + len(self.neutral.items)
+
+    def shifts(self, offsets: dict[int, torch.Tensor], bar=None) -> list[float]:
+        steered = margins(self.answers.run(offsets, bar))
+        return [after - before for after, before in zip(steered, self.base_margins)]
+
+    def kl(self, offsets: dict[int, torch.Tensor], bar=None) -> float:
+        """Mean per-token KL(base || steered) over the neutral replies."""
+        total, count = 0.0, 0
+        for base, steered in zip(self.base_neutral, self.neutral.run(offsets, bar)):
+            total += float(F.kl_div(steered.double(), base.double(), log_target=True, reduction="sum"))
+            count += base.shape[0]
+        return total / count

@@ -1,0 +1,280 @@
+"""Steering that is judged by the answers it changes: directions from paired answers, a tuned
+strength under a capability budget, and effects reported on held-out items beside a prompting baseline.
+
+Splits never mix: directions are read on `train`, the search runs on `tune`, and every effect the
+report states is measured on `heldout`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from finsurg import progress
+from finsurg.analysis import directions as methods
+from finsurg.analysis.answers import Batches, Measure, answer_items, margins
+from finsurg.analysis.tune import search
+from finsurg.effects import effect, preference
+from finsurg.loading import encode, hf_greedy
+from finsurg.packs import Pack
+from finsurg.steer.arch import Architecture
+from finsurg.steer.hooks import offsets_added
+from finsurg.steer.recipe import STEERING_NAME, Recipe, RecipeSpec
+
+
+def reply_split(replies: list) -> tuple[list, list]:
+    """Neutral replies for tuning and for the held-out report: halves, disjoint when there are two or more."""
+    half = max(1, len(replies) // 2)
+    return replies[:half], replies[half:] or replies
+
+
+EXAMPLES = 3
+EXAMPLE_TOKENS = 40
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    trials: int = 12
+    kl_budget: float = 0.1
+    seed: int = 0
+    method: str = "auto"  # one of directions.METHODS, or auto: the search chooses
+    positions: str = "answer_mean"
+    batch_size: int = 16
+
+
+def steer_by_answers(
+    model,
+    tokenizer,
+    arch: Architecture,
+    pack: Pack,
+    seed_recipe: Recipe,
+    seed_direction: torch.Tensor,
+    options: TuneOptions,
+    architecture: str,
+) -> tuple[Recipe, dict]:
+    """The tuned recipe, and everything the report says about how it was found and what it does."""
+    splits = pack.answer_pairs()
+    tune_replies, heldout_replies = reply_split(pack.neutral_reply_items())
+    timings: dict[str, float] = {}
+    layers = model.config.num_hidden_layers
+
+    clock = time.perf_counter()
+    with progress.bar(total=2 * len(splits.train), desc="phase 6: answer contrast (train)") as bar:
+        contrast = methods.read_contrast(
+            model, tokenizer, arch, splits.train, options.positions, options.batch_size, bar.update
+        )
+    scale = contrast.residual_norm()
+    candidates = {"caa": methods.caa(contrast), "pca": methods.pca(contrast), "seed": seed_direction}
+    if options.method != "auto":
+        candidates = {options.method: candidates[options.method]}
+    timings["contrast"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    progress.say("phase 7: measuring the unsteered model on the tune split")
+    tune = Measure(model, tokenizer, arch, splits.tune, tune_replies, options.batch_size)
+    found = search(tune, candidates, scale, layers, options.trials, options.kl_budget, options.seed)
+    chosen = found.chosen()
+    timings["tuning"] = time.perf_counter() - clock
+
+    alpha = 3.0
+    vectors = {layer: (scale[layer] * candidates[chosen.method][layer].double()).float() for layer in chosen.layers}
+    tuning = {
+        "kl_budget": options.kl_budget,
+        "trials": options.trials,
+        "seed": options.seed,
+        "trial": chosen.number,
+        "strength": chosen.strength,
+        "shift_up": chosen.shift_up,
+        "shift_down": chosen.shift_down,
+        "kl": chosen.kl,
+        "split": "tune",
+    }
+    recipe = _recipe(
+        chosen.method,
+        chosen.layers,
+        vectors,
+        chosen.strength / alpha,
+        [],
+        options,
+        tuning,
+        pack,
+        architecture,
+        seed_recipe,
+    )
+
+    clock = time.perf_counter()
+    ablation = _neuron_ablation(tune, recipe, seed_recipe, alpha, chosen.items, options.kl_budget)
+    if ablation["kept"]:
+        recipe = _recipe(
+            chosen.method,
+            chosen.layers,
+            vectors,
+            chosen.strength / alpha,
+            [n.model_dump() for n in seed_recipe.spec.neurons],
+            options,
+            tuning,
+            pack,
+            architecture,
+            seed_recipe,
+        )
+    timings["neuron_ablation"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    progress.say("phase 8: held-out effects and the prompting baseline")
+    heldout = Measure(model, tokenizer, arch, splits.heldout, heldout_replies, options.batch_size)
+    effects = _heldout_effects(model, tokenizer, arch, heldout, recipe, alpha, splits.heldout, pack, options)
+    timings["heldout"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    examples = _examples(model, tokenizer, arch, recipe, alpha, splits.heldout[:EXAMPLES])
+    timings["examples"] = time.perf_counter() - clock
+    results = {
+        "splits": {
+            "train": len(splits.train),
+            "tune": len(splits.tune),
+            "heldout": len(splits.heldout),
+            "neutral_replies": len(heldout_replies),
+            "neutral_replies_tuning": len(tune_replies),
+        },
+        "methods": {name: methods.METHODS[name] for name in candidates},
+        "positions": {"name": options.positions, "description": methods.POSITIONS[options.positions]},
+        "residual_norm": [round(float(v), 4) for v in scale],
+        "tuning": {
+            "budget": options.kl_budget,
+            "trials": [t.row() for t in found.trials],
+            "pareto": [t.row() for t in found.pareto()],
+            "chosen": chosen.row(),
+            "seed": options.seed,
+        },
+        "neuron_ablation": ablation,
+        "heldout": effects,
+        "examples": examples,
+        "timings": timings,
+    }
+    return recipe, results
+
+
+def _recipe(method, layers, vectors, coefficient, neurons, options, tuning, pack, architecture, seed_recipe) -> Recipe:
+    model = seed_recipe.spec.model
+    spec = RecipeSpec.model_validate(
+        {
+            "format": "finsurg.recipe/1",
+            "description": f"Derived by finsurg analyze: {method} directions from paired answers, layers "
+            f"{layers[0]}-{layers[-1]}, strength tuned on the tune split within KL "
+            f"{options.kl_budget:g}; alpha 3 is the tuned point.",
+            "model": {
+                "architecture": architecture,
+                "hidden_size": model.hidden_size,
+                "num_hidden_layers": model.num_hidden_layers,
+            },
+            "layers": layers,
+            "neurons": neurons,
+            "steering": {"file": STEERING_NAME, "coefficient": coefficient},
+            "default_alpha": 3.0,
+            "pack": pack.source,
+            "direction": {"method": method, "positions": options.positions},
+            "tuning": tuning,
+        }
+    )
+    return Recipe(spec, vectors, origin="finsurg analyze")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _neuron_ablation(
+    tune: Measure, recipe: Recipe, seed_recipe: Recipe, alpha: float, without: dict, budget: float
+) -> dict:
+    """Keep the seed's single-dimension terms only if adding them moves the tune split their stated way.
+
+    "Moves" means the 95% bootstrap interval of the per-item added shift excludes zero, both ways,
+    and the cost with them stays within the budget.
+    """
+    if not seed_recipe.spec.neurons:
+        return {"kept": False, "reason": "the seed recipe has no single-dimension terms", "terms": []}
+    unit = torch.zeros(seed_recipe.spec.model.hidden_size)
+    for neuron in seed_recipe.spec.neurons:
+        unit[neuron.index] += neuron.coefficient
+    added, costs = {}, []
+    for sign in (1.0, -1.0):
+        with_terms = {layer: value + sign * alpha * unit for layer, value in recipe.offsets(sign * alpha).items()}
+        shifts = tune.shifts(with_terms)
+        added[sign] = effect([w - wo for w, wo in zip(shifts, without[sign])], sign)  # the chosen trial's items
+        costs.append(tune.kl(with_terms))
+    moved = added[1.0]["ci95"][0] > 0 and added[-1.0]["ci95"][1] < 0
+    cost = max(costs)
+    kept = moved and cost <= budget
+    verdict = (
+        "both their stated way and within the KL budget, kept"
+        if kept
+        else f"but the cost would be {cost:.3f}, over the budget {budget:g}, dropped"
+        if moved
+        else "not clearly their stated way (an interval includes zero or points the other way), dropped"
+    )
+    reason = (
+        f"adding them moved the tune split's log-odds by {added[1.0]['mean']:+.3f} "
+        f"[{added[1.0]['ci95'][0]:+.3f}, {added[1.0]['ci95'][1]:+.3f}] at alpha +{alpha:g} and "
+        f"{added[-1.0]['mean']:+.3f} [{added[-1.0]['ci95'][0]:+.3f}, {added[-1.0]['ci95'][1]:+.3f}] at alpha "
+        f"-{alpha:g}: {verdict}"
+    )
+    return {
+        "kept": kept,
+        "reason": reason,
+        "terms": [n.model_dump() for n in seed_recipe.spec.neurons],
+        "added": {"up": added[1.0], "down": added[-1.0]},
+        "kl_with_terms": cost,
+    }
+
+
+def _heldout_effects(
+    model, tokenizer, arch, heldout: Measure, recipe: Recipe, alpha: float, pairs, pack: Pack, options: TuneOptions
+) -> dict:
+    base = heldout.base_margins
+    rows = {"base": {"preference": preference(base), "log_odds": _mean(base), "kl": 0.0}}
+    for name, sign in (("steered", 1.0), ("conservative", -1.0)):
+        offsets = recipe.offsets(sign * alpha)
+        shifts = heldout.shifts(offsets)
+        after = [b + s for b, s in zip(base, shifts)]
+        rows[name] = {
+            "alpha": sign * alpha,
+            "preference": preference(after),
+            "log_odds": _mean(after),
+            "shift": effect(shifts, sign),
+            "kl": heldout.kl(offsets),
+            "per_item": shifts,
+        }
+    prompts = pack.manifest.system_prompts
+    if prompts is not None:
+        for name, sign, system in (
+            ("prompt_positive", 1.0, prompts.positive),
+            ("prompt_negative", -1.0, prompts.negative),
+        ):
+            batches = Batches(model, tokenizer, arch, answer_items(tokenizer, pairs, system), options.batch_size)
+            after = margins(batches.base)
+            shifts = [a - b for a, b in zip(after, base)]
+            rows[name] = {
+                "system_prompt": system,
+                "preference": preference(after),
+                "log_odds": _mean(after),
+                "shift": effect(shifts, sign),
+                "per_item": shifts,
+            }
+    return rows
+
+
+def _examples(model, tokenizer, arch, recipe: Recipe, alpha: float, pairs) -> list[dict]:
+    """Greedy answers to a few held-out questions: base, steered and conservative side by side."""
+    examples = []
+    for pair in pairs:
+        ids = encode(tokenizer, pair.question)
+        row = {"question": pair.question}
+        for name, sign in (("base", 0.0), ("steered", 1.0), ("conservative", -1.0)):
+            offsets = recipe.offsets(sign * alpha) if sign else {}
+            with offsets_added(model, offsets, arch):
+                tokens = hf_greedy(model, ids, EXAMPLE_TOKENS)
+            row[name] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        examples.append(row)
+    return examples
