@@ -13,6 +13,7 @@ from finsurg import progress
 from finsurg.errors import FinsurgError
 from finsurg.settings import (
     AnalyzeSettings,
+    EvalOptions,
     EvalSettings,
     ExportSettings,
     PushOptions,
@@ -90,18 +91,7 @@ def export(settings: ExportSettings) -> dict:
     )
     evaluation = None
     if settings.eval is not None:
-        from finsurg.checks.evaluation import evaluate as run_eval
-
-        options = settings.eval
-        evaluation = run_eval(
-            [Path(item["path"]) for item in results],
-            out_dir=settings.out,
-            base_trusted=True,
-            extra_tasks=options.tasks,
-            limit=options.limit,
-            batch_size=options.eval_batch_size,
-            chat=options.chat,
-        )
+        evaluation = _evaluate([Path(item["path"]) for item in results], settings.eval, settings.out, base_trusted=True)
     uploads = []
     if namespace is not None and (evaluation is None or evaluation.passed):
         from finsurg.hub.push import default_repo_id
@@ -147,23 +137,34 @@ def push(settings: PushSettings) -> dict:
 
 
 def evaluate(settings: EvalSettings):
-    from finsurg.checks.evaluation import evaluate as run_eval
     from finsurg.variant.record import SURGERY_NAME
 
     progress.set_enabled(not settings.quiet)
     out = settings.out
     if out is None and len(settings.variants) == 1 and not (settings.variants[0] / SURGERY_NAME).exists():
         out = settings.variants[0]
-    report = run_eval(
-        settings.variants,
-        base_override=settings.model,
+    return _evaluate(settings.variants, settings, out, base_override=settings.model), out
+
+
+def _evaluate(
+    paths: list[Path],
+    options: EvalOptions,
+    out: Path | None,
+    base_override: Path | None = None,
+    base_trusted: bool = False,
+):
+    from finsurg.checks.evaluation import evaluate as run_eval
+
+    return run_eval(
+        paths,
+        base_override=base_override,
         out_dir=out,
-        extra_tasks=settings.tasks,
-        limit=settings.limit,
-        batch_size=settings.eval_batch_size,
-        chat=settings.chat,
+        base_trusted=base_trusted,
+        extra_tasks=options.tasks,
+        limit=options.limit,
+        batch_size=options.eval_batch_size,
+        chat=options.chat,
     )
-    return report, out
 
 
 def verify(settings: VerifySettings):
