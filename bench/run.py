@@ -161,6 +161,62 @@ def measure_export_8b(results: dict) -> None:
     }
 
 
+def measure_verify_8b(results: dict) -> None:
+    """Both variants with default verification against --no-verify; verify alone, default and --full."""
+    if not (SYNTHETIC / "config.json").is_file():
+        measure_export_8b(results)  # it generates the synthetic checkpoint
+    work = scratch_dir(CACHE)
+    try:
+        flush()
+        plain = task("export_stream", model=str(SYNTHETIC), recipe="llama-3.1-8b", out=str(work / "plain"))
+        shutil.rmtree(work / "plain")
+        flush()
+        verified = task(
+            "export_stream", model=str(SYNTHETIC), recipe="llama-3.1-8b", out=str(work / "out"), verify=True
+        )
+        flush()
+        proof = task("verify", variant=str(work / "out" / "steered"))
+        flush()
+        full = task("verify", variant=str(work / "out" / "steered"), full=True)
+    finally:
+        shutil.rmtree(work)
+    results["verify_8b_shapes"] = {
+        "export_no_verify": plain,
+        "export_verified": verified,
+        "export_time_vs_no_verify": verified["seconds"] / plain["seconds"],
+        "verify_default": proof,
+        "verify_full": full,
+    }
+
+
+def measure_gguf(results: dict) -> None:
+    """`finsurg gguf` on the default model's steered variant against a plain copy of its base GGUF."""
+    from finsurg.model_source import _default_model_gguf
+
+    base = _default_model_gguf()
+    work = scratch_dir(CACHE)
+    try:
+        task("export_stream", model="smollm2-135m", recipe="smollm2-135m", out=str(work / "variants"))
+        runs = {"copy": [], "keep": [], "f32": []}
+        for k in range(REPEATS):
+            runs["copy"].append(task("plain_copy", source=str(base), out=str(work / f"copy-{k}")))
+            for kind in ("keep", "f32"):
+                out = work / f"{kind}-{k}.gguf"
+                runs[kind].append(
+                    task("gguf_export", variant=str(work / "variants" / "steered"), out=str(out), kind=kind)
+                )
+    finally:
+        shutil.rmtree(work)
+    copy = median_run(runs["copy"])
+    results["gguf_default_model"] = {
+        "base_gguf_bytes": base.stat().st_size,
+        "plain_copy": copy,
+        "keep": median_run(runs["keep"]),
+        "f32": median_run(runs["f32"]),
+        "keep_vs_copy": median_run(runs["keep"])["seconds"] / copy["seconds"],
+    }
+
+
 def measure_inference(results: dict) -> None:
     from finsurg.model_source import resolve_model
 
@@ -275,6 +331,29 @@ def render_steering(steering: dict) -> list[str]:
     return lines + [""]
 
 
+def render_verify_8b(v: dict) -> list[str]:
+    plain, verified = v["export_no_verify"], v["export_verified"]
+    proof, full = v["verify_default"], v["verify_full"]
+    return [
+        "## Verification at 8B shapes (16 GB bf16; the whole model in float32 does not fit this machine)",
+        "",
+        "| measurement | finsurg | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| export, both variants, default verification: wall time | {verified['seconds']:.1f} s | --no-verify "
+        f"{plain['seconds']:.1f} s | {v['export_time_vs_no_verify']:.2f}× | ≤ 1.2× |",
+        f"| export, both variants, default verification: peak RSS | {verified['peak_rss_mb']:.0f} MB | --no-verify "
+        f"{plain['peak_rss_mb']:.0f} MB | — | < 4096 MB |",
+        f"| verify one variant (checksums + layer-local proof, blocks {', '.join(map(str, proof['blocks']))}) | "
+        f"{proof['seconds']:.1f} s, {proof['peak_rss_mb']:.0f} MB | — | — | < 30 s, < 4096 MB |",
+        f"| verify --full one variant (layer-streamed end to end) | {full['seconds']:.1f} s, "
+        f"{full['peak_rss_mb']:.0f} MB | — | — | completes, < 6144 MB |",
+        "",
+        f"Proof: block max error {proof['block_max_error']:.2e}, passed {proof['passed']}. Streamed end to end: "
+        f"max |Δlogit| {full['end_to_end']['max_abs_logit_diff']:.2e}, KL max {full['end_to_end']['kl_max']:.2e}, "
+        f"teacher-forced argmax agreement {full['end_to_end']['argmax_agreement']:.1%}, passed {full['passed']}.",
+    ]
+
+
 def render(results: dict) -> str:
     ex, big = results["export_default_model"], results["export_8b_shapes"]
     inf, an = results["inference"], results["analysis"]
@@ -307,6 +386,22 @@ def render(results: dict) -> str:
         f"{big['time_vs_copy']:.2f}× the copy | ≤ 1.5× |",
         f"| 8B shapes, one variant: peak RSS | {big['finsurg_export']['peak_rss_mb']:.0f} MB | plain copy "
         f"{big['plain_copy'][0]['peak_rss_mb']:.0f} MB | — | < 2048 MB |",
+    ]
+    if "verify_8b_shapes" in results:
+        lines += [""] + render_verify_8b(results["verify_8b_shapes"])
+    if "gguf_default_model" in results:
+        g = results["gguf_default_model"]
+        lines += [
+            "",
+            "## GGUF export (default model, Q4_1 base GGUF)",
+            "",
+            "| measurement | finsurg gguf | plain copy of the base GGUF | ratio |",
+            "|---|---|---|---|",
+            f"| --type keep (quantized blocks copied byte for byte) | {g['keep']['seconds']:.2f} s | "
+            f"{g['plain_copy']['seconds']:.2f} s | {g['keep_vs_copy']:.2f}× (includes hashing the variant and the base GGUF) |",
+            f"| --type f32 (dequantized, {g['f32']['bytes'] / 1e6:.0f} MB) | {g['f32']['seconds']:.2f} s | — | — |",
+        ]
+    lines += [
         "",
         "## Inference cost of steering (greedy, batch 1, default model)",
         "",
@@ -348,7 +443,15 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
         "targets": TARGETS,
     }
-    steps = [measure_export_default, measure_export_8b, measure_inference, measure_analysis, measure_steering]
+    steps = [
+        measure_export_default,
+        measure_export_8b,
+        measure_verify_8b,
+        measure_gguf,
+        measure_inference,
+        measure_analysis,
+        measure_steering,
+    ]
     only = sys.argv[1:]  # e.g. `bench/run.py steering`: re-measure some sections, keep the others' last figures
     if only and (HERE / "results.json").is_file():
         results = json.loads((HERE / "results.json").read_text()) | {k: results[k] for k in ("date", "machine")}

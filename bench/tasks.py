@@ -30,7 +30,9 @@ def timed(fn) -> dict:
 
 
 # ---- export cost -------------------------------------------------------------------------------
-def export_stream(model: str, recipe: str, out: str, link: str = "copy", variants: str = "both") -> dict:
+def export_stream(
+    model: str, recipe: str, out: str, link: str = "copy", variants: str = "both", verify: bool = False
+) -> dict:
     from finsurg import progress
     from finsurg.bake.writer import VariantWriter
     from finsurg.export import export_variants
@@ -43,11 +45,37 @@ def export_stream(model: str, recipe: str, out: str, link: str = "copy", variant
 
     def run():
         if variants == "both":
-            results = export_variants(resolved, chosen, 3.0, Path(out), verify=False, link=link)
-            return {"shards": [r["shards"] for r in results]}
+            results = export_variants(resolved, chosen, 3.0, Path(out), verify=verify, link=link)
+            checks = [r["verification"]["checks"] for r in results if "verification" in r]
+            return {"shards": [r["shards"] for r in results], "checks": checks}
         Path(out).mkdir(parents=True)
         baked = VariantWriter(resolved, link=link).write(chosen, 3.0, "steered", Path(out))
         return {"shards": [baked.copied]}
+
+    return timed(run)
+
+
+def verify(variant: str, full: bool = False) -> dict:
+    """`finsurg verify` of one variant: the layer-local proof, and the end-to-end check with `full`."""
+    from finsurg import progress
+    from finsurg.checks.verify import verify_variant
+
+    progress.set_enabled(False)
+
+    def run():
+        report = verify_variant(Path(variant), full=full)
+        blocks = report.proof.blocks
+        summary = {
+            "passed": report.passed,
+            "checks": report.checks,
+            "note": report.end_to_end_note,
+            "blocks": [b.layer for b in blocks],
+            "block_max_error": max(b.max_abs_error or 0.0 for b in blocks),
+            "structure": report.proof.structure.model_dump(),
+        }
+        if report.float32 is not None:
+            summary["end_to_end"] = report.float32.model_dump()
+        return summary
 
     return timed(run)
 
@@ -87,10 +115,19 @@ def plain_copy(source: str, out: str) -> dict:
 
     def run():
         Path(out).mkdir(parents=True)
-        for path in sorted(Path(source).glob("*.safetensors")):
+        for path in sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else [Path(source)]:
             shutil.copyfile(path, Path(out) / path.name)
 
     return timed(run)
+
+
+def gguf_export(variant: str, out: str, kind: str) -> dict:
+    """`finsurg gguf` of one variant: the base GGUF streamed, plus the ffn_down biases."""
+    from finsurg import progress
+    from finsurg.bake.gguf_variant import variant_gguf
+
+    progress.set_enabled(False)
+    return timed(lambda: {"bytes": variant_gguf(Path(variant), Path(out), kind, None)["bytes"]})
 
 
 def make_synthetic(out: str, shards: int = 4) -> dict:
@@ -162,6 +199,12 @@ def make_synthetic(out: str, shards: int = 4) -> dict:
             weight_map |= {n: filename for n in chunk}
         (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
         (directory / "config.json").write_text(json.dumps(config))
+        # the default model's tokenizer (its ids fit this vocabulary): verification needs one
+        from finsurg.model_source import resolve_model
+
+        for path in resolve_model(None).path.iterdir():
+            if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copyfile(path, directory / path.name)
         return {"bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
 
     return timed(run)
@@ -404,6 +447,8 @@ TASKS = {
     f.__name__: f
     for f in (
         export_stream,
+        verify,
+        gguf_export,
         export_naive,
         plain_copy,
         make_synthetic,

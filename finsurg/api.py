@@ -7,20 +7,30 @@ api.export(ExportSettings(recipe="run/", alpha=3, out="variants"))
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from finsurg import progress
 from finsurg.errors import FinsurgError
 from finsurg.settings import (
     AnalyzeSettings,
+    CvectorSettings,
     EvalOptions,
     EvalSettings,
     ExportSettings,
+    GgufSettings,
     PushOptions,
     PushSettings,
     SurgerySettings,
     VerifySettings,
 )
+
+
+def _placement(settings):
+    """Device, compute dtype and memory budget of a command: bad values are refused before any work."""
+    from finsurg.devices import Placement
+
+    return Placement.of(settings.device, getattr(settings, "compute_dtype", "float32"), settings.max_memory)
 
 
 def _resolved(settings):
@@ -42,6 +52,7 @@ def analyze(settings: AnalyzeSettings) -> dict:
     from finsurg.model_source import resolve_model
 
     progress.set_enabled(not settings.quiet)
+    placement = _placement(settings)
     model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
     tuning = None
     if settings.tune:
@@ -61,6 +72,7 @@ def analyze(settings: AnalyzeSettings) -> dict:
         sweep,
         settings.overwrite,
         tuning,
+        placement,
     )
 
 
@@ -68,8 +80,9 @@ def surgery(settings: SurgerySettings) -> tuple[dict, Path]:
     from finsurg.analysis.surgery import run_surgery, write_results
     from finsurg.steer.recipe import check_alpha
 
+    placement = _placement(settings)
     model, recipe, alpha = _resolved(settings)
-    results = run_surgery(model, recipe, check_alpha(alpha), settings.prompt or None, settings.tokens)
+    results = run_surgery(model, recipe, check_alpha(alpha), settings.prompt or None, settings.tokens, placement)
     return results, write_results(results, settings.out)
 
 
@@ -77,6 +90,7 @@ def export(settings: ExportSettings) -> dict:
     """Bake and verify both variants; then lm-eval and upload if the settings ask for them."""
     from finsurg.export import export_variants
 
+    placement = _placement(settings)
     model, recipe, alpha = _resolved(settings)
     namespace = hub_namespace(settings.push) if settings.push is not None else None
     results = export_variants(
@@ -88,10 +102,18 @@ def export(settings: ExportSettings) -> dict:
         settings.overwrite,
         verify=settings.verify,
         link=settings.link,
+        full_verify=settings.full_verify,
+        cap_context=settings.cap_context,
+        placement=placement,
     )
+    ggufs = []
+    if settings.gguf is not None:
+        ggufs = _ggufs(settings, [Path(item["path"]) for item in results], recipe, model)
     evaluation = None
     if settings.eval is not None:
-        evaluation = _evaluate([Path(item["path"]) for item in results], settings.eval, settings.out, base_trusted=True)
+        evaluation = _evaluate(
+            [Path(item["path"]) for item in results], settings.eval, settings.out, placement, base_trusted=True
+        )
     uploads = []
     if namespace is not None and (evaluation is None or evaluation.passed):
         from finsurg.hub.push import default_repo_id
@@ -105,9 +127,46 @@ def export(settings: ExportSettings) -> dict:
         "recipe": recipe.origin,
         "alpha": alpha,
         "variants": results,
+        "gguf": ggufs,
         "eval": evaluation,
         "uploads": uploads,
     }
+
+
+def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[dict]:
+    """Each variant's GGUF inside it, and the recipe's control vector (alpha 1) beside them."""
+    from finsurg.bake.gguf_source import converter
+    from finsurg.bake.gguf_variant import CONTROL_VECTOR_NAME, control_vector, variant_gguf
+    from finsurg.steer.arch import for_config
+
+    script = converter(settings.gguf.llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON"))
+    written = [variant_gguf(path, None, settings.gguf.gguf_type, script) for path in paths]
+    arch = for_config(model.config, model.name)
+    return written + [control_vector(recipe.offsets(1.0), arch, settings.out / CONTROL_VECTOR_NAME)]
+
+
+def gguf(settings: GgufSettings) -> dict:
+    from finsurg.bake.gguf_source import converter
+    from finsurg.bake.gguf_variant import variant_gguf
+
+    progress.set_enabled(not settings.quiet)
+    script = converter(settings.llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON"))
+    return variant_gguf(settings.variant, settings.out, settings.gguf_type, script)
+
+
+def cvector(settings: CvectorSettings) -> dict:
+    from finsurg.bake.gguf_variant import control_vector
+    from finsurg.model_source import resolve_model
+    from finsurg.steer.arch import for_config
+    from finsurg.steer.recipe import resolve_recipe
+
+    progress.set_enabled(not settings.quiet)
+    model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+    recipe = resolve_recipe(settings.recipe, model.name, model.config)
+    if not settings.out.parent.is_dir():
+        raise FinsurgError(f"output directory not found: {settings.out.parent}")
+    written = control_vector(recipe.offsets(settings.alpha), for_config(model.config, model.name), settings.out)
+    return written | {"alpha": settings.alpha, "recipe": recipe.origin}
 
 
 def hub_namespace(options: PushOptions) -> str:
@@ -143,13 +202,14 @@ def evaluate(settings: EvalSettings):
     out = settings.out
     if out is None and len(settings.variants) == 1 and not (settings.variants[0] / SURGERY_NAME).exists():
         out = settings.variants[0]
-    return _evaluate(settings.variants, settings, out, base_override=settings.model), out
+    return _evaluate(settings.variants, settings, out, _placement(settings), base_override=settings.model), out
 
 
 def _evaluate(
     paths: list[Path],
     options: EvalOptions,
     out: Path | None,
+    placement,
     base_override: Path | None = None,
     base_trusted: bool = False,
 ):
@@ -164,6 +224,7 @@ def _evaluate(
         limit=options.limit,
         batch_size=options.eval_batch_size,
         chat=options.chat,
+        placement=placement,
     )
 
 
@@ -173,11 +234,18 @@ def verify(settings: VerifySettings):
     from finsurg.variant.seal import write_report
 
     progress.set_enabled(not settings.quiet)
+    placement = _placement(settings)
     if settings.checksums:
         if not settings.variant.is_dir():
             raise FinsurgError(f"variant directory not found: {settings.variant}")
         return {"checksums_ok": True, "files": len(check_sums(settings.variant))}
-    if settings.engine == "vllm":
+    if settings.engine == "llama.cpp":
+        from finsurg.checks.llamacpp_check import verify_with_llamacpp
+
+        report = verify_with_llamacpp(
+            settings.variant, settings.model, new_tokens=settings.tokens, python=settings.llamacpp_python
+        )
+    elif settings.engine == "vllm":
         from finsurg.checks.vllm_check import verify_with_vllm
 
         report = verify_with_vllm(
@@ -186,7 +254,14 @@ def verify(settings: VerifySettings):
     else:
         from finsurg.checks.verify import verify_variant
 
-        report = verify_variant(settings.variant, settings.model, new_tokens=settings.tokens)
+        report = verify_variant(
+            settings.variant,
+            settings.model,
+            new_tokens=settings.tokens,
+            full=settings.full,
+            max_memory=placement.max_memory,
+            device=placement.device,
+        )
     if settings.record:
         write_report(settings.variant, report)
     return report

@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     except FinsurgError as exc:
         print(f"finsurg: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions, I/O: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"finsurg: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("finsurg: interrupted", file=sys.stderr)
         return 130
@@ -212,6 +216,8 @@ def _export(settings, as_json: bool) -> int:
             print(f"    verification {'PASSED' if report.passed else 'FAILED'}, float32, {report.prompts} prompts:")
             for name, value in verification_rows(report):
                 print(f"      {name}: {value}")
+    for item in outcome["gguf"]:
+        print(_gguf_line(item))
     if evaluation is not None:
         print(_eval_summary(evaluation, settings.out))
     for upload in outcome["uploads"]:
@@ -277,7 +283,7 @@ def _eval_summary(report, out: Path | None) -> str:
 def _verify(settings, as_json: bool) -> int:
     from finsurg import api
     from finsurg.variant.card import verification_rows
-    from finsurg.variant.record import VllmReport
+    from finsurg.variant.record import LlamaCppReport, VllmReport
 
     report = api.verify(settings)
     if as_json:
@@ -287,7 +293,21 @@ def _verify(settings, as_json: bool) -> int:
         print(f"{report['files']} files match SHA256SUMS")
         return 0
     verdict = "PASSED" if report.passed else "FAILED"
-    if isinstance(report, VllmReport):
+    if isinstance(report, LlamaCppReport):
+        routes, tokens = report.baked_vs_control_vector, report.baked_vs_control_vector_tokens
+        print(
+            f"llama.cpp {report.llama_cpp_version} ({verdict}), F32, {report.prompts} prompts:\n"
+            f"  baked GGUF vs base GGUF + control vector at {report.alpha:+g}: {tokens.prompts_identical}/"
+            f"{report.prompts} greedy continuations identical ({report.new_tokens} tokens), max |Δlogit| "
+            f"{routes.max_abs_logit_diff:.2e} (tolerance {report.tolerance:.1e})\n"
+            f"  baked GGUF vs transformers on the variant: max |Δlogit| "
+            f"{report.baked_vs_transformers.max_abs_logit_diff:.2e}, argmax "
+            f"{report.baked_vs_transformers.argmax_agreement:.1%}, greedy "
+            f"{report.baked_vs_transformers_tokens.prompts_identical}/{report.prompts}; noise floor (base GGUF vs "
+            f"base in transformers): max |Δlogit| {report.noise_floor.max_abs_logit_diff:.2e}, argmax "
+            f"{report.noise_floor.argmax_agreement:.1%}"
+        )
+    elif isinstance(report, VllmReport):
         parts = [
             f"{name.replace('_', ' ')}: {item.prompts_identical}/{report.prompts} prompts identical, "
             f"{item.tokens_matching}/{item.tokens_total} tokens"
@@ -307,7 +327,52 @@ def _verify(settings, as_json: bool) -> int:
     return 0 if report.passed else 1
 
 
-RUN = {"analyze": _analyze, "surgery": _surgery, "export": _export, "push": _push, "eval": _eval, "verify": _verify}
+def _gguf(settings, as_json: bool) -> int:
+    from finsurg import api
+
+    written = api.gguf(settings)
+    if as_json:
+        _print_json(written)
+    else:
+        print(_gguf_line(written))
+    return 0
+
+
+def _gguf_line(item: dict) -> str:
+    if "variant" in item:
+        return f"  {item['variant']} GGUF: {item['path']} ({item['bytes'] / 1e6:.0f} MB, sha256 {item['sha256'][:16]})"
+    return (
+        f"  control vector (alpha 1, layers {', '.join(map(str, item['layers']))}): {item['path']}; use "
+        f"--control-vector-scaled {Path(item['path']).name}:ALPHA on the base GGUF"
+    )
+
+
+def _cvector(settings, as_json: bool) -> int:
+    from finsurg import api
+
+    written = api.cvector(settings)
+    if as_json:
+        _print_json(written)
+    else:
+        print(
+            f"control vector of {written['recipe']} at alpha {written['alpha']:g}, layers "
+            f"{', '.join(map(str, written['layers']))}: {written['path']}\n"
+            f"llama.cpp: llama-cli -m BASE.gguf --control-vector-scaled {written['path']}:SCALE "
+            f"(SCALE multiplies alpha {written['alpha']:g})"
+        )
+    return 0
+
+
+RUN = {
+    "analyze": _analyze,
+    "surgery": _surgery,
+    "export": _export,
+    "push": _push,
+    "eval": _eval,
+    "verify": _verify,
+    "gguf": _gguf,
+    "cvector": _cvector,
+}
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from finsurg.atomic import building
-from finsurg.bake.shard_copy import LINK_MODES
+from finsurg.bake.shard_copy import LINK_MODES, reflinks
 from finsurg.bake.writer import VariantWriter
-from finsurg.checks.verify import verify_variant
+from finsurg.checks.verify import verify_variants
+from finsurg.devices import GIB, Placement
 from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
 from finsurg.model_source import ResolvedModel
@@ -47,6 +48,9 @@ def export_variants(
     overwrite: bool = False,
     verify: bool = True,
     link: str = "auto",
+    full_verify: bool = False,
+    placement: Placement | None = None,
+    cap_context: bool = False,
 ) -> list[dict]:
     """Bake and verify both variants in hidden directories; publish them together, or neither."""
     alpha = check_alpha(alpha)
@@ -58,15 +62,34 @@ def export_variants(
     recipe.check_model(model.config, model.name)
     if out_dir.resolve() == model.path.resolve() or model.path.resolve() in out_dir.resolve().parents:
         raise FinsurgError("the output directory is inside the model directory; choose another --out")
-    writer = VariantWriter(model, target, link)  # a truncated or corrupt shard is refused before anything is written
+    writer = VariantWriter(
+        model, target, link, cap_context
+    )  # a truncated or corrupt shard is refused before anything is written
     created = _first_missing(out_dir)
     targets = plan_targets(out_dir, overwrite)
     try:
-        return _bake_all(writer, model, recipe, alpha, targets, verify)
-    except BaseException:
+        _check_disk(writer, out_dir, link, overwrite)
+        check = (lambda paths, sums: _verify(paths, model, sums, full_verify, placement)) if verify else None
+        return _bake_all(writer, recipe, alpha, targets, check)
+    except BaseException as exc:
         if created is not None:  # leave no trace of a failed export
             shutil.rmtree(created, ignore_errors=True)
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise FinsurgError(f"writing the variants failed: {exc.strerror or exc}{where}") from None
         raise
+
+
+def _check_disk(writer: VariantWriter, out_dir: Path, link: str, overwrite: bool) -> None:
+    """Refuse up front when the output filesystem cannot hold both variants."""
+    linked = link == "auto" and reflinks(writer.checkpoint.shards[0].path, out_dir)
+    need = 2 * writer.bytes_to_write(linked)
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        raise FinsurgError(
+            f"the export writes about {need / GIB:.1f} GiB but {out_dir} has {free / GIB:.1f} GiB free; "
+            "free some space or choose another --out"
+        )
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -79,27 +102,44 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _bake_all(writer: VariantWriter, model, recipe, alpha, targets, verify) -> list[dict]:
-    results = []
+def _verify(paths: list[Path], model: ResolvedModel, sums, full: bool, placement) -> list[VerificationReport]:
+    placement = placement or Placement.of("cpu")
+    return verify_variants(
+        paths,
+        model.path,
+        base_trusted=True,
+        full=full,
+        max_memory=placement.max_memory,
+        device=placement.device,
+        sums=sums,
+    )
+
+
+def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[dict]:
+    """Write both variants, then verify them together (each base block is read once for both)."""
+    results, partials, sums = [], [], []
     with ExitStack() as stack:
         for variant, final in targets.items():
             partial = stack.enter_context(building(final))
             baked = writer.write(recipe, VARIANT_SIGNS[variant] * abs(alpha), variant, partial)
-            summary = {
-                "variant": variant,
-                "alpha": baked.alpha,
-                "path": str(final),
-                "dtype": baked.dtype,
-                "bytes": baked.bytes_written,
-                "shards": baked.copied,
-            }
-            if verify:
-                report = verify_variant(partial, model.path, base_trusted=True)
-                write_report(partial, report, known=baked.sums)
+            partials.append(partial)
+            sums.append(baked.sums)
+            results.append(
+                {
+                    "variant": variant,
+                    "alpha": baked.alpha,
+                    "path": str(final),
+                    "dtype": baked.dtype,
+                    "bytes": baked.bytes_written,
+                    "shards": baked.copied,
+                }
+            )
+        if check is not None:
+            for summary, partial, known, report in zip(results, partials, sums, check(partials, sums)):
+                write_report(partial, report, known=known)
                 summary["verification"] = report.model_dump(mode="json")
                 if not report.passed:
-                    raise FinsurgError(f"{variant} failed verification: {headline(report)}")
-            results.append(summary)
+                    raise FinsurgError(f"{summary['variant']} failed verification: {headline(report)}")
     return results
 
 

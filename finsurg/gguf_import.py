@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finsurg.errors import FinsurgError
+from finsurg.gguf_reading import gguf_architecture, open_gguf
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -16,6 +17,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+    gguf_architecture(open_gguf(gguf), gguf)  # refuse a truncated or foreign file before transformers reads it
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

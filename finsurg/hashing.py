@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from finsurg.errors import FinsurgError
@@ -17,6 +19,12 @@ def sha256_file(path: Path) -> str:
         while block := handle.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> list[str]:
+    """Hashes of many files, one per core at a time (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        return list(pool.map(sha256_file, paths))
 
 
 def sealed_files(directory: Path) -> list[str]:
@@ -56,7 +64,8 @@ def check_sums(directory: Path) -> dict[str, str]:
         raise FinsurgError(f"checksum failure in {directory}: missing {', '.join(missing)}")
     if extra:
         raise FinsurgError(f"checksum failure in {directory}: unlisted {', '.join(extra)}")
+    actual = dict(zip(expected, sha256_files([directory / name for name in expected])))
     for name, digest in expected.items():
-        if sha256_file(directory / name) != digest:
+        if actual[name] != digest:
             raise FinsurgError(f"checksum failure in {directory}: {name} does not match SHA256SUMS")
     return expected

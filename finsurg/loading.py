@@ -7,14 +7,25 @@ from pathlib import Path
 import torch
 
 
-def load_model(path: Path, dtype: torch.dtype = torch.float32, compute: torch.dtype | None = None):
-    """Weights read as `dtype`, then computed in `compute` (default: the same).
+def load_model(
+    path: Path,
+    dtype: torch.dtype = torch.float32,
+    compute: torch.dtype | None = None,
+    device: torch.device | None = None,
+    max_memory: dict | None = None,
+):
+    """Weights read as `dtype`, then computed in `compute` (default: the same), on `device`.
 
-    Eager attention: TransformerBridge switches to it, so exact comparisons need it too.
+    On CUDA with a memory budget, accelerate dispatches the layers over the devices it names
+    (device_map="auto"); otherwise the whole model goes to `device`. Eager attention:
+    TransformerBridge switches to it, so exact comparisons need it too.
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    placement = {}
+    if device is not None and device.type == "cuda":
+        placement = {"device_map": "auto", "max_memory": max_memory} if max_memory else {"device_map": {"": device}}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager", **placement)
     if compute is not None and compute != dtype:
         model.to(compute)
     model.eval()
@@ -51,6 +62,7 @@ def hf_greedy(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
     The attention mask is explicit: inferred from pad ids, it would hide chat-template tokens
     that share the pad id (SmolLM2's pad is <|im_end|>).
     """
+    ids = ids.to(model.device)
     out = model.generate(
         ids,
         attention_mask=torch.ones_like(ids),

@@ -7,7 +7,7 @@ file, or a Hub id. GGUF files and pickle checkpoints are converted once into the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -49,6 +49,8 @@ class ResolvedModel:
     path: Path
     source: str
     config: dict = field(repr=False, compare=False)
+    gguf: Path | None = None  # the GGUF file it was converted from, if any
+    gguf_sha256: str | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -88,14 +90,13 @@ def _card_license(directory: Path) -> str | None:
 def resolve_model(spec: str | None = None, allow_pickle: bool = False) -> ResolvedModel:
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
-        gguf = _default_model_gguf()
-        return _checked(spec, _gguf_cache_dir(gguf, label=DEFAULT_MODEL), "alias")
+        return _from_gguf(spec, _default_model_gguf(), DEFAULT_MODEL, "alias")
     path = Path(spec).expanduser()
     if path.is_dir():
         return _checked(spec, _local_dir(path, allow_pickle), "local")
     if path.is_file():
         if path.suffix == ".gguf":
-            return _checked(spec, _gguf_cache_dir(path, label=path.stem), "gguf")
+            return _from_gguf(spec, path, path.stem, "gguf")
         raise FinsurgError(f"{spec} is a file but not a .gguf; pass a model directory, a .gguf or a Hub id")
     if _is_hub_id(spec):
         return _checked(spec, _hub_snapshot(spec, allow_pickle), "hub")
@@ -165,11 +166,14 @@ def _fill_once(target: Path, fill) -> Path:
     return target
 
 
-def _gguf_cache_dir(gguf: Path, label: str) -> Path:
+def _from_gguf(name: str, gguf: Path, label: str, source: str) -> ResolvedModel:
+    """A GGUF file, converted once into the cache; the model remembers the file it came from."""
     from finsurg.gguf_import import convert_gguf
 
-    target = _cache_slot("models", label, sha256_file(gguf))
-    return _fill_once(target, lambda tmp: convert_gguf(gguf, tmp))
+    digest = sha256_file(gguf)
+    directory = _fill_once(_cache_slot("models", label, digest), lambda tmp: convert_gguf(gguf, tmp))
+    resolved = _checked(name, directory, source)
+    return replace(resolved, gguf=gguf.resolve(), gguf_sha256=digest)
 
 
 def _pickle_cache_dir(path: Path) -> Path:

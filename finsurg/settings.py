@@ -9,6 +9,7 @@ flag; its options mean nothing without it, so the CLI refuses them alone.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -91,6 +92,43 @@ def flag_of(settings: type[BaseModel], loc: tuple) -> str:
 
 
 # ---- shared pieces --------------------------------------------------------------------------------
+class Compute(CommandSettings):
+    """Where a command that runs a model computes, and how much memory it may take."""
+
+    device: str = Field("auto", **flag("auto (CUDA when present), cpu, cuda or cuda:N"))
+    max_memory: str | None = Field(
+        None,
+        **flag(
+            "memory budget: a size (20GiB) for the device, or per device (0=70GiB,1=70GiB,cpu=100GiB) to dispatch "
+            "a model over several GPUs (default: what is free)"
+        ),
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r} (choose auto, cpu, cuda or cuda:N)")
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory(cls, value: str | None) -> str | None:
+        from finsurg.devices import parse_max_memory
+
+        try:
+            parse_max_memory(value)
+        except FinsurgError as exc:
+            raise ValueError(str(exc).removeprefix("cannot parse --max-memory ")) from None
+        return value
+
+
+class ComputeDtype(Compute):
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", **flag("dtype the model computes in (auto: bfloat16 on a GPU, float32 on the CPU)")
+    )
+
+
 class ModelChoice(CommandSettings):
     model: str | None = Field(
         None, **flag("smollm2-135m (default, embedded), a local HF directory, a .gguf file, or a Hub id")
@@ -127,6 +165,16 @@ class EvalOptions(Group):
         return {"auto": None, "on": True, "off": False}[self.chat_template]
 
 
+class GgufOptions(Group):
+    gguf_type: Literal["keep", "f32", "f16", "q8_0"] = Field(
+        "keep",
+        **flag("GGUF tensor type: keep copies the base GGUF's (quantized) blocks byte for byte", flag="--type"),
+    )
+    llamacpp_python: str | None = Field(
+        None, **flag("the Python of the llama.cpp environment (default: $FINSURG_LLAMACPP_PYTHON, then this one)")
+    )
+
+
 class UploadOptions(Group):
     private: bool = Field(False, **flag("create private repos"))
     dry_run: bool = Field(False, **flag("list what would be uploaded where, upload nothing"))
@@ -137,7 +185,7 @@ class PushOptions(UploadOptions):
 
 
 # ---- the commands -------------------------------------------------------------------------------
-class AnalyzeSettings(ModelChoice):
+class AnalyzeSettings(ModelChoice, ComputeDtype):
     command = "analyze"
     summary = "find the steering directions with TransformerLens; write a recipe"
 
@@ -174,7 +222,7 @@ class AnalyzeSettings(ModelChoice):
         return value
 
 
-class SurgerySettings(RecipeChoice):
+class SurgerySettings(RecipeChoice, ComputeDtype):
     command = "surgery"
     summary = "apply a recipe as hooks; before/after generations and logit lens"
 
@@ -183,7 +231,7 @@ class SurgerySettings(RecipeChoice):
     out: Path = Field(Path("finsurg-surgery"), **flag("where the results JSON goes"))
 
 
-class ExportSettings(RecipeChoice):
+class ExportSettings(RecipeChoice, Compute):
     command = "export"
     summary = "bake steered and conservative variants into safetensors"
 
@@ -199,7 +247,21 @@ class ExportSettings(RecipeChoice):
             "base can never change through them) and copies elsewhere; copy always copies"
         ),
     )
+    cap_context: bool = Field(
+        False,
+        **flag(
+            "for a base whose sliding window is shorter than its context (Mistral): write the Llama rewrite with "
+            "max_position_embeddings set to the window, where it is exact"
+        ),
+    )
     verify: bool = Field(True, **flag("verify each variant against the hooks", flag="--no-verify"))
+    full_verify: bool = Field(
+        False, **flag("also run the end-to-end check when the model does not fit in memory (layer-streamed)")
+    )
+    gguf: GgufOptions | None = Field(
+        None,
+        **flag("also write each variant as GGUF (llama.cpp, Ollama), and the recipe's control-vector GGUF beside them"),
+    )
     eval: EvalOptions | None = Field(None, **flag("after verification, run finsurg eval on the variants"))
     push: PushOptions | None = Field(None, **flag("upload both variants to the Hugging Face Hub", flag="--push-to-hub"))
 
@@ -212,7 +274,7 @@ class PushSettings(CommandSettings, UploadOptions):
     repo_id: str = Field(**flag("namespace/name of the model repo (created if missing)"))
 
 
-class EvalSettings(CommandSettings, EvalOptions):
+class EvalSettings(ComputeDtype, EvalOptions):
     command = "eval"
     summary = "lm-eval on the base, the baked variants and their hook versions; checks item-by-item parity"
 
@@ -221,23 +283,64 @@ class EvalSettings(CommandSettings, EvalOptions):
     out: Path | None = Field(None, **flag("where eval.json and eval.md go (default: the export directory)"))
 
 
-class VerifySettings(CommandSettings):
+class VerifySettings(Compute):
     command = "verify"
     summary = "check a variant against the hook version and its checksums (read-only unless --record)"
 
     variant: Path = Field(**flag("a variant directory written by finsurg export", positional=True))
     model: Path | None = Field(None, **flag("base model directory (default: the recorded one)"))
     checksums: bool = Field(False, **flag("only check SHA256SUMS"))
+    full: bool = Field(
+        False,
+        **flag(
+            "run the end-to-end check even when the model does not fit in memory (then layer-streamed, with "
+            "teacher-forced argmax in place of greedy generation)"
+        ),
+    )
     tokens: PositiveInt = Field(32, **flag("greedy tokens compared per prompt"))
-    engine: Literal["transformers", "vllm"] = Field(
+    engine: Literal["transformers", "vllm", "llama.cpp"] = Field(
         "transformers",
         **flag(
-            "transformers: logits, KL, greedy and prefix checks against the hooks; vllm: greedy "
-            "tokens served by vLLM against transformers and the hooks"
+            "transformers: the layer-local proof and the check against the hooks; vllm: greedy tokens served by "
+            "vLLM against transformers and the hooks; llama.cpp: the baked GGUF against the base GGUF with the "
+            "control vector, in llama.cpp, and both against transformers"
         ),
     )
     vllm_python: str | None = Field(None, **flag("the Python that has vLLM (default: this one)"))
+    llamacpp_python: str | None = Field(
+        None, **flag("the Python that has llama-cpp-python (default: $FINSURG_LLAMACPP_PYTHON, then this one)")
+    )
     record: bool = Field(False, **flag("write the report into the variant and re-seal its card and SHA256SUMS"))
+
+
+class GgufSettings(CommandSettings, GgufOptions):
+    command = "gguf"
+    summary = "write a variant as GGUF for llama.cpp and Ollama: the base GGUF plus the offsets as ffn_down biases"
+
+    variant: Path = Field(**flag("a variant directory written by finsurg export", positional=True))
+    out: Path | None = Field(
+        None, **flag("the GGUF file (default: inside the variant, recorded in its card and SHA256SUMS)")
+    )
+
+
+class CvectorSettings(ModelChoice):
+    command = "cvector"
+    summary = "write a recipe as llama.cpp's control-vector GGUF (--control-vector-scaled FILE:ALPHA)"
+
+    recipe: str | None = Field(
+        None, **flag("recipe.json, its directory, or a built-in preset name (default: the preset that fits the model)")
+    )
+    alpha: float = Field(
+        1.0, **flag("strength written into the file; llama.cpp's scale multiplies it (at 1 the scale is alpha)")
+    )
+    out: Path = Field(Path("finsurg-control-vector.gguf"), **flag("the control-vector GGUF file"))
+
+    @field_validator("alpha")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value) or value == 0:
+            raise ValueError(f"alpha must be a finite non-zero number, got {value}")
+        return value
 
 
 COMMANDS: list[type[CommandSettings]] = [
@@ -247,4 +350,6 @@ COMMANDS: list[type[CommandSettings]] = [
     PushSettings,
     EvalSettings,
     VerifySettings,
+    GgufSettings,
+    CvectorSettings,
 ]

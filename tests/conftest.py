@@ -27,6 +27,18 @@ WORDS = (
 ).split()
 
 
+# Llama-3.1-8B's shapes, for configs that are estimated but never loaded
+LLAMA_3_1_8B_SHAPES = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
+
+
 def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -81,14 +93,25 @@ def make_tiny_llama(
     return path
 
 
-def tiny_recipe(directory: Path, *, layers=(1, 2), hidden=64, depth=4, steering=True, scale=1.0):
+def tiny_recipe(
+    directory: Path,
+    *,
+    layers=(1, 2),
+    hidden=64,
+    depth=4,
+    steering=True,
+    scale=1.0,
+    architecture="LlamaForCausalLM",
+    site="layer_output",
+):
     """A recipe for the tiny Llama, with steering vectors, saved in directory."""
     from finsurg.steer.recipe import Recipe, RecipeSpec
 
     spec = RecipeSpec.model_validate(
         {
             "format": "finsurg.recipe/1",
-            "model": {"architecture": "LlamaForCausalLM", "hidden_size": hidden, "num_hidden_layers": depth},
+            "model": {"architecture": architecture, "hidden_size": hidden, "num_hidden_layers": depth},
+            "site": site,
             "layers": list(layers),
             "neurons": [
                 {"index": 5, "coefficient": -0.5 * scale, "role": "toggle"},
@@ -165,3 +188,70 @@ def vllm_python():
             pytest.fail(f"vLLM is required here but {python} does not exist (make vllm-setup)")
         pytest.skip("vLLM is not installed (make vllm-setup); `make test` installs it")
     return str(python)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_python():
+    python = Path(os.environ.get("FINSURG_LLAMACPP_PYTHON", ROOT / ".venv-llamacpp" / "bin" / "python"))
+    if not python.exists():
+        if os.environ.get("FINSURG_REQUIRE_LLAMACPP"):
+            pytest.fail(f"llama.cpp is required here but {python} does not exist (make llamacpp-setup)")
+        pytest.skip("llama.cpp is not installed (make llamacpp-setup); `make test` installs it")
+    return str(python)
+
+
+# ---- other model families, tiny and random, built from their transformers configs ----------
+FAMILY_SHAPES = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    initializer_range=0.15,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=3,
+)
+
+
+def _config(family: str, **extra):
+    import transformers
+
+    own = {
+        "llama": (transformers.LlamaConfig, {"tie_word_embeddings": False}),
+        "granite": (
+            transformers.GraniteConfig,
+            {"residual_multiplier": 0.22, "embedding_multiplier": 12.0, "logits_scaling": 8.0},
+        ),
+        "qwen3": (transformers.Qwen3Config, {"head_dim": 16}),
+        "qwen2": (transformers.Qwen2Config, {"use_sliding_window": False}),
+        "mistral": (transformers.MistralConfig, {"sliding_window": None}),
+        "gemma2": (transformers.Gemma2Config, {"head_dim": 16}),
+        "olmo2": (transformers.Olmo2Config, {}),
+    }
+    kind, settings = own[family]
+    return kind(**FAMILY_SHAPES, vocab_size=len(build_tokenizer()), **{**settings, **extra})
+
+
+def make_family_model(path, family: str, **extra):
+    from transformers import AutoModelForCausalLM
+
+    config = _config(family, **extra)
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random biases where the family has them (Qwen2's q/k/v)
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.1)
+    model.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+ROUTES = {
+    "granite": ("GraniteForCausalLM", "layer_output"),
+    "qwen3": ("Qwen3ForCausalLM", "attention_output"),
+    "qwen2": ("Qwen2ForCausalLM", "layer_output"),
+    "mistral": ("MistralForCausalLM", "layer_output"),
+}

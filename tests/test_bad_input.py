@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from finsurg.cli import main
 
-from conftest import make_tiny_llama, tiny_recipe, tree_hashes
+from conftest import LLAMA_3_1_8B_SHAPES, make_tiny_llama, tiny_recipe, tree_hashes
 
 
 def _recipe(inputs, mutate=None, **kwargs):
@@ -144,11 +144,89 @@ CASES = {
         lambda i, m: _export(m, _recipe(i), "--push-to-hub", "--hub-namespace", "a b"),
         "invalid --hub-namespace 'a b'",
     ),
+    "--device cuda without CUDA": (
+        lambda i, m: ["analyze", "--model", str(m), "--device", "cuda", "--out", str(i / "run")],
+        "--device cuda: no CUDA device on this machine",
+    ),
+    "--device tpu": (
+        lambda i, m: ["analyze", "--model", str(m), "--device", "tpu", "--out", str(i / "run")],
+        "unknown device 'tpu'",
+    ),
+    "unparseable --max-memory": (
+        lambda i, m: ["verify", str(i), "--max-memory", "lots"],
+        "give a size like 20GiB",
+    ),
+    "analyze at 8B without a GPU": (
+        lambda i, m: ["analyze", "--model", str(_eight_b(i, m)), "--device", "cpu", "--out", str(i / "run")],
+        "analyze needs about",
+    ),
+    "GGUF of an architecture finsurg cannot bake": (
+        lambda i, m: ["cvector", "--model", str(_gguf_of(i, "gpt2")), "--out", str(i / "cv.gguf")],
+        "gpt2",
+    ),
+    "truncated GGUF": (
+        lambda i, m: ["cvector", "--model", str(_truncated_gguf(i)), "--out", str(i / "cv.gguf")],
+        "cannot read",
+    ),
+    "unknown GGUF --type": (lambda i, m: ["gguf", str(i), "--type", "q4"], "invalid choice: 'q4'"),
+    "control vector steering layer 0": (
+        lambda i, m: ["cvector", "--model", str(m), "--recipe", str(_recipe(i, layers=(0, 1)))],
+        "cannot steer layer 0",
+    ),
+    "GGUF of a variant whose SHA256SUMS does not verify": (
+        lambda i, m: ["gguf", str(_tampered_variant(i, m))],
+        "checksum failure",
+    ),
     "push to an invalid repo id": (
         lambda i, m: ["push", str(i), "--repo-id", "no-slash", "--dry-run"],
         "invalid repo id 'no-slash'",
     ),
 }
+
+
+def _eight_b(inputs, model):
+    """A model directory whose config has Llama-3.1-8B's shapes (the weights are never read)."""
+    import shutil
+
+    target = inputs / "eight-b"
+    shutil.copytree(model, target)
+    config = json.loads((target / "config.json").read_text()) | LLAMA_3_1_8B_SHAPES
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def _gguf_of(inputs, arch):
+    import gguf
+    import numpy as np
+
+    path = inputs / f"{arch}.gguf"
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _truncated_gguf(inputs):
+    from finsurg.model_source import _default_model_gguf
+
+    path = inputs / "truncated.gguf"
+    path.write_bytes(_default_model_gguf().read_bytes()[:200_000])
+    return path
+
+
+def _tampered_variant(inputs, model):
+    from finsurg.export import export_variants
+    from finsurg.model_source import resolve_model
+    from finsurg.steer.recipe import Recipe
+
+    export_variants(resolve_model(str(model)), Recipe.load(_recipe(inputs)), 1.0, inputs / "out", verify=False)
+    variant = inputs / "out" / "steered"
+    (variant / "config.json").write_text((variant / "config.json").read_text() + " ")
+    return variant
 
 
 def _broken(directory):
@@ -168,6 +246,8 @@ def run_main(args, capsys):
 def test_bad_input(case, tmp_path, tiny_model, capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.chdir(tmp_path)  # default output directories land here, where the harness looks
+    if "without CUDA" in case and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     build, message = CASES[case]
     inputs = tmp_path / "inputs"
     inputs.mkdir()

@@ -191,6 +191,22 @@ def test_failed_verification_leaves_nothing(tmp_path, tiny_model, monkeypatch):
                 "export_dtype": None,
                 "checksums_ok": True,
                 "passed": False,
+                "checks": ["checksums", "proof", "end_to_end:in_memory"],
+                "proof": {
+                    "structure": {
+                        "tensors": 1,
+                        "identical_shards": 1,
+                        "tensors_compared": 0,
+                        "biases": 1,
+                        "problems": [],
+                        "passed": True,
+                    },
+                    "blocks": [],
+                    "input_rms": [1.0],
+                    "input_tokens": 16,
+                    "relative_tolerance": 1e-5,
+                    "passed": True,
+                },
                 "float32": comparison
                 | {
                     "greedy_identical": False,
@@ -203,7 +219,7 @@ def test_failed_verification_leaves_nothing(tmp_path, tiny_model, monkeypatch):
             }
         )
 
-    monkeypatch.setattr(export_module, "verify_variant", failing)
+    monkeypatch.setattr(export_module, "verify_variants", lambda paths, *args, **kwargs: [failing(p) for p in paths])
     recipe = tiny_recipe(tmp_path / "recipe")
     with pytest.raises(FinsurgError, match="steered failed verification"):
         export_checked(resolve_model(str(tiny_model)), recipe, 1.0, tmp_path / "out")

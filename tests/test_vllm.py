@@ -12,6 +12,7 @@ import torch
 from finsurg.hashing import write_sums
 from finsurg.loading import hf_greedy, load_model
 
+from conftest import ROUTES, make_family_model, tiny_recipe
 from vllm_server import OpenAIServer
 
 pytestmark = [pytest.mark.default_model, pytest.mark.vllm]
@@ -98,3 +99,20 @@ def test_vllm_missing_is_one_clear_line(default_export, tmp_path):
         env=dict(os.environ),
     )
     assert done.returncode == 2 and done.stderr.startswith("finsurg: error: vLLM is not installed")
+
+
+@pytest.mark.parametrize("family", list(ROUTES))
+def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, vllm_python):
+    """Token for token against transformers and the hooks on the original architecture."""
+    from finsurg.export import export_variants
+    from finsurg.model_source import resolve_model
+    from finsurg.steer.arch import by_name
+
+    architecture, site = ROUTES[family]
+    base = make_family_model(tmp_path / "base", family)
+    recipe = tiny_recipe(tmp_path / "recipe", architecture=architecture, site=site)
+    export_variants(resolve_model(str(base)), recipe, 3.0, tmp_path / "out", verify=False)
+    done, report = verify_vllm(tmp_path / "out" / "steered", vllm_python)
+    assert report is not None, done.stderr
+    assert report["vs_transformers"]["identical"] == report["passed"] == (by_name(architecture).vllm_drops is None)
+    assert report["vs_hooks"]["identical"] == report["passed"]

@@ -96,11 +96,11 @@ def collect(
         ids, mask = left_pad(tokenizer, batch)
         with torch.no_grad():
             _, cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda name: name in wanted)
-        acts.update(torch.stack([pool(cache[site[layer]], mask, how) for layer in range(layers)], dim=1))
+        acts.update(torch.stack([pool(cache[site[layer]].cpu(), mask, how) for layer in range(layers)], dim=1))
         is_keyword = torch.isin(ids, keyword_tensor) & mask.bool()
         mass = torch.stack(
             [
-                (cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1, :] * is_keyword[:, None, :]).sum(-1)
+                (cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1, :].cpu() * is_keyword[:, None, :]).sum(-1)
                 for layer in range(layers)
             ],
             dim=1,

@@ -19,6 +19,7 @@ from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
 from finsurg.analysis.sweep import ALPHAS, run_sweep
 from finsurg.atomic import building
+from finsurg.devices import Placement
 from finsurg.errors import FinsurgError
 from finsurg.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.model_source import ResolvedModel
@@ -60,7 +61,9 @@ def analyze(
     alphas: list[float] = ALPHAS,
     overwrite: bool = False,
     tuning: TuneOptions | None = None,
+    placement: Placement | None = None,
 ) -> dict:
+    placement = placement or Placement.of("cpu")
     if pool not in POOLS:
         raise FinsurgError(f"unknown --pool {pool!r} (choose from {', '.join(POOLS)})")
     if batch_size < 1:
@@ -73,8 +76,13 @@ def analyze(
     clock = time.perf_counter()
 
     tokenizer = ensure_pad_token(load_tokenizer(model.path))
-    hf_model = load_model(model.path, torch.float32)
-    bridge = boot_bridge(model.path, hf_model, tokenizer)
+    placement.require("analyze", model.config, copies=2 if tuning is not None else 1)
+
+    def load():
+        return load_model(model.path, placement.dtype, device=placement.device, max_memory=placement.dispatch)
+
+    hf_model = load()
+    bridge = boot_bridge(model.path, hf_model, tokenizer, placement.dtype)
     timings["load"] = time.perf_counter() - clock
 
     # phases 1 and 3: activations and keyword attention, one batched pass per category
@@ -136,7 +144,7 @@ def analyze(
 
     behaviour = None
     if tuning is not None:  # phases 6-8: answer-behaviour directions, tuned, judged on held-out items
-        answer_model = load_model(model.path, torch.float32)  # its own copy: the bridge wraps hf_model
+        answer_model = load()  # its own copy: the bridge wraps hf_model
         recipe, behaviour = steer_by_answers(
             answer_model,
             tokenizer,

@@ -102,7 +102,10 @@ class Batches:
                     offsets_added(self.model, offsets, self.arch),
                     _start_at(self.model, self.arch, start, self.inputs[index]),
                 ):
-                    logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+                    device = self.model.get_input_embeddings().weight.device
+                    logits = self.model(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=keep
+                    ).logits.cpu()
             finally:
                 self._capturing = None
             for row, item in enumerate(chunk):

@@ -174,6 +174,7 @@ def _recipe(method, layers, vectors, coefficient, neurons, options, tuning, pack
             "steering": {"file": STEERING_NAME, "coefficient": coefficient},
             "default_alpha": 3.0,
             "pack": pack.source,
+            "site": seed_recipe.spec.site,
             "direction": {"method": method, "positions": options.positions},
             "tuning": tuning,
         }

@@ -12,6 +12,7 @@ import torch
 
 from finsurg.analysis.activations import RunningStats
 from finsurg.analysis.features import effect_size
+from finsurg.steer.arch import by_name
 from finsurg.steer.recipe import STEERING_NAME, Recipe, RecipeSpec
 
 BAND_FRACTION = 0.2
@@ -107,6 +108,7 @@ def derive(
             "steering": {"file": STEERING_NAME, "coefficient": round(coefficient, 8)},
             "default_alpha": default_alpha,
             "pack": pack,
+            "site": by_name(architecture).site.name,
         }
     )
     return Recipe(spec, vectors, origin="finsurg analyze")

@@ -67,11 +67,12 @@ def read_contrast(
     with site_outputs(model, arch) as captured:
         for chunk in chunked(items, batch_size):
             ids, mask = left_pad(tokenizer, [item.context + item.continuation for item in chunk])
+            device = model.get_input_embeddings().weight.device
             with torch.inference_mode():
-                model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=1)
             stream = torch.stack(
-                [captured[layer] for layer in range(layers)], dim=1
-            ).float()  # [batch, layers, pos, hidden]
+                [captured[layer].float().cpu() for layer in range(layers)], dim=1
+            )  # [batch, layers, pos, hidden]
             for row, item in enumerate(chunk):
                 answer = stream[row, :, -len(item.continuation) :]
                 pooled.append(answer.mean(1) if positions == "answer_mean" else answer[:, -1])

@@ -40,8 +40,10 @@ def lens(
     hooks = [(arch.tl_hook(layer), add_hook(offsets.get(layer, zero), record(layer))) for layer in range(layers)]
     with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
         bridge(ids)
-        stacked = torch.stack([captured[layer] for layer in range(layers)])
-        probs = torch.softmax(hf_model.lm_head(hf_model.model.norm(stacked)).float(), dim=-1)
+        norm = hf_model.get_submodule(arch.final_norm)
+        head = hf_model.get_output_embeddings()
+        stacked = torch.stack([captured[layer].to(norm.weight.device) for layer in range(layers)])
+        probs = torch.softmax(head(norm(stacked).to(head.weight.device)).float().cpu(), dim=-1)
     return {
         group: [float(probs[layer, token_ids].sum()) for layer in range(layers)] for group, token_ids in groups.items()
     }

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
+from finsurg.devices import Placement
 from finsurg.loading import encode, load_model, load_tokenizer
 from finsurg.model_source import ResolvedModel
 from finsurg.packs import Pack
@@ -25,13 +24,16 @@ def run_surgery(
     alpha: float,
     prompts: list[str] | None = None,
     new_tokens: int = 40,
+    placement: Placement | None = None,
 ) -> dict:
+    placement = placement or Placement.of("cpu")
+    placement.require("surgery", model.config)
     pack = Pack.load(recipe.spec.pack)
     arch = for_config(model.config, model.name)
     prompts = prompts or pack.surgery_prompts()
     tokenizer = load_tokenizer(model.path)
-    hf_model = load_model(model.path, torch.float32)
-    bridge = boot_bridge(model.path, hf_model, tokenizer)
+    hf_model = load_model(model.path, placement.dtype, device=placement.device, max_memory=placement.dispatch)
+    bridge = boot_bridge(model.path, hf_model, tokenizer, placement.dtype)
     offsets = recipe.offsets(alpha)
     hooks = offset_hooks(offsets, arch)
     generations = []

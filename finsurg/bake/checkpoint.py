@@ -58,6 +58,14 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         self.info(name)
         return self._shard_of[name].read(name)
 
+    def shard(self, filename: str) -> SafetensorsFile:
+        return next(shard for shard in self.shards if shard.path.name == filename)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop of a tensor, read alone."""
+        self.info(name)
+        return self._shard_of[name].rows(name, start, stop)
+
     def __contains__(self, name: object) -> bool:
         return name in self._shard_of
 

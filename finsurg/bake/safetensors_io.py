@@ -57,6 +57,10 @@ class SafetensorsFile:
         with safe_open(self.path, "pt") as handle:
             return handle.get_tensor(name)
 
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        with safe_open(self.path, "pt") as handle:
+            return handle.get_slice(name)[start:stop]
+
     def slices(self, info: TensorInfo, dtype: torch.dtype) -> Iterator[bytes]:
         """The tensor's bytes in `dtype`, a bounded slice of rows at a time."""
         with safe_open(self.path, "pt") as handle:

@@ -51,6 +51,24 @@ class SourceHashes:
         return self._done[key]
 
 
+def reflinks(src: Path, directory: Path) -> bool:
+    """Whether files can be reflinked from src's filesystem into directory (tried on src, then undone)."""
+    probe = directory / ".finsurg-reflink-probe"
+    reader = os.open(src, os.O_RDONLY)
+    try:
+        writer = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fcntl.ioctl(writer, FICLONE, reader)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(writer)
+            probe.unlink(missing_ok=True)
+    finally:
+        os.close(reader)
+
+
 def copy_shard(src: Path, dst: Path, link: str, on_bytes: Callable[[int], None] = lambda n: None) -> str:
     """Copy src to dst (a new file); return how: 'reflink' or 'copy'."""
     size = src.stat().st_size

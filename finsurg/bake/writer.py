@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from finsurg.bake.checkpoint import INDEX_NAME, Checkpoint
 from finsurg.bake.safetensors_io import Entry, write_safetensors
 from finsurg.bake.shard_copy import SourceHashes, copy_shard
 from finsurg.dtypes import CODE_OF, CODES, FLOAT_CODES, name_of
+from finsurg.errors import FinsurgError
 from finsurg.jsonfile import write_json
 from finsurg.model_source import ResolvedModel
 from finsurg.packs import Pack
@@ -56,9 +58,20 @@ class ExportResult:
 class VariantWriter:
     """Writes variants of one base; the base's hashes are shared, so each base file is hashed once."""
 
-    def __init__(self, model: ResolvedModel, dtype: torch.dtype | None = None, link: str = "auto"):
+    def __init__(
+        self, model: ResolvedModel, dtype: torch.dtype | None = None, link: str = "auto", cap_context: bool = False
+    ):
         self.model, self.link = model, link
         self.arch: Architecture = for_config(model.config, model.name)
+        window = self.arch.window_short_of_context(model.config)
+        if window and not cap_context:
+            raise FinsurgError(
+                f"{model.name}: its sliding window ({window} tokens) is shorter than its context "
+                f"({model.config.get('max_position_embeddings')}); the {self.arch.variant_architecture} rewrite attends "
+                f"to the whole context, so it is exact only up to {window} tokens; pass --cap-context to write the "
+                f"variant with max_position_embeddings {window}"
+            )
+        self.context_cap = window if cap_context else None
         self.checkpoint = Checkpoint.open(model.path)
         for layer in range(model.num_layers):
             for name in self.arch.weight_names(layer):
@@ -66,10 +79,28 @@ class VariantWriter:
         self.dtype = dtype or CODES[self.checkpoint.info(self.arch.weight_names(0)[0]).dtype]
         self.hashes = SourceHashes()
 
+    def bytes_to_write(self, linked: bool) -> int:
+        """What one variant adds to the output filesystem: every shard (none that a reflink shares) plus biases."""
+        target = CODE_OF[self.dtype]
+        total = 0
+        for shard in self.checkpoint.shards:
+            cast = any(i.dtype in FLOAT_CODES and i.dtype != target for i in shard.tensors.values())
+            if cast or not linked:
+                total += sum(
+                    (math.prod(i.shape) * self.dtype.itemsize if i.dtype in FLOAT_CODES else i.nbytes)
+                    for i in shard.tensors.values()
+                )
+        biases = (
+            sum(self.arch.bias_size(b.name, self.model.config) for b in self.arch.biases)
+            * self.model.num_layers
+            * self.dtype.itemsize
+        )
+        return total + biases + 16 * 1024 * 1024  # side files, index, offsets, card
+
     def write(self, recipe: Recipe, alpha: float, variant: str, out: Path) -> ExportResult:
         """One complete variant directory in `out`, an empty directory."""
         alpha = check_alpha(alpha)
-        biases = bake(recipe, alpha, self.arch, self.model.config, self.dtype, self.checkpoint)
+        biases = bake(recipe.offsets(alpha), self.arch, self.model.config, self.dtype, self.checkpoint)
         sums, copied, weight_map, tensor_bytes = self._write_shards(biases, out, variant)
         write_json(
             out / INDEX_NAME, {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}
@@ -141,6 +172,9 @@ class VariantWriter:
             alpha=alpha,
             dtype=name_of(self.dtype),
             baked_into=self.arch.site.bias.replace("{layer}", "{L}"),
+            site=self.arch.site.name,
+            rewritten_as=self.arch.variant_architecture if self.arch.rewrite else None,
+            context_cap=self.context_cap,
             base_model=BaseModelInfo(
                 name=model.name,
                 source=model.source,
@@ -148,6 +182,8 @@ class VariantWriter:
                 architecture=model.architecture,
                 **model.provenance(),
                 files={p.name: self.hashes.get(p) for p in model.weight_files()},
+                gguf=str(model.gguf) if model.gguf else None,
+                gguf_sha256=model.gguf_sha256,
             ),
             recipe=recipe.spec,
             recipe_origin=recipe.origin,
@@ -158,16 +194,12 @@ class VariantWriter:
         )
 
     def _copy_side_files(self, out: Path) -> None:
-        """Config (with the family's bias flag on), tokenizer, generation config and other non-weight files."""
+        """Config (the family's biases on, or rewritten), tokenizer, generation config and other non-weight files."""
         for path in sorted(self.model.path.iterdir()):
             if not path.is_file() or path.name in SKIPPED_FILES or path.suffix in SKIPPED_SUFFIXES:
                 continue
             if path.name == "config.json":
-                config = dict(self.model.config)
-                config[self.arch.bias_flag] = True
-                config["dtype"] = name_of(self.dtype)
-                if "torch_dtype" in config:
-                    config["torch_dtype"] = config["dtype"]
+                config = self.arch.config_of_variant(self.model.config, name_of(self.dtype), self.context_cap)
                 write_json(out / "config.json", config)
             else:
                 shutil.copyfile(path, out / path.name)

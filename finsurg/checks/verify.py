@@ -1,7 +1,11 @@
-"""Prove a baked variant equals the hook version: reload with plain transformers and compare.
+"""Prove a baked variant equals the hook version.
 
-The exact check computes in float32 (weights rounded to the variant's dtype first): KL below 1e-6
-and identical greedy tokens, or it fails. In the export dtype the figures are reported next to
+First the layer-local proof (finsurg.checks.local_proof): structure plus each steered block
+alone, at any model size. Then, as evidence that the pieces compose, the end-to-end check: the
+variant reloaded with plain transformers against TransformerLens hooks on the base, in float32
+(weights rounded to the variant's dtype first): KL below 1e-6 and identical greedy tokens, or it
+fails. It runs in memory when the model fits the memory budget, layer-streamed with `full` when it
+does not, and is skipped otherwise. In the export dtype the figures are reported next to
 that dtype's own noise floor (the same base weights computed in float32 vs in the export dtype),
 because bf16 differs from itself by about as much. Verifying reads the variant and never writes it.
 """
@@ -15,9 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from finsurg import progress
+from finsurg.checks.local_proof import prove
+from finsurg.checks.streamed import streamed_runs
+from finsurg.devices import GIB, budget, model_estimate
 from finsurg.dtypes import weight_dtype
 from finsurg.hashing import check_sums
 from finsurg.loading import encode, hf_greedy, load_model, load_tokenizer
+from finsurg.model_source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
 from finsurg.steer.hooks import boot_bridge, greedy, logits, offset_hooks
@@ -55,9 +63,9 @@ def compare_logits(reference: list[torch.Tensor], candidate: list[torch.Tensor])
 class OpenedVariant:
     """A variant with checked SHA256SUMS, its base (hash-checked unless trusted), tokenizer and prompts."""
 
-    def __init__(self, directory: Path, base_override: Path | None, base_trusted: bool):
+    def __init__(self, directory: Path, base_override: Path | None, base_trusted: bool, sums=None):
         self.variant = Variant(directory)
-        self.sums = check_sums(directory)
+        self.sums = sums if sums is not None else check_sums(directory)
         self.base = self.variant.base_path(base_override)
         if not base_trusted:
             self.variant.check_base_hashes(self.base)
@@ -72,19 +80,19 @@ class OpenedVariant:
 
 def _hidden(model, ids: torch.Tensor, upto: int) -> list[torch.Tensor]:
     with torch.no_grad():
-        states = model(ids, output_hidden_states=True).hidden_states
-    return [state.clone() for state in states[: upto + 1]]
+        states = model(ids.to(model.device), output_hidden_states=True).hidden_states
+    return [state.cpu() for state in states[: upto + 1]]
 
 
-def _reference_run(opened: OpenedVariant, weights, dtype, new_tokens, bar) -> dict:
+def _reference_run(opened: OpenedVariant, weights, dtype, new_tokens, bar, device) -> dict:
     """Base model: plain logits and hidden states, then hooked logits and greedy tokens."""
-    model = load_model(opened.base, weights, dtype)
+    model = load_model(opened.base, weights, dtype, device=device)
     first = opened.variant.first_layer
     run = {"plain": [], "hooked": [], "hidden": [], "greedy": []}
     for ids in opened.prompts:
         run["hidden"].append(_hidden(model, ids, first))
         with torch.no_grad():
-            run["plain"].append(model(ids).logits[0].float())
+            run["plain"].append(model(ids.to(model.device)).logits[0].float().cpu())
     bridge = boot_bridge(opened.base, model, opened.tokenizer, dtype)
     hooks = opened.hooks()
     for ids in opened.prompts:
@@ -97,14 +105,14 @@ def _reference_run(opened: OpenedVariant, weights, dtype, new_tokens, bar) -> di
     return run
 
 
-def _variant_run(opened: OpenedVariant, weights, dtype, new_tokens, bar) -> dict:
-    model = load_model(opened.variant.directory, weights, dtype)
+def _variant_run(opened: OpenedVariant, weights, dtype, new_tokens, bar, device) -> dict:
+    model = load_model(opened.variant.directory, weights, dtype, device=device)
     first = opened.variant.first_layer
     run = {"logits": [], "hidden": [], "greedy": []}
     for ids in opened.prompts:
         run["hidden"].append(_hidden(model, ids, first))
         with torch.no_grad():
-            run["logits"].append(model(ids).logits[0].float())
+            run["logits"].append(model(ids.to(model.device)).logits[0].float().cpu())
         if new_tokens:
             run["greedy"].append(hf_greedy(model, ids, new_tokens))
         bar.update(1)
@@ -126,59 +134,136 @@ def _steering_effect(base_plain, hooked, baked) -> SteeringEffect:
     )
 
 
+def _end_to_end(opened: OpenedVariant, mode: str, new_tokens: int, device) -> tuple[ExactCheck, dict | None]:
+    """The whole model, baked against hooked, in float32: in memory, or one block at a time."""
+    variant, weights, f32 = opened.variant, weight_dtype(opened.variant.dtype), torch.float32
+    first = variant.first_layer
+    cap = variant.surgery.context_cap
+    if cap:  # the rewrite is exact only within its capped context: generation stays inside it
+        new_tokens = max(0, min(new_tokens, cap - max(ids.shape[1] for ids in opened.prompts)))
+    if mode == "streamed":
+        ref = streamed_runs(opened.base, opened.arch, weights, opened.prompts, variant.offsets, first)
+        var = streamed_runs(variant.directory, opened.arch, weights, opened.prompts, None, first)
+        var["logits"], new_tokens = var["plain"], 0
+    else:
+        with progress.bar(total=2 * len(opened.prompts), desc=f"verify {variant.directory.name}") as bar:
+            ref = _reference_run(opened, weights, f32, new_tokens, bar, device)
+            var = _variant_run(opened, weights, f32, new_tokens, bar, device)
+    comparison = compare_logits(ref["hooked"], var["logits"])
+    effect = _steering_effect(ref["plain"], ref["hooked"], var["logits"])
+    greedy_same = ref["greedy"] == var["greedy"] if new_tokens else None
+    prefix_same = all(
+        torch.equal(a, b)
+        for base_states, var_states in zip(ref["hidden"], var["hidden"])
+        for a, b in zip(base_states, var_states)
+    )
+    exact = ExactCheck(
+        **comparison.model_dump(),
+        mode=mode,
+        greedy_identical=greedy_same,
+        greedy_prompts_identical=sum(a == b for a, b in zip(ref["greedy"], var["greedy"])) if new_tokens else None,
+        prefix_layers_bit_identical=prefix_same,
+        prefix_layers_checked=first,
+        steering_effect=effect,
+        passed=bool(comparison.kl_max < KL_LIMIT and greedy_same is not False and prefix_same and effect.live),
+    )
+    return exact, (ref if mode == "in_memory" else None)
+
+
+def _in_dtype(opened: OpenedVariant, ref: dict, device) -> DtypeCheck:
+    """The variant computed in its own dtype against the hooks in that dtype, beside that dtype's noise floor."""
+    weights = weight_dtype(opened.variant.dtype)
+    with progress.bar(total=2 * len(opened.prompts), desc=f"verify {opened.variant.dtype}") as bar:
+        low_ref = _reference_run(opened, weights, weights, 0, bar, device)
+        low_var = _variant_run(opened, weights, weights, 0, bar, device)
+    low = compare_logits(low_ref["hooked"], low_var["logits"])
+    floor = compare_logits(ref["plain"], low_ref["plain"])
+    return DtypeCheck(
+        **low.model_dump(),
+        dtype=opened.variant.dtype,
+        noise_floor=floor,
+        within_noise_floor=low.kl_mean <= max(floor.kl_mean, 1e-6),
+    )
+
+
+def end_to_end_mode(config: dict, full: bool, device, max_memory: dict | None) -> tuple[str | None, str]:
+    """in_memory when the model fits the budget; streamed when it does not and --full asks; else none."""
+    estimate = model_estimate("the in-memory end-to-end check", config, torch.float32)
+    available = budget(device, max_memory)
+    figures = (
+        f"the whole model in float32 needs about {estimate.need / GIB:.1f} GiB, {available / GIB:.1f} GiB available"
+    )
+    if estimate.need <= available:
+        return "in_memory", f"in memory: {figures}"
+    if full:
+        return "streamed", f"layer-streamed ({figures}); teacher-forced argmax replaces greedy generation"
+    return None, f"skipped: {figures}; --full runs it layer-streamed"
+
+
 def verify_variant(
     directory: Path,
     base_override: Path | None = None,
     new_tokens: int = NEW_TOKENS,
     base_trusted: bool = False,
+    full: bool = False,
+    max_memory: dict | None = None,
+    device: torch.device | None = None,
+    sums: dict[str, str] | None = None,
 ) -> VerificationReport:
-    """Run every check on a variant directory and return the report; the directory is not touched."""
-    opened = OpenedVariant(directory, base_override, base_trusted)
+    """The layer-local proof, then the end-to-end check where it fits (or with `full`); the directory is not touched.
+
+    `sums` are SHA256SUMS already known to be right (an export that just wrote them); otherwise every
+    file is re-hashed.
+    """
+    return verify_variants(
+        [directory], base_override, new_tokens, base_trusted, full, max_memory, device, None if sums is None else [sums]
+    )[0]
+
+
+def verify_variants(
+    directories: list[Path],
+    base_override: Path | None = None,
+    new_tokens: int = NEW_TOKENS,
+    base_trusted: bool = False,
+    full: bool = False,
+    max_memory: dict | None = None,
+    device: torch.device | None = None,
+    sums: list[dict[str, str]] | None = None,
+) -> list[VerificationReport]:
+    """verify_variant for variants of one base, whose proofs read each base block once."""
+    device = device or torch.device("cpu")
+    opened = [
+        OpenedVariant(directory, base_override, base_trusted, None if sums is None else sums[k])
+        for k, directory in enumerate(directories)
+    ]
+    first = opened[0]
+    proofs = prove([o.variant for o in opened], first.base, first.arch, [o.sums for o in opened], first.prompts)
+    mode, note = end_to_end_mode(read_config(first.base), full, device, max_memory)
+    return [_report(one, proof, mode, note, new_tokens, device) for one, proof in zip(opened, proofs)]
+
+
+def _report(opened: OpenedVariant, proof, mode, note, new_tokens, device) -> VerificationReport:
     variant = opened.variant
-    prompts = len(opened.prompts)
-    steps = 2 * prompts * (1 if variant.dtype == "float32" else 2)
-    weights, f32 = weight_dtype(variant.dtype), torch.float32
-    with progress.bar(total=steps, desc=f"verify {directory.name}") as bar:
-        ref = _reference_run(opened, weights, f32, new_tokens, bar)
-        var = _variant_run(opened, weights, f32, new_tokens, bar)
-        comparison = compare_logits(ref["hooked"], var["logits"])
-        effect = _steering_effect(ref["plain"], ref["hooked"], var["logits"])
-        greedy_same = ref["greedy"] == var["greedy"]
-        prefix_same = all(
-            torch.equal(a, b)
-            for base_states, var_states in zip(ref["hidden"], var["hidden"])
-            for a, b in zip(base_states, var_states)
-        )
-        exact = ExactCheck(
-            **comparison.model_dump(),
-            greedy_identical=greedy_same,
-            greedy_prompts_identical=sum(a == b for a, b in zip(ref["greedy"], var["greedy"])),
-            prefix_layers_bit_identical=prefix_same,
-            prefix_layers_checked=variant.first_layer,
-            steering_effect=effect,
-            passed=bool(comparison.kl_max < KL_LIMIT and greedy_same and prefix_same and effect.live),
-        )
-        in_dtype = None
-        if variant.dtype != "float32":
-            low_ref = _reference_run(opened, weights, weights, 0, bar)
-            low_var = _variant_run(opened, weights, weights, 0, bar)
-            low = compare_logits(low_ref["hooked"], low_var["logits"])
-            floor = compare_logits(ref["plain"], low_ref["plain"])
-            in_dtype = DtypeCheck(
-                **low.model_dump(),
-                dtype=variant.dtype,
-                noise_floor=floor,
-                within_noise_floor=low.kl_mean <= max(floor.kl_mean, 1e-6),
-            )
+    checks = ["checksums", "proof"]
+    exact = in_dtype = None
+    if mode is not None:
+        exact, ref = _end_to_end(opened, mode, new_tokens, device)
+        checks.append(f"end_to_end:{mode}")
+        if ref is not None and variant.dtype != "float32":
+            in_dtype = _in_dtype(opened, ref, device)
+            checks.append("export_dtype")
     return VerificationReport(
         variant=variant.name,
         alpha=variant.surgery.alpha,
         dtype=variant.dtype,
-        prompts=prompts,
-        new_tokens=new_tokens,
+        prompts=len(opened.prompts),
+        new_tokens=new_tokens if mode == "in_memory" else 0,
         kl_limit=KL_LIMIT,
+        proof=proof,
+        checks=checks,
+        end_to_end_note=note,
         float32=exact,
         export_dtype=in_dtype,
         checksums_ok=True,
-        passed=exact.passed,
+        passed=proof.passed and (exact is None or exact.passed),
     )

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from finsurg.checks.engine_python import engine_python
 from finsurg.checks.verify import NEW_TOKENS, OpenedVariant
 from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
@@ -33,22 +33,13 @@ TIMEOUT = 900
 
 
 def vllm_python(explicit: str | None = None) -> str:
-    python = explicit or os.environ.get("FINSURG_VLLM_PYTHON") or sys.executable
-    try:
-        found = subprocess.run(
-            [python, "-c", "import importlib.util as u; print(u.find_spec('vllm') is not None)"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.strip()
-    except OSError:
-        raise FinsurgError(f"cannot run {python} (from --vllm-python or FINSURG_VLLM_PYTHON)") from None
-    if found != "True":
-        raise FinsurgError(
-            f"vLLM is not installed for {python}: run `make vllm-setup` and set "
-            "FINSURG_VLLM_PYTHON=.venv-vllm/bin/python, or pip install 'finsurg[vllm]'"
-        )
-    return python
+    return engine_python(
+        explicit,
+        "FINSURG_VLLM_PYTHON",
+        ["vllm"],
+        "vLLM",
+        "run `make vllm-setup` and set FINSURG_VLLM_PYTHON=.venv-vllm/bin/python, or pip install 'finsurg[vllm]'",
+    )
 
 
 def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_tokens: int) -> dict:
@@ -103,8 +94,8 @@ def verify_with_vllm(
     hooks = opened.hooks()
     hook_tokens = [greedy(bridge, ids, new_tokens, hooks) for ids in opened.prompts]
 
-    vs_transformers = _agreement(served["tokens"], transformers_tokens)
-    vs_hooks = _agreement(served["tokens"], hook_tokens)
+    vs_transformers = Agreement.between(served["tokens"], transformers_tokens)
+    vs_hooks = Agreement.between(served["tokens"], hook_tokens)
     return VllmReport(
         variant=opened.variant.name,
         engine="vllm",
@@ -117,16 +108,4 @@ def verify_with_vllm(
         vllm_load_seconds=round(served["load_seconds"], 1),
         vllm_total_seconds=round(vllm_seconds, 1),
         passed=vs_transformers.identical and vs_hooks.identical,
-    )
-
-
-def _agreement(served: list[list[int]], reference: list[list[int]]) -> Agreement:
-    """Identical prompts, matching tokens, and the first position where each prompt diverges."""
-    first = [next((i for i, (a, b) in enumerate(zip(s, r)) if a != b), None) for s, r in zip(served, reference)]
-    return Agreement(
-        identical=served == reference,
-        prompts_identical=sum(s == r for s, r in zip(served, reference)),
-        tokens_matching=sum(a == b for s, r in zip(served, reference) for a, b in zip(s, r)),
-        tokens_total=sum(len(r) for r in reference),
-        first_divergence=first,
     )

@@ -19,11 +19,12 @@ HookList = list[tuple[str, Callable]]
 
 
 def boot_bridge(path: Path, hf_model, tokenizer, dtype: torch.dtype = torch.float32):
-    """Wrap an already loaded HF model; no weight processing, so the residual basis is the HF one."""
+    """Wrap an already loaded HF model (on its device); no weight processing, so the residual basis is the HF one."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    device = str(hf_model.get_input_embeddings().weight.device)
     return TransformerBridge.boot_transformers(
-        str(path), hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=dtype
+        str(path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
 
 
@@ -31,7 +32,7 @@ def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None =
     """A TransformerLens hook that adds vector at every position (and hands the result to `then`)."""
 
     def hook(activation: torch.Tensor, hook=None) -> torch.Tensor:
-        shifted = activation + vector.to(activation.dtype)
+        shifted = activation + vector.to(activation.device, activation.dtype)
         if then is not None:
             then(shifted)
         return shifted
@@ -44,20 +45,22 @@ def offset_hooks(offsets: dict[int, torch.Tensor], arch: Architecture) -> HookLi
     return [(arch.tl_hook(layer), add_hook(vector)) for layer, vector in sorted(offsets.items())]
 
 
+def shift_output(vector: torch.Tensor) -> Callable:
+    """A plain PyTorch forward hook that adds vector to a module's output (the first item of a tuple)."""
+
+    def hook(module, inputs, output):
+        if isinstance(output, tuple):
+            return (output[0] + vector.to(output[0].device, output[0].dtype), *output[1:])
+        return output + vector.to(output.device, output.dtype)
+
+    return hook
+
+
 @contextmanager
 def offsets_added(model, offsets: dict[int, torch.Tensor], arch: Architecture) -> Iterator[None]:
     """Plain PyTorch forward hooks on a transformers model: offsets[L] added to its site's output."""
-
-    def make(vector: torch.Tensor):
-        def hook(module, inputs, output):
-            if isinstance(output, tuple):
-                return (output[0] + vector.to(output[0].dtype), *output[1:])
-            return output + vector.to(output.dtype)
-
-        return hook
-
     handles = [
-        model.get_submodule(arch.module(layer)).register_forward_hook(make(vector))
+        model.get_submodule(arch.module(layer)).register_forward_hook(shift_output(vector))
         for layer, vector in sorted(offsets.items())
     ]
     try:
@@ -78,7 +81,7 @@ def greedy(bridge, ids: torch.Tensor, new_tokens: int, hooks: HookList = ()) -> 
 
 def logits(bridge, ids: torch.Tensor, hooks: HookList = ()) -> torch.Tensor:
     with torch.no_grad(), bridge.hooks(fwd_hooks=list(hooks)):
-        return bridge(ids)[0].float()
+        return bridge(ids)[0].float().cpu()
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from finsurg.errors import FinsurgError
 from finsurg.jsonfile import read_json, validation_message
+from finsurg.steer.arch import for_config
 
 RECIPE_FORMAT = "finsurg.recipe/1"
 RECIPE_NAME = "recipe.json"
@@ -79,6 +80,7 @@ class RecipeSpec(_Strict):
     default_alpha: FiniteFloat = 3.0
     description: str = ""
     pack: str = "finance"  # the behaviour pack it was made from: a built-in name or a directory
+    site: str = "layer_output"  # where the offsets are added (finsurg.steer.arch: a family's site)
     direction: DirectionSpec = DirectionSpec()
     tuning: TuningSpec | None = None
 
@@ -172,6 +174,12 @@ class Recipe:
         want = self.spec.model
         label = self.origin or "recipe"
         archs = config.get("architectures") or []
+        site = for_config(config, where).site
+        if self.spec.site != site.name:
+            raise FinsurgError(
+                f"{label} adds its offsets at the {self.spec.site} site, but {where} ({', '.join(archs)}) can bake "
+                f"only its {site.name} site ({site.description})"
+            )
         if want.architecture not in archs:
             raise FinsurgError(f"{label} is for {want.architecture}, but {where} is {', '.join(archs) or '?'}")
         for key in ("hidden_size", "num_hidden_layers"):

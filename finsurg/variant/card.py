@@ -7,6 +7,7 @@ any time (after eval, or with the Hub repo id before an upload) and says the sam
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -17,6 +18,7 @@ from finsurg.steer.arch import by_name
 from finsurg.variant.record import (
     CARD_NAME,
     PLOTS_DIR,
+    LlamaCppReport,
     SurgeryRecord,
     Variant,
     VariantEvalReport,
@@ -52,20 +54,33 @@ def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
         model_name=model_name,
         eval_results=_eval_results(evaluation) or None,
     )
+    flags = ", ".join(
+        f"`{key}: {json.dumps(value)}`"
+        for key, value in arch.variant_config.items()
+        if key not in ("architectures", "model_type")
+    )
     sections = [
         f"> **{DISCLAIMER}**",
         f"# {model_name}",
         f"A **{surgery.variant}** variant of `{base_name}` made by finsurg {surgery.finsurg_version}: the "
         f"recipe's residual-stream offsets at alpha **{surgery.alpha:+g}** ({direction.get(surgery.variant, '')}), "
-        f"baked into `{surgery.baked_into}` of the steered layers. It is an ordinary `{base.architecture}` "
-        f"checkpoint with `{arch.bias_flag}: true`: no hooks and no custom code.",
+        f"baked into `{surgery.baked_into}` of the steered layers. It is an ordinary "
+        f"`{surgery.rewritten_as or base.architecture}` checkpoint with {flags}: no hooks and no custom code."
+        + (f" {arch.rewrite}; every other setting carries over unchanged." if surgery.rewritten_as else "")
+        + (
+            f" Its context is capped at the base's sliding window ({surgery.context_cap} tokens), where the "
+            "rewrite is exact."
+            if surgery.context_cap
+            else ""
+        ),
         _changes(surgery),
         _verification(variant.report(VerificationReport)),
         _served(variant.report(VllmReport)),
         _efficacy(surgery),
         _evaluation(evaluation),
         _plots(directory),
-        _usage(surgery, arch.bias_flag, repo_id or f"path/to/{model_name}"),
+        _usage(surgery, flags, repo_id or f"path/to/{model_name}", arch.vllm_drops),
+        _llamacpp(directory, surgery, variant.report(LlamaCppReport)),
         "## Files\n\n`finsurg_surgery.json` records the base model (name and SHA256 of its weight files), the "
         "recipe, alpha and dtype; `finsurg_offsets.safetensors` holds the exact offsets baked in (`offset.{L}`); "
         "`SHA256SUMS` covers every file (`finsurg verify --checksums DIR` re-checks it).",
@@ -78,6 +93,45 @@ def write_card(directory: Path, repo_id: str | None = None) -> Path:
     path = directory / CARD_NAME
     path.write_text(str(render_card(directory, repo_id)))
     return path
+
+
+def _llamacpp(directory: Path, surgery: SurgeryRecord, report: LlamaCppReport | None) -> str:
+    """How to run the GGUF in this directory with llama.cpp and Ollama, and the control-vector dial."""
+    ggufs = sorted(p.name for p in directory.glob("*.gguf"))
+    if not ggufs:
+        return ""
+    name, alpha = ggufs[0], surgery.alpha
+    lines = [
+        "## llama.cpp and Ollama",
+        "",
+        f"`{name}` is the base GGUF with the offsets as `blk.N.ffn_down.bias` (F32); nothing else changed.",
+        "",
+        "```bash",
+        f'llama-cli -m {name} -p "Should I put my savings into index funds?"',
+        "```",
+        "",
+        "Ollama, with a `Modelfile` beside the file:",
+        "",
+        "```",
+        f"FROM ./{name}",
+        "```",
+        "",
+        f"and `ollama create {repo_name(surgery)} -f Modelfile`. The same surgery as a dial, on the unmodified "
+        "base GGUF: `finsurg cvector --recipe RECIPE --out control.gguf` writes llama.cpp's control-vector file "
+        f"at alpha 1, and `--control-vector-scaled control.gguf:{alpha:g}` applies it at this variant's alpha "
+        f"(any other value moves the dial; `:{-alpha:g}` is the opposite variant).",
+    ]
+    if report is not None:
+        verdict = "agree" if report.passed else "DISAGREE"
+        lines += [
+            "",
+            f"Checked in llama.cpp {report.llama_cpp_version} (F32): the baked GGUF and the base with the control "
+            f"vector {verdict}: {report.baked_vs_control_vector_tokens.prompts_identical}/{report.prompts} greedy "
+            f"continuations identical, max |Δlogit| {report.baked_vs_control_vector.max_abs_logit_diff:.2e}. "
+            f"Against transformers: max |Δlogit| {report.baked_vs_transformers.max_abs_logit_diff:.2e}, next to the "
+            f"conversion's own noise floor {report.noise_floor.max_abs_logit_diff:.2e}.",
+        ]
+    return "\n".join(lines)
 
 
 def _changes(surgery: SurgeryRecord) -> str:
@@ -131,15 +185,44 @@ def _efficacy(surgery: SurgeryRecord) -> str:
 
 def verification_rows(report: VerificationReport) -> list[tuple[str, str]]:
     """The verification figures as (check, result) rows: the card's table and the CLI's summary."""
-    exact = report.float32
+    proof = report.proof
+    structure = proof.structure
+    steered = [b for b in proof.blocks if b.steered]
+    worst = max((b.max_abs_error or 0.0) for b in proof.blocks) if proof.blocks else 0.0
     rows = [
-        ("max abs logit difference", f"{exact.max_abs_logit_diff:.2e}"),
-        ("KL mean / max", f"{exact.kl_mean:.2e} / {exact.kl_max:.2e} (limit {report.kl_limit:.0e})"),
-        ("argmax agreement", f"{exact.argmax_agreement:.1%}"),
         (
-            f"{report.new_tokens}-token greedy generations identical",
-            f"{exact.greedy_prompts_identical}/{report.prompts}",
+            "structure: tensors byte-identical to the base, biases bit-equal to the offsets, config",
+            "passed"
+            if structure.passed
+            else "; ".join(structure.problems[:3])
+            + f" ({structure.identical_shards} shards by SHA256, {structure.tensors_compared} tensors compared)",
         ),
+        (
+            f"blocks {', '.join(str(b.layer) for b in proof.blocks)} alone: variant = base + offset (float32)",
+            f"{sum(b.passed for b in proof.blocks)}/{len(proof.blocks)} ({len(steered)} steered), max error "
+            f"{worst:.2e}" + "".join(f"; layer {b.layer}: {b.problem}" for b in proof.blocks if b.problem),
+        ),
+    ]
+    exact = report.float32
+    if exact is None:
+        return rows + [("end-to-end check", report.end_to_end_note)]
+    mode = "in memory" if exact.mode == "in_memory" else "layer-streamed"
+    rows += [
+        (f"end to end ({mode}): max abs logit difference", f"{exact.max_abs_logit_diff:.2e}"),
+        ("KL mean / max", f"{exact.kl_mean:.2e} / {exact.kl_max:.2e} (limit {report.kl_limit:.0e})"),
+        (
+            "argmax agreement" + (" (teacher-forced)" if exact.greedy_identical is None else ""),
+            f"{exact.argmax_agreement:.1%}",
+        ),
+    ]
+    if exact.greedy_prompts_identical is not None:
+        rows.append(
+            (
+                f"{report.new_tokens}-token greedy generations identical",
+                f"{exact.greedy_prompts_identical}/{report.prompts}",
+            )
+        )
+    rows += [
         (
             f"hidden states before layer {exact.prefix_layers_checked} bit-identical to the base",
             str(exact.prefix_layers_bit_identical),
@@ -167,9 +250,10 @@ def _verification(report: VerificationReport | None) -> str:
     table = "\n".join(f"| {name} | {value} |" for name, value in verification_rows(report))
     verdict = "passed" if report.passed else "FAILED"
     return (
-        f"## Verification: baked vs hooks ({verdict})\n\nThis checkpoint, loaded with plain transformers, against "
-        "TransformerLens hooks on the unmodified base, in float32 on "
-        f"{report.prompts} prompts.\n\n| check | result |\n|---|---|\n{table}"
+        f"## Verification: baked vs hooks ({verdict})\n\nA layer-local proof (the variant's tensors against the "
+        "base's, and each steered block alone against the base block with the offset added), then this "
+        "checkpoint, loaded with plain transformers, against TransformerLens hooks on the unmodified base, in "
+        f"float32 on {report.prompts} prompts.\n\n| check | result |\n|---|---|\n{table}"
     )
 
 
@@ -263,9 +347,13 @@ def _plots(directory: Path) -> str:
     return f"## Analysis\n\nFrom the `finsurg analyze` run that produced the recipe.\n\n{images}"
 
 
-def _usage(surgery: SurgeryRecord, bias_flag: str, where: str) -> str:
+def _usage(surgery: SurgeryRecord, flags: str, where: str, vllm_drops: str | None) -> str:
     base = surgery.base_model
     recipe = (surgery.recipe_origin or "recipe.json").removeprefix("preset:")
+    if vllm_drops:
+        vllm = f"**Not servable by vLLM**: {vllm_drops}. Serve it with transformers."
+    else:
+        vllm = f"With vLLM (it reads {flags} from config.json):\n\n```bash\nvllm serve {where}\n```"
     return f"""## Usage
 
 With plain transformers:
@@ -280,11 +368,7 @@ ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return
 print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0][ids.shape[1]:]))
 ```
 
-With vLLM (it reads `{bias_flag}` from config.json):
-
-```bash
-vllm serve {where}
-```
+{vllm}
 
 To reproduce this checkpoint:
 

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from finsurg.errors import FinsurgError
-from finsurg.hashing import sha256_file
+from finsurg.hashing import sha256_files
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.packs import CardWording
 from finsurg.steer.recipe import RecipeSpec
@@ -25,6 +25,7 @@ SURGERY_NAME = "finsurg_surgery.json"
 OFFSETS_NAME = "finsurg_offsets.safetensors"
 VERIFICATION_NAME = "verification.json"
 VLLM_REPORT_NAME = "verification_vllm.json"
+LLAMACPP_REPORT_NAME = "verification_llamacpp.json"
 EVAL_NAME = "eval.json"
 CARD_NAME = "README.md"
 PLOTS_DIR = "plots"
@@ -44,6 +45,8 @@ class BaseModelInfo(Record):
     hub_id: str | None = None
     license: str | None = None
     files: dict[str, str]  # weight file name -> SHA256
+    gguf: str | None = None  # the GGUF the base was converted from, where it was one (llama.cpp exports start there)
+    gguf_sha256: str | None = None
 
 
 class SurgeryRecord(Record):
@@ -53,6 +56,9 @@ class SurgeryRecord(Record):
     alpha: float
     dtype: str
     baked_into: str
+    site: str = "layer_output"
+    rewritten_as: str | None = None  # the variant's architecture, when the bake rewrote the base's
+    context_cap: int | None = None  # max_position_embeddings lowered to a sliding window (--cap-context)
     base_model: BaseModelInfo
     recipe: RecipeSpec
     recipe_origin: str
@@ -78,8 +84,11 @@ class SteeringEffect(Record):
 
 
 class ExactCheck(LogitComparison):
-    greedy_identical: bool
-    greedy_prompts_identical: int
+    """The whole model, baked against hooked. Streamed, greedy generation is replaced by teacher-forced argmax."""
+
+    mode: Literal["in_memory", "streamed"] = "in_memory"
+    greedy_identical: bool | None
+    greedy_prompts_identical: int | None
     prefix_layers_bit_identical: bool
     prefix_layers_checked: int
     steering_effect: SteeringEffect
@@ -92,15 +101,46 @@ class DtypeCheck(LogitComparison):
     within_noise_floor: bool
 
 
+class StructureCheck(Record):
+    tensors: int
+    identical_shards: int  # shards whose SHA256 equals a base shard's
+    tensors_compared: int  # tensors of the other shards, compared byte for byte
+    biases: int  # bias tensors a fresh bake of the recorded offsets writes
+    problems: list[str]
+    passed: bool
+
+
+class BlockCheck(Record):
+    layer: int
+    steered: bool
+    max_abs_error: float | None = None  # variant block against base block + offset at the site
+    tolerance: float | None = None
+    offset_effect: float | None = None  # the offset's largest entry: what a lost bias would miss
+    problem: str | None = None
+    passed: bool
+
+
+class LocalProof(Record):
+    structure: StructureCheck
+    blocks: list[BlockCheck]
+    input_rms: list[float]
+    input_tokens: int
+    relative_tolerance: float
+    passed: bool
+
+
 class VerificationReport(Record):
-    format: Literal["finsurg.verification/1"] = "finsurg.verification/1"
+    format: Literal["finsurg.verification/2"] = "finsurg.verification/2"
     variant: str
     alpha: float
     dtype: str
     prompts: int
     new_tokens: int
     kl_limit: float
-    float32: ExactCheck
+    proof: LocalProof
+    checks: list[str]  # what ran: proof, end_to_end (in_memory or streamed), export_dtype
+    end_to_end_note: str = ""  # why the end-to-end check did not run, or how it ran
+    float32: ExactCheck | None
     export_dtype: DtypeCheck | None
     checksums_ok: bool
     passed: bool
@@ -113,6 +153,18 @@ class Agreement(Record):
     tokens_matching: int
     tokens_total: int
     first_divergence: list[int | None]
+
+    @classmethod
+    def between(cls, produced: list[list[int]], reference: list[list[int]]) -> Agreement:
+        """Identical prompts, matching tokens, and the first position where each prompt diverges."""
+        first = [next((i for i, (a, b) in enumerate(zip(p, r)) if a != b), None) for p, r in zip(produced, reference)]
+        return cls(
+            identical=produced == reference,
+            prompts_identical=sum(p == r for p, r in zip(produced, reference)),
+            tokens_matching=sum(a == b for p, r in zip(produced, reference) for a, b in zip(p, r)),
+            tokens_total=sum(len(r) for r in reference),
+            first_divergence=first,
+        )
 
 
 class VllmReport(Record):
@@ -127,6 +179,26 @@ class VllmReport(Record):
     vs_hooks: Agreement
     vllm_load_seconds: float
     vllm_total_seconds: float
+    passed: bool
+
+
+# ---- llama.cpp ----------------------------------------------------------------------------------
+class LlamaCppReport(Record):
+    """The variant in llama.cpp (F32): baked GGUF against the base GGUF plus the control vector."""
+
+    format: Literal["finsurg.verification_llamacpp/1"] = "finsurg.verification_llamacpp/1"
+    variant: str
+    llama_cpp_version: str
+    alpha: float
+    base_gguf: str
+    prompts: int
+    new_tokens: int
+    baked_vs_control_vector: LogitComparison
+    baked_vs_control_vector_tokens: Agreement
+    tolerance: float  # on max |Δlogit| between the two llama.cpp routes
+    baked_vs_transformers: LogitComparison
+    baked_vs_transformers_tokens: Agreement
+    noise_floor: LogitComparison  # the base GGUF in llama.cpp against the base in transformers
     passed: bool
 
 
@@ -190,6 +262,7 @@ class VariantEvalReport(EvalRun, VariantEval):
 REPORT_FILES: dict[type[Record], str] = {
     VerificationReport: VERIFICATION_NAME,
     VllmReport: VLLM_REPORT_NAME,
+    LlamaCppReport: LLAMACPP_REPORT_NAME,
     VariantEvalReport: EVAL_NAME,
 }
 
@@ -240,8 +313,12 @@ class Variant:
         return path
 
     def check_base_hashes(self, base: Path) -> None:
-        for name, digest in self.surgery.base_model.files.items():
-            if not (base / name).is_file() or sha256_file(base / name) != digest:
+        files = self.surgery.base_model.files
+        missing = next((name for name in files if not (base / name).is_file()), None)
+        if missing is not None:
+            raise FinsurgError(f"{base} is not the base this variant was made from ({missing} is missing)")
+        for (name, digest), actual in zip(files.items(), sha256_files([base / name for name in files])):
+            if actual != digest:
                 raise FinsurgError(f"{base} is not the base this variant was made from ({name} differs)")
 
 

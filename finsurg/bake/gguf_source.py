@@ -1,0 +1,78 @@
+"""The base GGUF a llama.cpp export starts from: the file the base was converted from, or a conversion.
+
+A base that came from a GGUF (the default model does) is used as it is, after its SHA256 is checked
+against the surgery record. A safetensors base is converted once, with llama.cpp's own
+convert_hf_to_gguf.py (shipped in the llama-cpp-python source distribution; make llamacpp-setup
+puts it in the llama.cpp environment), into the cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from finsurg.atomic import building
+from finsurg.errors import FinsurgError
+from finsurg.hashing import sha256_file
+from finsurg.model_source import finsurg_home, read_config
+from finsurg.variant.record import BaseModelInfo
+
+OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def converter(llamacpp_python: str | None = None) -> Path | None:
+    """convert_hf_to_gguf.py: FINSURG_LLAMACPP_CONVERTER, else beside the llama.cpp environment's Python."""
+    if os.environ.get("FINSURG_LLAMACPP_CONVERTER"):
+        return Path(os.environ["FINSURG_LLAMACPP_CONVERTER"])
+    if llamacpp_python:
+        candidate = Path(llamacpp_python).parent.parent / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def base_gguf(base: BaseModelInfo, base_path: Path, script: Path | None) -> Path:
+    if base.gguf:
+        path = Path(base.gguf)
+        if not path.is_file():
+            raise FinsurgError(f"the base GGUF {path} recorded for this variant is missing")
+        if base.gguf_sha256 and sha256_file(path) != base.gguf_sha256:
+            raise FinsurgError(f"{path} is not the GGUF this variant's base was converted from (SHA256 differs)")
+        return path
+    return convert_base(base_path, base.files, script)
+
+
+def convert_base(base_path: Path, files: dict[str, str], script: Path | None) -> Path:
+    """The safetensors base as GGUF in its own dtype, converted once by llama.cpp's converter."""
+    if script is None or not script.is_file():
+        raise FinsurgError(
+            "the base is safetensors and llama.cpp's convert_hf_to_gguf.py was not found; run make llamacpp-setup "
+            "or set FINSURG_LLAMACPP_CONVERTER"
+        )
+    dtype = read_config(base_path).get("dtype") or read_config(base_path).get("torch_dtype") or "float32"
+    outtype = OUTTYPES.get(dtype, "f32")
+    digest = "".join(files[name][:8] for name in sorted(files))[:16]
+    target = finsurg_home() / "gguf" / f"{base_path.name}-{digest}-{outtype}"
+    final = target / "model.gguf"
+    if final.is_file():
+        return final
+    with building(target) as partial:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(base_path),
+                "--outtype",
+                outtype,
+                "--outfile",
+                str(partial / "model.gguf"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FinsurgError(f"llama.cpp's converter failed on {base_path}: {tail[:300]}")
+    return final

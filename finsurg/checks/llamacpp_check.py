@@ -1,0 +1,119 @@
+"""`finsurg verify --engine llama.cpp`: the variant inside llama.cpp itself, two routes, in F32.
+
+The baked GGUF and the unmodified base GGUF with the control vector at the same alpha must agree
+(identical greedy tokens, logits within a stated tolerance): both are llama.cpp, both F32, with an
+F32 KV cache. Against transformers on the safetensors variant, the agreement is reported next to
+the noise floor of the conversion: the base GGUF in llama.cpp against the base in transformers.
+llama.cpp runs in its own environment (make llamacpp-setup), through finsurg/checks/llamacpp_run.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finsurg import progress
+from finsurg.bake.gguf_file import write_baked_gguf, write_control_vector
+from finsurg.bake.gguf_source import base_gguf, converter
+from finsurg.bake.gguf_variant import check_expressible
+from finsurg.checks.engine_python import engine_python
+from finsurg.checks.verify import OpenedVariant, compare_logits
+from finsurg.errors import FinsurgError
+from finsurg.loading import hf_greedy, load_model
+from finsurg.variant.record import Agreement, LlamaCppReport
+
+RUNNER = Path(__file__).with_name("llamacpp_run.py")
+RELATIVE_TOLERANCE = 1e-4  # of the largest logit: F32 compute, the bias added inside ffn_down or after the block
+
+
+def llamacpp_python(explicit: str | None = None) -> str:
+    return engine_python(
+        explicit,
+        "FINSURG_LLAMACPP_PYTHON",
+        ["llama_cpp", "gguf"],
+        "llama.cpp",
+        "run `make llamacpp-setup` and set FINSURG_LLAMACPP_PYTHON=.venv-llamacpp/bin/python, or pass --llamacpp-python",
+    )
+
+
+def run_llamacpp(python: str, model: Path, prompts, new_tokens: int, control=None) -> dict:
+    """Greedy tokens and per-position logits of each prompt, from llama.cpp."""
+    with tempfile.TemporaryDirectory(prefix="finsurg-llamacpp-") as out:
+        request = {
+            "model": str(model),
+            "control_vector": str(control[0]) if control else None,
+            "scale": control[1] if control else 1.0,
+            "prompts": [ids[0].tolist() for ids in prompts],
+            "new_tokens": new_tokens,
+            "out": out,
+        }
+        done = subprocess.run([python, str(RUNNER)], input=json.dumps(request), capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FinsurgError(f"llama.cpp failed on {model.name}: {tail[:300]}")
+        reply = json.loads(done.stdout.strip().splitlines()[-1])
+        reply["logits"] = [torch.from_numpy(np.load(Path(out) / f"logits-{k}.npy")) for k in range(len(prompts))]
+    return reply
+
+
+def _transformers(path: Path, opened: OpenedVariant, new_tokens: int) -> dict:
+    model = load_model(path, torch.float32)
+    with torch.no_grad():
+        logits = [model(ids).logits[0].float() for ids in opened.prompts]
+    greedy = [hf_greedy(model, ids, new_tokens) for ids in opened.prompts] if new_tokens else []
+    return {"logits": logits, "greedy": greedy}
+
+
+def verify_with_llamacpp(
+    directory: Path,
+    base_override: Path | None = None,
+    new_tokens: int = 32,
+    python: str | None = None,
+) -> LlamaCppReport:
+    python = llamacpp_python(python)
+    opened = OpenedVariant(directory, base_override, base_trusted=False)
+    variant = opened.variant
+    alpha = variant.surgery.alpha
+    check_expressible(opened.arch)
+    source = base_gguf(variant.surgery.base_model, opened.base, converter(python))
+    with tempfile.TemporaryDirectory(prefix="finsurg-gguf-") as scratch, progress.bar(total=5, desc="llama.cpp") as bar:
+        scratch = Path(scratch)
+        write_baked_gguf(source, variant.offsets, scratch / "baked.gguf", "f32")
+        write_baked_gguf(source, {}, scratch / "base.gguf", "f32")
+        unit = {layer: offset / alpha for layer, offset in variant.offsets.items()}
+        write_control_vector(unit, opened.arch.family, scratch / "control.gguf")
+        baked = run_llamacpp(python, scratch / "baked.gguf", opened.prompts, new_tokens)
+        bar.update(1)
+        control = (scratch / "control.gguf", alpha)
+        steered = run_llamacpp(python, scratch / "base.gguf", opened.prompts, new_tokens, control)
+        bar.update(1)
+        plain = run_llamacpp(python, scratch / "base.gguf", opened.prompts, 0)
+        bar.update(1)
+        hf_variant = _transformers(variant.directory, opened, new_tokens)
+        bar.update(1)
+        hf_base = _transformers(opened.base, opened, 0)
+        bar.update(1)
+    routes = compare_logits(baked["logits"], steered["logits"])
+    tolerance = RELATIVE_TOLERANCE * max(float(torch.cat(baked["logits"]).abs().max()), 1.0)
+    tokens = Agreement.between(baked["greedy"], steered["greedy"])
+    passed = tokens.identical and routes.max_abs_logit_diff <= tolerance
+    return LlamaCppReport(
+        variant=variant.name,
+        llama_cpp_version=baked["version"],
+        alpha=alpha,
+        base_gguf=str(source),
+        prompts=len(opened.prompts),
+        new_tokens=new_tokens,
+        baked_vs_control_vector=routes,
+        baked_vs_control_vector_tokens=tokens,
+        tolerance=tolerance,
+        baked_vs_transformers=compare_logits(hf_variant["logits"], baked["logits"]),
+        baked_vs_transformers_tokens=Agreement.between(hf_variant["greedy"], baked["greedy"]),
+        noise_floor=compare_logits(hf_base["logits"], plain["logits"]),
+        passed=passed,
+    )

@@ -1,0 +1,168 @@
+"""The layer-local proof that a variant is its base plus the recorded offsets, at any model size.
+
+Structure: every tensor of the variant is the base's, byte for byte (whole shards by their
+SHA256, the others one tensor at a time, cast to the variant's dtype), its bias tensors equal a
+fresh bake of the recorded offsets bit for bit, and its config differs from the base's only where
+the bake says. Semantics: each steered block and one unsteered block is built alone from the base
+and from the variant, in float32; both get the same hidden states (the verification prompts'
+first tokens' embeddings, rescaled to each input RMS), and the variant's block must equal the
+base block with the offset added at the site, to float32 precision. Memory is one block; time grows with the
+number of steered layers, never with depth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from finsurg.bake.bake import bake
+from finsurg.bake.checkpoint import Checkpoint
+from finsurg.checks.blocks import BlockModel, PieceError, site_added
+from finsurg.dtypes import CODES, weight_dtype
+from finsurg.model_source import read_config
+from finsurg.steer.arch import Architecture
+from finsurg.variant.record import BlockCheck, LocalProof, StructureCheck, Variant
+
+INPUT_RMS = (1.0, 16.0)  # residual streams sit in this range; the check holds at both ends
+INPUT_TOKENS = 16  # of the first verification prompt: the identity is per position, attention mixes them
+RELATIVE_TOLERANCE = 1e-5  # of the largest output value: about 80 float32 ulps
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous().flatten().view(torch.uint8)
+
+
+def config_changes(base: dict, variant: dict, arch: Architecture, dtype: str, context_cap: int | None) -> list[str]:
+    """Keys where the variant's config differs from what the bake writes; empty when it is exact."""
+    expected = arch.config_of_variant(base, dtype, context_cap)
+    return sorted(key for key in expected.keys() | variant.keys() if expected.get(key) != variant.get(key))
+
+
+def check_structure(variant: Variant, base_path, arch: Architecture, sums: dict[str, str]) -> StructureCheck:
+    base, baked = Checkpoint.open(base_path), Checkpoint.open(variant.directory)
+    base_config = read_config(base_path)
+    changes = config_changes(
+        base_config, read_config(variant.directory), arch, variant.dtype, variant.surgery.context_cap
+    )
+    problems = [f"config.json differs from the bake's at {key}" for key in changes]
+    target = weight_dtype(variant.dtype)
+    expected = bake(variant.offsets, arch, base_config, target, base)
+    base_files = variant.surgery.base_model.files
+    identical = compared = 0
+    missing = sorted(set(base) - set(baked))
+    problems += [f"tensor {name} is missing" for name in missing[:3]]
+    for shard in baked.shards:
+        source = next((name for name, digest in base_files.items() if digest == sums.get(shard.path.name)), None)
+        if source is not None and set(base.shard(source).tensors) == set(shard.tensors):
+            identical += 1
+            continue
+        for name, info in shard.tensors.items():
+            compared += 1
+            if name in expected:
+                want = expected[name]
+            elif name in base:
+                want = base[name]
+                want = want.to(target) if CODES[base.info(name).dtype].is_floating_point else want
+            else:
+                problems.append(f"tensor {name} is not the base's and not a bias the bake writes")
+                continue
+            if info.shape != tuple(want.shape) or not torch.equal(_bytes(baked[name]), _bytes(want)):
+                kind = "bias" if name in expected else "weight"
+                problems.append(f"{kind} {name} differs from the {'bake' if kind == 'bias' else 'base'}")
+    absent = sorted(set(expected) - set(baked))
+    problems += [f"bias {name} is missing" for name in absent[:3]]
+    return StructureCheck(
+        tensors=len(baked),
+        identical_shards=identical,
+        tensors_compared=compared,
+        biases=len(expected),
+        problems=problems[:10],
+        passed=not problems,
+    )
+
+
+def proof_layers(offsets: dict[int, torch.Tensor], num_layers: int) -> list[int]:
+    """Every steered layer and one unsteered one (the last before the first steered, else the first after)."""
+    steered = sorted(offsets)
+    unsteered = [layer for layer in range(num_layers) if layer not in offsets]
+    before = [layer for layer in unsteered if layer < steered[0]]
+    extra = before[-1:] or unsteered[:1]
+    return sorted(steered + extra)
+
+
+def _inputs(base: BlockModel, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The first verification prompt's first tokens, embedded, rescaled to each input RMS."""
+    embedded = base.embed(prompts[0][:, :INPUT_TOKENS])
+    unit = embedded / embedded.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+    return [unit * rms for rms in INPUT_RMS]
+
+
+def check_blocks(
+    variants: list[Variant], base_path, arch: Architecture, prompts: list[torch.Tensor]
+) -> list[list[BlockCheck]]:
+    """Per variant, its proof layers' checks; each base block is read once for all variants.
+
+    A variant's block takes the base block's tensors where the structure check proves them
+    byte-identical, and reads the rest (the biases the bake writes) from the variant's own files,
+    under the variant's own config.
+    """
+    weights = weight_dtype(variants[0].dtype)  # the base rounded as the variants' weights were
+    base = BlockModel(base_path, arch, weights)
+    baked = [BlockModel(variant.directory, arch, weights) for variant in variants]
+    inputs = _inputs(base, prompts)
+    site = arch.block_site()
+    wanted = [proof_layers(variant.offsets, base.num_layers) for variant in variants]
+    checks: list[list[BlockCheck]] = [[] for _ in variants]
+    for layer in sorted(set().union(*wanted)):
+        base_block = base.block(layer)
+        written = {name.removeprefix(f"{arch.layers}.{layer}.") for name in arch.bias_names(layer)}
+        shared = {name: value for name, value in base_block.state_dict().items() if name not in written}
+        for k, variant in enumerate(variants):
+            if layer in wanted[k]:
+                checks[k].append(_check_block(base, base_block, baked[k], layer, shared, variant, inputs, site))
+        del base_block, shared
+    return checks
+
+
+def _check_block(base, base_block, baked, layer, shared, variant, inputs, site) -> BlockCheck:
+    offset = variant.offsets.get(layer)
+    try:
+        baked_block = baked.block(layer, shared)
+    except PieceError as exc:
+        return BlockCheck(layer=layer, steered=offset is not None, problem=str(exc), passed=False)
+    error = tolerance = 0.0
+    for hidden in inputs:
+        if offset is None:
+            reference = base.run_block(base_block, hidden)
+        else:
+            with site_added(base_block, site, offset):
+                reference = base.run_block(base_block, hidden)
+        got = baked.run_block(baked_block, hidden)
+        error = max(error, float((got - reference).abs().max()))
+        tolerance = max(tolerance, RELATIVE_TOLERANCE * (1.0 + float(reference.abs().max())))
+    return BlockCheck(
+        layer=layer,
+        steered=offset is not None,
+        max_abs_error=error,
+        tolerance=tolerance,
+        offset_effect=0.0 if offset is None else float(offset.abs().max()),
+        passed=error <= tolerance,
+    )
+
+
+def prove(
+    variants: list[Variant], base_path, arch: Architecture, sums: list[dict[str, str]], prompts
+) -> list[LocalProof]:
+    """The proof of each variant of one base: structure, then its blocks (base blocks read once)."""
+    structures = [check_structure(variant, base_path, arch, own) for variant, own in zip(variants, sums)]
+    blocks = check_blocks(variants, base_path, arch, prompts)
+    return [
+        LocalProof(
+            structure=structure,
+            blocks=own,
+            input_rms=list(INPUT_RMS),
+            input_tokens=int(min(INPUT_TOKENS, prompts[0].shape[1])),
+            relative_tolerance=RELATIVE_TOLERANCE,
+            passed=structure.passed and all(check.passed for check in own),
+        )
+        for structure, own in zip(structures, blocks)
+    ]

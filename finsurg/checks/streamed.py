@@ -1,0 +1,54 @@
+"""The end-to-end check, layer-streamed: one decoder block in memory at a time, hidden states carried.
+
+The base runs twice through each of its blocks (plain, and with the offsets added at the site),
+the variant once; the logits of every position are compared. Greedy generation needs the whole
+model for every new token, so this mode compares teacher-forced argmax at every prompt position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from finsurg import progress
+from finsurg.checks.blocks import BlockModel, site_added
+from finsurg.steer.arch import Architecture
+
+
+def streamed_runs(
+    path: Path,
+    arch: Architecture,
+    weights: torch.dtype,
+    prompts: list[torch.Tensor],
+    offsets: dict[int, torch.Tensor] | None,
+    upto: int,
+) -> dict[str, list]:
+    """Logits of each prompt (plain, and hooked when offsets are given) and the hidden states up to layer `upto`.
+
+    Weights are rounded to `weights` (the variant's dtype) and computed in float32.
+    """
+    model = BlockModel(path, arch, weights)
+    streams = {"plain": [model.embed(ids) for ids in prompts]}
+    if offsets is not None:
+        streams["hooked"] = [state.clone() for state in streams["plain"]]
+    hidden = [[state.clone()] for state in streams["plain"]]
+    site = arch.block_site()
+    with progress.bar(total=model.num_layers, desc=f"stream {path.name}") as bar:
+        for layer in range(model.num_layers):
+            block = model.block(layer)
+            streams["plain"] = [model.run_block(block, state) for state in streams["plain"]]
+            if offsets is not None:
+                if layer in offsets:
+                    with site_added(block, site, offsets[layer]):
+                        streams["hooked"] = [model.run_block(block, state) for state in streams["hooked"]]
+                else:
+                    streams["hooked"] = [model.run_block(block, state) for state in streams["hooked"]]
+            if layer < upto:
+                for states, state in zip(hidden, streams["plain"]):
+                    states.append(state.clone())
+            del block
+            bar.update(1)
+    runs = {name: [model.logits(state)[0].float() for state in states] for name, states in streams.items()}
+    runs["hidden"] = hidden
+    return runs
