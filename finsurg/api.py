@@ -225,6 +225,8 @@ def _evaluate(
         batch_size=options.eval_batch_size,
         chat=options.chat,
         placement=placement,
+        engine=options.engine,
+        python=options.vllm_python,
     )
 
 

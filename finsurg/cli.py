@@ -262,7 +262,7 @@ def _eval(settings, as_json: bool) -> int:
 
 def _parity_status(report) -> int:
     """1 with a line on stderr when a variant's baked and hooked runs disagree."""
-    failed = [name for name, item in report.variants.items() if not item.parity.passed]
+    failed = [name for name, item in report.variants.items() if item.parity is not None and not item.parity.passed]
     for name in failed:
         parity = report.variants[name].parity
         print(

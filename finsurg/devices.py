@@ -175,6 +175,9 @@ class Placement:
         """max_memory for accelerate's device_map="auto" (CUDA only)."""
         return accelerate_max_memory(self.max_memory, self.device) if self.device.type == "cuda" else None
 
+    def fits(self, config: dict, copies: int = 1) -> bool:
+        return model_estimate("", config, self.dtype, copies).need <= self.budget
+
     def require(self, what: str, config: dict, copies: int = 1) -> None:
         """Refuse, before loading anything, a command whose estimated peak exceeds the budget."""
         estimate = model_estimate(what, config, self.dtype, copies)

@@ -159,6 +159,14 @@ class EvalOptions(Group):
     chat_template: Literal["auto", "on", "off"] = Field(
         "auto", **flag("render task prompts with the model's chat template (auto: when it has one)")
     )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        **flag(
+            "vllm: lm-eval's vllm model type runs the base, the prompting baselines and the baked variants (the "
+            "route for 8B and larger); hook parity stays on transformers where the model fits memory"
+        ),
+    )
+    vllm_python: str | None = Field(None, **flag("the Python that has vLLM and lm-eval (default: this one)"))
 
     @property
     def chat(self) -> bool | None:

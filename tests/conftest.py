@@ -201,12 +201,12 @@ def llamacpp_python():
 
 
 # ---- other model families, tiny and random, built from their transformers configs ----------
-FAMILY_SHAPES = dict(
+FAMILY_SHAPES = dict(  # head_dim 32: the smallest vLLM's CPU attention takes
     hidden_size=64,
     intermediate_size=96,
     num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
     max_position_embeddings=128,
     initializer_range=0.15,
     bos_token_id=1,
@@ -224,10 +224,10 @@ def _config(family: str, **extra):
             transformers.GraniteConfig,
             {"residual_multiplier": 0.22, "embedding_multiplier": 12.0, "logits_scaling": 8.0},
         ),
-        "qwen3": (transformers.Qwen3Config, {"head_dim": 16}),
+        "qwen3": (transformers.Qwen3Config, {"head_dim": 32}),
         "qwen2": (transformers.Qwen2Config, {"use_sliding_window": False}),
         "mistral": (transformers.MistralConfig, {"sliding_window": None}),
-        "gemma2": (transformers.Gemma2Config, {"head_dim": 16}),
+        "gemma2": (transformers.Gemma2Config, {"head_dim": 32}),
         "olmo2": (transformers.Olmo2Config, {}),
     }
     kind, settings = own[family]

@@ -100,3 +100,19 @@ def test_a_recipe_for_another_family_or_site_is_refused(tmp_path, capsys):
     mistral = make_family_model(tmp_path / "mistral", "mistral")  # same hidden size and depth, same site
     assert main(["export", "--model", str(mistral), "--recipe", str(tmp_path / "llama-recipe"), "--quiet"]) == 2
     assert "is for LlamaForCausalLM, but" in capsys.readouterr().err
+
+
+def test_analysis_measures_at_qwen3s_attention_site_and_the_recipe_bakes(tmp_path, capsys):
+    base = make_family_model(tmp_path / "base", "qwen3")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["analyze", "--model", str(base), "--out", str(run), "--trials", "2", "--quiet"]) == 0
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert recipe["site"] == "attention_output" and recipe["model"]["architecture"] == "Qwen3ForCausalLM"
+    capsys.readouterr()
+    code = main(
+        ["export", "--model", str(base), "--recipe", str(run), "--out", str(tmp_path / "out"), "--json", "--quiet"]
+    )
+    assert code == 0
+    for item in json.loads(capsys.readouterr().out)["variants"]:
+        assert item["verification"]["passed"] and item["verification"]["float32"]["kl_max"] < 1e-6

@@ -116,3 +116,24 @@ def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, 
     assert report is not None, done.stderr
     assert report["vs_transformers"]["identical"] == report["passed"] == (by_name(architecture).vllm_drops is None)
     assert report["vs_hooks"]["identical"] == report["passed"]
+
+
+def test_eval_on_vllm_names_each_runs_engine_and_keeps_parity_on_transformers(default_export, vllm_python, tmp_path):
+    from finsurg.cli import main
+
+    out = tmp_path / "eval"
+    code = main(
+        ["eval", str(default_export["dir"] / "steered"), "--engine", "vllm", "--vllm-python", vllm_python]
+        + ["--limit", "3"]
+        + ["--out", str(out), "--quiet", "--json"]
+    )
+    report = json.loads((out / "eval.json").read_text())
+    assert code == 0 and report["passed"]
+    assert report["engines"]["base"] == report["engines"]["steered/baked"] == "vllm"
+    assert report["engines"]["steered/hooked"] == report["engines"]["steered/baked:transformers"] == "transformers"
+    assert report["variants"]["steered"]["parity"]["passed"]
+    # the same variant on vLLM and on transformers: the same figures
+    vllm_run, hf_run = report["metrics"]["steered/baked"], report["metrics"]["steered/baked:transformers"]
+    for task, values in vllm_run.items():
+        for metric, value in values.items():
+            assert abs(value - hf_run[task][metric]) < 1e-2 * max(1.0, abs(value)), (task, metric)

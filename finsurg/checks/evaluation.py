@@ -8,8 +8,11 @@ of one variant must give the same log-likelihood for every request, or the evalu
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +20,8 @@ from pathlib import Path
 import torch
 
 from finsurg import DISCLAIMER, __version__, progress
+from finsurg.checks.lmeval_vllm_run import item_scores, metrics
+from finsurg.checks.vllm_check import vllm_python
 from finsurg.devices import Placement
 from finsurg.dtypes import weight_dtype
 from finsurg.effects import effect, shift_table
@@ -33,27 +38,8 @@ from finsurg.variant.seal import write_report
 EVAL_TABLE_NAME = "eval.md"
 # fp32 compute: baked and hooked differ only by summation order, ~1e-5 per token
 # baked vs hooked log-likelihoods differ only by rounding: the bias is added inside the projection
+VLLM_RUNNER = Path(__file__).with_name("lmeval_vllm_run.py")
 PARITY_ATOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
-
-
-def _item_scores(samples: list[dict]) -> list[list[float]]:
-    """Per document, the log-likelihood of each request (each choice, or the rolling total), by doc_id."""
-    rows = []
-    for sample in sorted(samples, key=lambda s: s["doc_id"]):
-        scores = []
-        for resp in sample["filtered_resps"]:
-            value = resp[0] if isinstance(resp, (list, tuple)) else resp
-            scores.append(float(value))
-        rows.append(scores)
-    return rows
-
-
-def _metrics(results: dict) -> dict[str, float]:
-    return {
-        key.split(",")[0]: float(value)
-        for key, value in results.items()
-        if "," in key and "stderr" not in key and isinstance(value, (int, float))
-    }
 
 
 class Runner:
@@ -71,7 +57,8 @@ class Runner:
         self.headlines = dict(pack.manifest.tasks)
         self.titles = dict(pack.manifest.task_titles)
         self.chat, self.limit, self.batch_size = chat, limit, batch_size
-        self.manager = TaskManager(include_path=str(pack.tasks_dir) if pack.tasks_dir.is_dir() else None)
+        self.include_path = str(pack.tasks_dir) if pack.tasks_dir.is_dir() else None
+        self.manager = TaskManager(include_path=self.include_path)
         unknown = [t for t in self.tasks if t not in self.manager.all_tasks]
         if unknown:
             raise FinsurgError(f"unknown lm-eval task {unknown[0]!r}")
@@ -93,10 +80,41 @@ class Runner:
                 verbosity="ERROR",
             )
         run = {
-            "metrics": {task: _metrics(out["results"][task]) for task in self.tasks},
-            "items": {task: _item_scores(out["samples"][task]) for task in self.tasks},
+            "metrics": {task: metrics(out["results"][task]) for task in self.tasks},
+            "items": {task: item_scores(out["samples"][task]) for task in self.tasks},
             "seconds": time.perf_counter() - clock,
         }
+        return self._finish(run)
+
+    def run_vllm(self, python: str, plan: list[tuple[str, Path, str | None]], dtype: str) -> dict[str, dict]:
+        """lm-eval's vllm model type on each (run name, model directory, system prompt), in one vLLM process."""
+        with tempfile.TemporaryDirectory(prefix="finsurg-lmeval-vllm-") as scratch:
+            request, result = Path(scratch) / "request.json", Path(scratch) / "result.json"
+            request.write_text(
+                json.dumps(
+                    {
+                        "tasks": self.tasks,
+                        "include_path": self.include_path,
+                        "chat": self.chat,
+                        "limit": self.limit,
+                        "dtype": dtype,
+                        "runs": [{"name": name, "model": str(path), "system": system} for name, path, system in plan],
+                    }
+                )
+            )
+            # vLLM on a CPU reserves most of the machine's memory for its KV cache unless told otherwise
+            env = {"VLLM_CPU_KVCACHE_SPACE": "4", **os.environ}
+            done = subprocess.run(
+                [python, str(VLLM_RUNNER), str(request), str(result)], capture_output=True, text=True, env=env
+            )
+            if done.returncode != 0 or not result.is_file():
+                tail = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+                raise FinsurgError(f"lm-eval on vLLM failed: {tail[0].strip()[:300]}")
+            runs = json.loads(result.read_text())["runs"]
+        return {name: self._finish(run) for name, run in runs.items()}
+
+    def _finish(self, run: dict) -> dict:
+        """The preference task's mean log-odds, and each task's headline metric."""
         if self.preference_task in run["items"]:
             margins = [scores[0] - scores[1] for scores in run["items"][self.preference_task]]
             run["metrics"][self.preference_task]["log_odds"] = sum(margins) / len(margins)
@@ -159,8 +177,15 @@ def evaluate(
     chat: bool | None = None,
     base_trusted: bool = False,
     placement: Placement | None = None,
+    engine: str = "transformers",
+    python: str | None = None,
 ) -> EvalReport:
-    """Evaluate base, baked and hooked; record eval.json in each variant; write eval.json and eval.md to out_dir."""
+    """Evaluate base, baked and hooked; record eval.json in each variant; write eval.json and eval.md to out_dir.
+
+    With engine "vllm", lm-eval's vllm model type runs the base, the prompting baselines and the baked
+    variants (the route for models too large for transformers here); hook parity stays on the
+    transformers route, where the model fits memory, and the report names each run's engine.
+    """
     variants = [Variant(path) for path in find_variants(paths)]
     sealed = {v.directory: check_sums(v.directory) for v in variants}
     bases = {str(v.base_path(base_override)) for v in variants}
@@ -180,30 +205,28 @@ def evaluate(
     runner = Runner(pack, extra_tasks or [], chat, limit, batch_size)
 
     placement = placement or Placement.of("cpu")
-    placement.require("eval (the base and one variant at a time)", read_config(base), copies=2)
     compute = placement.dtype
-
-    def load(path: Path):
-        return load_model(path, weights, compute, device=placement.device, max_memory=placement.dispatch)
-
+    prompting = _prompting(pack)  # the baseline steering has to beat: a plain system prompt
     runs: dict[str, dict] = {}
-    base_model = load(base)
-    progress.say("lm-eval: base")
-    runs["base"] = runner.run(runner.wrap(base_model, tokenizer))
-    prompting = _prompting(pack)
-    for name, system in prompting.items():  # the baseline steering has to beat: a plain system prompt
-        progress.say(f"lm-eval: base with the {name} system prompt")
-        runs[name] = runner.run(runner.wrap(base_model, tokenizer), system)
-    with tempfile.TemporaryDirectory(prefix="finsurg-eval-") as scratch:
-        for variant in variants:
-            progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
-            hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, arch, Path(scratch))
-            runs[f"{variant.name}/hooked"] = runner.run(hooked)
-            progress.say(f"lm-eval: {variant.name} (baked)")
-            baked_model = load(variant.directory)
-            runs[f"{variant.name}/baked"] = runner.run(runner.wrap(baked_model, tokenizer))
-            del baked_model
-
+    engines: dict[str, str] = {}
+    parity_note = "baked and hooked both on transformers"
+    if engine == "vllm":
+        plan = [("base", base, None)] + [(name, base, system) for name, system in prompting.items()]
+        plan += [(f"{v.name}/baked", v.directory, None) for v in variants]
+        progress.say(f"lm-eval on vLLM: {len(plan)} runs")
+        runs.update(runner.run_vllm(vllm_python(python), plan, str(compute).removeprefix("torch.")))
+        engines.update({name: "vllm" for name in runs})
+        if not placement.fits(read_config(base), copies=2):
+            parity_note = (
+                "not run: the model does not fit memory for the transformers route; finsurg verify (the layer-local "
+                "proof, and --full) is the parity check at this size"
+            )
+    else:
+        placement.require("eval (the base and one variant at a time)", read_config(base), copies=2)
+    if engine == "transformers" or not parity_note.startswith("not run"):
+        runs.update(_transformers_runs(runner, base, variants, weights, placement, tokenizer, arch, prompting, engine))
+        engines.update({name: "transformers" for name in runs if name not in engines})
+    parity_key = "baked" if engine == "transformers" else "baked:transformers"
     common = dict(
         finsurg_version=__version__,
         base_model=str(base),
@@ -215,6 +238,8 @@ def evaluate(
         compute_dtype=str(compute).removeprefix("torch."),
         weights_dtype=str(weights).removeprefix("torch."),
         prompting=prompting,
+        engines=engines,
+        parity_route=parity_note,
         metrics={name: run["metrics"] for name, run in runs.items()},
         seconds={name: round(run["seconds"], 2) for name, run in runs.items()},
         disclaimer=DISCLAIMER,
@@ -223,13 +248,17 @@ def evaluate(
         v.name: VariantEval(
             alpha=v.surgery.alpha,
             path=str(v.directory),
-            parity=parity(runs[f"{v.name}/baked"], runs[f"{v.name}/hooked"], PARITY_ATOL[compute]),
+            parity=parity(runs[f"{v.name}/{parity_key}"], runs[f"{v.name}/hooked"], PARITY_ATOL[compute])
+            if f"{v.name}/hooked" in runs
+            else None,
             change=_change(runs["base"]["metrics"], runs[f"{v.name}/baked"]["metrics"]),
         )
         for v in variants
     }
     common["shifts"] = _shifts(runs, runner.preference_task, variants)
-    report = EvalReport(**common, variants=results, passed=all(r.parity.passed for r in results.values()))
+    report = EvalReport(
+        **common, variants=results, passed=all(r.parity is None or r.parity.passed for r in results.values())
+    )
     for variant in variants:
         own = VariantEvalReport(**common, **results[variant.name].model_dump(), variant=variant.name)
         write_report(variant.directory, own, known=sealed[variant.directory])
@@ -240,11 +269,39 @@ def evaluate(
     return report
 
 
+def _transformers_runs(runner, base, variants, weights, placement, tokenizer, arch, prompting, engine) -> dict:
+    """lm-eval on transformers: the hooked runs (lm-eval's steered model on the base) and the baked ones;
+    the base and prompting runs too unless vLLM already ran them."""
+
+    def load(path: Path):
+        return load_model(path, weights, placement.dtype, device=placement.device, max_memory=placement.dispatch)
+
+    runs = {}
+    base_model = load(base)
+    if engine == "transformers":
+        progress.say("lm-eval: base")
+        runs["base"] = runner.run(runner.wrap(base_model, tokenizer))
+        for name, system in prompting.items():
+            progress.say(f"lm-eval: base with the {name} system prompt")
+            runs[name] = runner.run(runner.wrap(base_model, tokenizer), system)
+    baked_name = "baked" if engine == "transformers" else "baked:transformers"
+    with tempfile.TemporaryDirectory(prefix="finsurg-eval-") as scratch:
+        for variant in variants:
+            progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
+            hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, arch, Path(scratch))
+            runs[f"{variant.name}/hooked"] = runner.run(hooked)
+            progress.say(f"lm-eval: {variant.name} (baked)")
+            baked_model = load(variant.directory)
+            runs[f"{variant.name}/{baked_name}"] = runner.run(runner.wrap(baked_model, tokenizer))
+            del baked_model
+    return runs
+
+
 def _change(base: dict, variant: dict) -> dict:
     """Per task and metric, the change from the base: points for accuracy, ratio for perplexity."""
     change = {}
-    for task, metrics in variant.items():
-        for metric, value in metrics.items():
+    for task, values in variant.items():
+        for metric, value in values.items():
             before = base[task].get(metric)
             if before is None:
                 continue
@@ -294,16 +351,23 @@ def render_table(report: EvalReport) -> str:
             ]
             for name in names:
                 for kind in ("baked", "hooked"):
-                    cells.append(_fmt(report.metrics[f"{name}/{kind}"][task][metric]))
+                    run = report.metrics.get(f"{name}/{kind}")
+                    cells.append(_fmt(run[task][metric]) if run else "—")
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for name in names:
         par = report.variants[name].parity
+        if par is None:
+            lines.append(f"- {name}: hook parity {report.parity_route}")
+            continue
         verdict = "agree" if par.passed else "DISAGREE"
         lines.append(
             f"- {name}: baked and hooked {verdict} item by item (max |Δ log-likelihood| "
-            f"{par.worst:.2e}, tolerance {par.atol:.0e})"
+            f"{par.worst:.2e}, tolerance {par.atol:.0e}; {report.parity_route})"
         )
+    by_engine = sorted(set(report.engines.values()))
+    if by_engine != ["transformers"]:
+        lines.append("- engines: " + "; ".join(f"{run}: {engine}" for run, engine in sorted(report.engines.items())))
     if report.shifts:
         lines += ["", "Log-odds shift from the base on the preference task, item by item:", ""]
         lines += shift_table({name: e.model_dump() for name, e in report.shifts.items()})

@@ -281,7 +281,7 @@ def _evaluation(report: VariantEvalReport | None) -> str:
                 base[name],
                 *[metrics[p][task][name] for p in prompts],
                 metrics[f"{variant}/baked"][task][name],
-                metrics[f"{variant}/hooked"][task][name],
+                metrics.get(f"{variant}/hooked", {}).get(task, {}).get(name, float("nan")),
             ]
             rows.append(f"| {task} | {name} | " + " | ".join(f"{value:.4f}" for value in cells) + " |")
     header = [
@@ -299,10 +299,15 @@ def _evaluation(report: VariantEvalReport | None) -> str:
         if prompts
         else ""
     )
+    if parity is None:
+        agreement = f"Hook parity: {report.parity_route}."
+    else:
+        agreement = f"Baked and hooked agree item by item: {parity.passed} (max |Δ log-likelihood| {parity.worst:.2e})."
+    engines = sorted(set(report.engines.values())) or ["transformers"]
     return (
         "## Evaluation (lm-eval)\n\n"
-        f"float32 compute, chat template {'on' if report.chat_template else 'off'}. Baked and hooked agree "
-        f"item by item: {parity.passed} (max |Δ log-likelihood| {parity.worst:.2e}).{baseline}\n\n"
+        f"{report.compute_dtype} compute on {' and '.join(engines)}, chat template "
+        f"{'on' if report.chat_template else 'off'}. {agreement}{baseline}\n\n"
         "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(rows) + _shifts(report)
     )
 

@@ -222,7 +222,7 @@ class Effect(Record):
 class VariantEval(Record):
     alpha: float
     path: str
-    parity: Parity
+    parity: Parity | None  # None where the model is too large for the transformers route
     change: dict[str, float]
 
 
@@ -238,6 +238,8 @@ class EvalRun(Record):
     compute_dtype: str
     weights_dtype: str
     prompting: dict[str, str] = {}  # baseline run name -> the system prompt the base ran with
+    engines: dict[str, str] = {}  # run name -> the engine that produced its figures (transformers or vllm)
+    parity_route: str = "baked and hooked both on transformers"
     # run ("base", "prompt:positive", "steered/baked", ...) -> task -> metric
     metrics: dict[str, dict[str, dict[str, float]]]
     # per run, the preference task's log-odds shift from the base, judged item by item
