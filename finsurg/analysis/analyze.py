@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def analyze(
     clock = time.perf_counter()
 
     tokenizer = ensure_pad_token(load_tokenizer(model.path))
-    placement.require("analyze", model.config, copies=2 if tuning is not None else 1)
+    placement.require("analyze", model.config)
 
     def load():
         return load_model(model.path, placement.dtype, device=placement.device, max_memory=placement.dispatch)
@@ -144,7 +145,10 @@ def analyze(
 
     behaviour = None
     if tuning is not None:  # phases 6-8: answer-behaviour directions, tuned, judged on held-out items
-        answer_model = load()  # its own copy: the bridge wraps hf_model
+        # the bridge has changed hf_model's modules: tuning gets a fresh model, and only one is in memory
+        del bridge, hf_model
+        gc.collect()
+        answer_model = load()
         recipe, behaviour = steer_by_answers(
             answer_model,
             tokenizer,
@@ -155,7 +159,8 @@ def analyze(
             tuning,
             model.architecture,
         )
-        del answer_model
+        hf_model = answer_model
+        bridge = boot_bridge(model.path, hf_model, tokenizer, placement.dtype)
         band = recipe.layers
         chosen = behaviour["tuning"]["chosen"]
         reason = (
