@@ -16,9 +16,10 @@ from finsurg.errors import FinsurgError
 from finsurg.settings import COMMANDS, CommandSettings, cli_name
 
 DESCRIPTION = """\
-finsurg finds residual-stream directions that toggle a behaviour in a Llama-family model,
-applies them as inference-time hooks ("neuron surgery"), and bakes the same surgery into
-ordinary checkpoints (mlp.down_proj biases) that plain transformers and vLLM load.
+finsurg finds residual-stream directions that toggle a behaviour in a model (Llama, Qwen2/2.5,
+Qwen3, Mistral, Granite), applies them as inference-time hooks ("neuron surgery"), and bakes the
+same surgery into ordinary checkpoints (biases) that plain transformers and vLLM load, and into
+GGUF for llama.cpp and Ollama.
 
 Every option can also come from FINSURG_<OPTION> (FINSURG_EVAL__LIMIT for grouped ones) or
 from the command's table in a TOML file (--config run.toml, e.g. [export] alpha = 2).

@@ -23,8 +23,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, KeyError, OSError) as exc:
         raise FinsurgError(f"cannot read {gguf} as GGUF: {str(exc).splitlines()[0][:160]}") from None
-    if loaded.config.model_type != "llama":
-        raise FinsurgError(f"{gguf}: unsupported architecture {loaded.config.model_type}; finsurg handles Llama")
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
     settings["architectures"] = ["LlamaForCausalLM"]

@@ -1,4 +1,4 @@
-"""Resolve `--model` to a local Llama-family directory of safetensors, config and tokenizer.
+"""Resolve `--model` to a local directory of safetensors, config and tokenizer, of a family finsurg bakes.
 
 Accepted: the alias of the embedded default model, a local Hugging Face directory, a `.gguf`
 file, or a Hub id. GGUF files and pickle checkpoints are converted once into the cache folder.
