@@ -7,7 +7,6 @@ api.export(ExportSettings(recipe="run/", alpha=3, out="variants"))
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from finsurg import progress
@@ -139,7 +138,7 @@ def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[d
     from finsurg.bake.gguf_variant import CONTROL_VECTOR_NAME, control_vector, variant_gguf
     from finsurg.steer.arch import for_config
 
-    script = converter(settings.gguf.llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON"))
+    script = converter(settings.gguf.llamacpp_python)
     written = [variant_gguf(path, None, settings.gguf.gguf_type, script) for path in paths]
     arch = for_config(model.config, model.name)
     return written + [control_vector(recipe.offsets(1.0), arch, settings.out / CONTROL_VECTOR_NAME)]
@@ -150,7 +149,7 @@ def gguf(settings: GgufSettings) -> dict:
     from finsurg.bake.gguf_variant import variant_gguf
 
     progress.set_enabled(not settings.quiet)
-    script = converter(settings.llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON"))
+    script = converter(settings.llamacpp_python)
     return variant_gguf(settings.variant, settings.out, settings.gguf_type, script)
 
 

@@ -68,7 +68,7 @@ def export_variants(
     created = _first_missing(out_dir)
     targets = plan_targets(out_dir, overwrite)
     try:
-        _check_disk(writer, out_dir, link, overwrite)
+        _check_disk(writer, out_dir, link)
         check = (lambda paths, sums: _verify(paths, model, sums, full_verify, placement)) if verify else None
         return _bake_all(writer, recipe, alpha, targets, check)
     except BaseException as exc:
@@ -80,7 +80,7 @@ def export_variants(
         raise
 
 
-def _check_disk(writer: VariantWriter, out_dir: Path, link: str, overwrite: bool) -> None:
+def _check_disk(writer: VariantWriter, out_dir: Path, link: str) -> None:
     """Refuse up front when the output filesystem cannot hold both variants."""
     linked = link == "auto" and reflinks(writer.checkpoint.shards[0].path, out_dir)
     need = 2 * writer.bytes_to_write(linked)

@@ -9,6 +9,7 @@ converter writes them. The file is written beside its target and renamed into pl
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,19 @@ def _converted(tensor, kind: str) -> np.ndarray:
 RAW = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
 
 
+def _converted_info(tensor, kind: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and size of `_converted(tensor, kind)`, from the tensor's shape alone."""
+    import gguf
+
+    shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dimensions innermost first
+    if kind == "q8_0":
+        shape = gguf.quant_shape_to_byte_shape(shape, gguf.GGMLQuantizationType.Q8_0)
+        dtype = np.dtype(np.uint8)
+    else:
+        dtype = np.dtype(np.float32 if kind == "f32" else np.float16)
+    return shape, dtype, math.prod(shape) * dtype.itemsize
+
+
 def write_baked_gguf(base: Path, offsets: dict[int, torch.Tensor], out: Path, kind: str = "keep") -> None:
     """The base GGUF with each offset as blk.N.ffn_down.bias (added to one the base already has)."""
     import gguf
@@ -94,15 +108,9 @@ def write_baked_gguf(base: Path, offsets: dict[int, torch.Tensor], out: Path, ki
                     tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
                 )
             else:
-                sample = _converted(tensor, convert)
-                writer.add_tensor_info(
-                    tensor.name,
-                    sample.shape,
-                    sample.dtype,
-                    sample.nbytes,
-                    getattr(gguf.GGMLQuantizationType, RAW[convert]),
-                )
-                del sample
+                shape, dtype, nbytes = _converted_info(tensor, convert)
+                raw = getattr(gguf.GGMLQuantizationType, RAW[convert])
+                writer.add_tensor_info(tensor.name, shape, dtype, nbytes, raw)
             plan.append((tensor, convert))
         for name, value in biases.items():
             writer.add_tensor_info(name, value.shape, value.dtype, value.nbytes, gguf.GGMLQuantizationType.F32)

@@ -23,9 +23,11 @@ OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
 def converter(llamacpp_python: str | None = None) -> Path | None:
-    """convert_hf_to_gguf.py: FINSURG_LLAMACPP_CONVERTER, else beside the llama.cpp environment's Python."""
+    """convert_hf_to_gguf.py: FINSURG_LLAMACPP_CONVERTER, else beside the llama.cpp environment's Python
+    (`llamacpp_python`, else FINSURG_LLAMACPP_PYTHON)."""
     if os.environ.get("FINSURG_LLAMACPP_CONVERTER"):
         return Path(os.environ["FINSURG_LLAMACPP_CONVERTER"])
+    llamacpp_python = llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON")
     if llamacpp_python:
         candidate = Path(llamacpp_python).parent.parent / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
         if candidate.is_file():
