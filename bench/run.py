@@ -56,7 +56,7 @@ def scratch_dir(parent: Path) -> Path:
 
 
 def measure_export_default(results: dict) -> None:
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
 
     base = resolve_model(None).path
     runs: dict[str, list[dict]] = {"naive": [], "copy": [], "auto": []}
@@ -191,7 +191,7 @@ def measure_verify_8b(results: dict) -> None:
 
 def measure_gguf(results: dict) -> None:
     """`finsurg gguf` on the default model's steered variant against a plain copy of its base GGUF."""
-    from finsurg.model_source import _default_model_gguf
+    from finsurg.models.source import _default_model_gguf
 
     base = _default_model_gguf()
     work = scratch_dir(CACHE)
@@ -255,7 +255,7 @@ def render_families(families: dict) -> list[str]:
 
 
 def measure_inference(results: dict) -> None:
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
 
     base = resolve_model(None).path
     work = scratch_dir(CACHE)
@@ -306,7 +306,7 @@ def measure_steering(results: dict) -> None:
 
 
 def render_steering(steering: dict) -> list[str]:
-    from finsurg.effects import heldout_table
+    from finsurg.effect_tables import heldout_table
 
     analysis, compare, evaluation = steering["analysis"], steering["matched_kl"], steering["eval"]
     heldout = analysis["behaviour"]["heldout"]

@@ -36,7 +36,7 @@ def export_stream(
     from finsurg import progress
     from finsurg.bake.writer import VariantWriter
     from finsurg.export import export_variants
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.recipe import resolve_recipe
 
     progress.set_enabled(False)
@@ -86,7 +86,7 @@ def family_route(family: str, out: str) -> dict:
     from finsurg import progress
     from finsurg.checks.verify import verify_variant
     from finsurg.export import export_variants
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
 
     from conftest import ROUTES, make_family_model, tiny_recipe
 
@@ -125,7 +125,7 @@ def export_naive(model: str, recipe: str, out: str) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.recipe import resolve_recipe
 
     resolved = resolve_model(model)
@@ -174,7 +174,7 @@ def make_synthetic(out: str, shards: int = 4) -> dict:
     """Random bf16 weights with Llama-3.1-8B's exact shapes, written tensor by tensor in slices."""
     import torch
 
-    from finsurg.bake.safetensors_io import Entry, write_safetensors
+    from finsurg.io.safetensors_io import Entry, write_safetensors
 
     config = {
         "architectures": ["LlamaForCausalLM"],
@@ -240,7 +240,7 @@ def make_synthetic(out: str, shards: int = 4) -> dict:
         (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
         (directory / "config.json").write_text(json.dumps(config))
         # the default model's tokenizer (its ids fit this vocabulary): verification needs one
-        from finsurg.model_source import resolve_model
+        from finsurg.models.source import resolve_model
 
         for path in resolve_model(None).path.iterdir():
             if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
@@ -255,10 +255,11 @@ def generation_speed(base: str, variant: str, rounds: int = 5, new_tokens: int =
     """Greedy tokens/s, batch 1: base and baked with plain transformers, TransformerLens hooks, torch hooks."""
     import torch
 
-    from finsurg.loading import encode, hf_greedy, load_model, load_tokenizer
+    from finsurg.models.bridge import boot_bridge, greedy
+    from finsurg.models.loading import encode, hf_greedy, load_model, load_tokenizer
     from finsurg.packs import Pack
     from finsurg.steer.arch import by_name
-    from finsurg.steer.hooks import boot_bridge, greedy, offset_hooks, offsets_added
+    from finsurg.steer.hooks import offset_hooks, offsets_added
     from finsurg.variant.record import Variant
 
     torch.manual_seed(0)
@@ -304,11 +305,11 @@ def generation_speed(base: str, variant: str, rounds: int = 5, new_tokens: int =
 def analysis_phase1(batch_size: int) -> dict:
     """Phase 1 (activations and head attention) over the shipped train prompts."""
     from finsurg.analysis.activations import collect, keyword_ids
-    from finsurg.loading import load_model, load_tokenizer, prompt_ids
-    from finsurg.model_source import resolve_model
+    from finsurg.models.bridge import boot_bridge
+    from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
+    from finsurg.models.source import resolve_model
     from finsurg.packs import Pack
     from finsurg.steer.arch import for_config
-    from finsurg.steer.hooks import boot_bridge
 
     model = resolve_model(None)
     arch = for_config(model.config)
@@ -363,8 +364,8 @@ def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
     from finsurg.analysis.answers import Batches, Measure, answer_items, margins, reply_items
     from finsurg.analysis.behaviour import reply_split
     from finsurg.effects import effect, preference
-    from finsurg.loading import load_model, load_tokenizer
-    from finsurg.model_source import resolve_model
+    from finsurg.models.loading import load_model, load_tokenizer
+    from finsurg.models.source import resolve_model
     from finsurg.packs import Pack
     from finsurg.steer.arch import for_config
     from finsurg.steer.recipe import Recipe
@@ -430,7 +431,7 @@ def repeng_train(python: str, out: str) -> dict:
     """repeng's own training, in its own environment, on the pack's train split."""
     import subprocess
 
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.packs import Pack
 
     pack = Pack.load()

@@ -33,7 +33,7 @@ def _placement(settings):
 
 
 def _resolved(settings):
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.recipe import resolve_recipe
 
     progress.set_enabled(not settings.quiet)
@@ -48,7 +48,7 @@ def analyze(settings: AnalyzeSettings) -> dict:
     from finsurg.analysis.analyze import parse_layers
     from finsurg.analysis.behaviour import TuneOptions
     from finsurg.analysis.sweep import ALPHAS
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
 
     progress.set_enabled(not settings.quiet)
     placement = _placement(settings)
@@ -134,8 +134,8 @@ def export(settings: ExportSettings) -> dict:
 
 def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[dict]:
     """Each variant's GGUF inside it, and the recipe's control vector (alpha 1) beside them."""
-    from finsurg.bake.gguf_source import converter
     from finsurg.bake.gguf_variant import CONTROL_VECTOR_NAME, control_vector, variant_gguf
+    from finsurg.engines.converter import converter
     from finsurg.steer.arch import for_config
 
     script = converter(settings.gguf.llamacpp_python)
@@ -145,8 +145,8 @@ def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[d
 
 
 def gguf(settings: GgufSettings) -> dict:
-    from finsurg.bake.gguf_source import converter
     from finsurg.bake.gguf_variant import variant_gguf
+    from finsurg.engines.converter import converter
 
     progress.set_enabled(not settings.quiet)
     script = converter(settings.llamacpp_python)
@@ -155,7 +155,7 @@ def gguf(settings: GgufSettings) -> dict:
 
 def cvector(settings: CvectorSettings) -> dict:
     from finsurg.bake.gguf_variant import control_vector
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.arch import for_config
     from finsurg.steer.recipe import resolve_recipe
 
@@ -231,7 +231,7 @@ def _evaluate(
 
 def verify(settings: VerifySettings):
     """A checksum count, or the verification (transformers) or vLLM report; recorded only with `record`."""
-    from finsurg.hashing import check_sums
+    from finsurg.io.hashing import check_sums
     from finsurg.variant.seal import write_report
 
     progress.set_enabled(not settings.quiet)

@@ -166,7 +166,7 @@ def _analyze(settings, as_json: bool) -> int:
             f"perplexity {row['perplexity']:.3f} ({row['perplexity_change']:+.1%})"
         )
     if results.get("behaviour"):
-        from finsurg.effects import heldout_table
+        from finsurg.effect_tables import heldout_table
 
         behaviour = results["behaviour"]
         chosen = behaviour["tuning"]["chosen"]

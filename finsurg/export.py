@@ -6,15 +6,16 @@ import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
-from finsurg.atomic import building
-from finsurg.bake.shard_copy import LINK_MODES, reflinks
 from finsurg.bake.writer import VariantWriter
 from finsurg.checks.verify import verify_variants
 from finsurg.devices import GIB, Placement
 from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
-from finsurg.model_source import ResolvedModel
+from finsurg.io.atomic import building
+from finsurg.io.shard_copy import LINK_MODES, reflinks
+from finsurg.models.source import ResolvedModel
 from finsurg.steer.recipe import Recipe, check_alpha
+from finsurg.variant.assemble import assemble, surgery_record
 from finsurg.variant.card import verification_rows
 from finsurg.variant.record import VARIANT_SIGNS, VerificationReport
 from finsurg.variant.seal import write_report
@@ -121,17 +122,22 @@ def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[dict
     with ExitStack() as stack:
         for variant, final in targets.items():
             partial = stack.enter_context(building(final))
-            baked = writer.write(recipe, VARIANT_SIGNS[variant] * abs(alpha), variant, partial)
+            signed = VARIANT_SIGNS[variant] * abs(alpha)
+            written = writer.write(recipe, signed, variant, partial)
+            record = surgery_record(
+                recipe, signed, variant, writer.dtype, writer.arch, writer.base_info(), writer.context_cap
+            )
+            sealed = assemble(partial, recipe, record, written.sums)
             partials.append(partial)
-            sums.append(baked.sums)
+            sums.append(sealed)
             results.append(
                 {
                     "variant": variant,
-                    "alpha": baked.alpha,
+                    "alpha": signed,
                     "path": str(final),
-                    "dtype": baked.dtype,
-                    "bytes": baked.bytes_written,
-                    "shards": baked.copied,
+                    "dtype": record.dtype,
+                    "bytes": sum((partial / name).stat().st_size for name in sealed),
+                    "shards": written.copied,
                 }
             )
         if check is not None:

@@ -163,7 +163,7 @@ def recipe_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model():
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
 
     return resolve_model(None)
 

@@ -13,11 +13,12 @@ from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens
 from finsurg.analysis.sweep import measure, neutral_items, preference_items
 from finsurg.errors import FinsurgError
-from finsurg.loading import load_model, load_tokenizer
-from finsurg.model_source import resolve_model
+from finsurg.models.bridge import boot_bridge
+from finsurg.models.loading import load_model, load_tokenizer
+from finsurg.models.source import resolve_model
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
-from finsurg.steer.hooks import boot_bridge, offset_hooks
+from finsurg.steer.hooks import offset_hooks
 from finsurg.steer.recipe import Recipe
 
 LLAMA = by_name("LlamaForCausalLM")

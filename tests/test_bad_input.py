@@ -211,7 +211,7 @@ def _gguf_of(inputs, arch):
 
 
 def _truncated_gguf(inputs):
-    from finsurg.model_source import _default_model_gguf
+    from finsurg.models.source import _default_model_gguf
 
     path = inputs / "truncated.gguf"
     path.write_bytes(_default_model_gguf().read_bytes()[:200_000])
@@ -220,7 +220,7 @@ def _truncated_gguf(inputs):
 
 def _tampered_variant(inputs, model):
     from finsurg.export import export_variants
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.recipe import Recipe
 
     export_variants(resolve_model(str(model)), Recipe.load(_recipe(inputs)), 1.0, inputs / "out", verify=False)

@@ -14,8 +14,8 @@ from finsurg.analysis.behaviour import TuneOptions
 from finsurg.analysis.tune import Search, Trial, search
 from finsurg.cli import main
 from finsurg.effects import effect
-from finsurg.loading import load_model, load_tokenizer
-from finsurg.model_source import resolve_model
+from finsurg.models.loading import load_model, load_tokenizer
+from finsurg.models.source import resolve_model
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
 from finsurg.steer.hooks import offsets_added

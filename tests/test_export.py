@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 from finsurg.bake.writer import VariantWriter
 from finsurg.errors import FinsurgError
-from finsurg.hashing import check_sums
-from finsurg.loading import load_model
-from finsurg.model_source import resolve_model
+from finsurg.io.hashing import check_sums
+from finsurg.models.loading import load_model
+from finsurg.models.source import resolve_model
 
 from conftest import export_checked, make_tiny_llama, tiny_recipe, tree_hashes
 

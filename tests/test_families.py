@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finsurg.cli import main
-from finsurg.model_source import resolve_model
+from finsurg.models.source import resolve_model
 
 from conftest import ROUTES, export_checked, make_family_model, tiny_recipe, tree_hashes
 

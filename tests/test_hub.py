@@ -9,8 +9,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from finsurg import DISCLAIMER
-from finsurg.hashing import check_sums
-from finsurg.model_source import resolve_model
+from finsurg.io.hashing import check_sums
+from finsurg.models.source import resolve_model
 
 from conftest import export_checked, tiny_recipe, tree_hashes
 from hub_server import TestHub

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from finsurg.cli import main
-from finsurg.gguf_reading import open_gguf
-from finsurg.hashing import check_sums, sha256_file
-from finsurg.model_source import _default_model_gguf
+from finsurg.io.gguf_reading import open_gguf
+from finsurg.io.hashing import check_sums, sha256_file
+from finsurg.models.source import _default_model_gguf
 from finsurg.variant.record import Variant
 
 from conftest import tree_hashes
@@ -66,7 +66,7 @@ def test_baked_gguf_is_the_base_gguf_plus_biases(steered, capsys):
 
 
 def test_control_vector_gguf(tmp_path, capsys):
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.recipe import resolve_recipe
 
     out = tmp_path / "cv.gguf"
@@ -106,7 +106,7 @@ def test_safetensors_base_goes_through_llamacpps_converter(
     default_model, tmp_path, llamacpp_python, capsys, monkeypatch
 ):
     """A base without a GGUF: converted once by convert_hf_to_gguf.py, then baked the same way."""
-    from finsurg.bake.gguf_source import converter
+    from finsurg.engines.converter import converter
 
     if converter(llamacpp_python) is None:
         pytest.fail("make llamacpp-setup puts convert_hf_to_gguf.py beside the llama.cpp environment")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from finsurg.errors import FinsurgError
-from finsurg.model_source import resolve_model
+from finsurg.models.source import resolve_model
 
 from conftest import make_tiny_llama
 

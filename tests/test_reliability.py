@@ -9,8 +9,8 @@ import time
 import pytest
 
 from finsurg.errors import FinsurgError
-from finsurg.hashing import check_sums, sealed_files
-from finsurg.model_source import resolve_model
+from finsurg.io.hashing import check_sums, sealed_files
+from finsurg.models.source import resolve_model
 
 from conftest import export_checked, tiny_recipe, tree_hashes
 

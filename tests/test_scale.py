@@ -13,8 +13,8 @@ from finsurg.checks.verify import verify_variant
 from finsurg.cli import main
 from finsurg.devices import Placement, compute_dtype, parameter_count, resolve_device
 from finsurg.errors import FinsurgError
-from finsurg.hashing import write_sums
-from finsurg.model_source import resolve_model
+from finsurg.io.hashing import write_sums
+from finsurg.models.source import resolve_model
 
 from conftest import LLAMA_3_1_8B_SHAPES, export_checked, make_tiny_llama, tiny_recipe, tree_hashes
 

@@ -10,29 +10,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "finsurg"
-MODELS = {"finsurg.model_source", "finsurg.gguf_import", "finsurg.pickle_import", "finsurg.loading"}
 APP = {"finsurg.export", "finsurg.settings", "finsurg.api", "finsurg.cli", "finsurg.__main__"}
-STAGES = ("steer", "analysis", "variant", "bake", "checks", "hub")
+PACKAGES = ("io", "engines", "models", "steer", "analysis", "variant", "bake", "checks", "hub")
 # what each group may import besides itself: foundations first, then the stages in the order data flows
 ALLOWED = {
     "core": set(),
+    "io": {"core"},
+    "engines": {"core"},
     "steer": {"core"},
     "packs": {"core"},
-    "models": {"core", "steer"},
-    "analysis": {"core", "steer", "packs", "models"},
-    "variant": {"core", "steer", "packs"},
-    "bake": {"core", "steer", "packs", "models", "variant"},
-    "checks": {"core", "steer", "packs", "models", "variant", "bake"},
-    "hub": {"core", "variant"},
-    "app": {"core", "steer", "packs", "models", "analysis", "variant", "bake", "checks", "hub"},
+    "models": {"core", "io", "steer"},
+    "analysis": {"core", "io", "steer", "packs", "models"},
+    "variant": {"core", "io", "steer", "packs"},
+    "bake": {"core", "io", "engines", "steer", "packs", "models", "variant"},
+    "checks": {"core", "io", "engines", "steer", "packs", "models", "variant", "bake"},
+    "hub": {"core", "io", "variant"},
+    "app": {"core", "io", "engines", "steer", "packs", "models", "analysis", "variant", "bake", "checks", "hub"},
 }
+SCRIPTS = PACKAGE / "engines" / "scripts"  # run inside other environments, never imported
 
 
 def modules() -> dict[str, Path]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        if "data" in path.relative_to(PACKAGE).parts:
-            continue  # lm-eval task helpers, loaded by lm-eval itself
+        if "data" in path.relative_to(PACKAGE).parts or path.is_relative_to(SCRIPTS):
+            continue  # lm-eval task helpers, loaded by lm-eval itself; engine scripts
         parts = path.relative_to(ROOT).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = path
@@ -41,12 +43,10 @@ def modules() -> dict[str, Path]:
 
 def group(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in STAGES:
+    if len(parts) > 1 and parts[1] in PACKAGES:
         return parts[1]
     if module == "finsurg.packs":
         return "packs"
-    if module in MODELS:
-        return "models"
     if module in APP:
         return "app"
     return "core"
@@ -80,6 +80,24 @@ def test_dependencies_run_one_way():
     assert not problems, "\n".join(problems)
 
 
+def test_root_holds_only_foundations_and_the_app():
+    """Modules at the package root: the few foundations every package uses, the packs, and the app."""
+    root = {name for name in modules() if name.count(".") == 1 and name.split(".")[1] not in PACKAGES}
+    foundations = {"finsurg.errors", "finsurg.dtypes", "finsurg.jsonfile", "finsurg.progress", "finsurg.devices"}
+    foundations |= {"finsurg.effects", "finsurg.effect_tables"}
+    assert root - {"finsurg"} == foundations | {"finsurg.packs"} | APP
+
+
+def test_engine_scripts_import_nothing_of_finsurg_and_nothing_imports_them():
+    scripts = sorted(SCRIPTS.glob("*.py"))
+    assert {p.stem for p in scripts} == {"vllm_greedy", "lmeval_vllm", "llamacpp"}
+    for path in scripts:
+        assert not imported(path.read_text(), set()), f"{path.name} imports finsurg"
+    for name, path in modules().items():
+        reached = [m for m in imported(path.read_text(), set()) if m.startswith("finsurg.engines.scripts")]
+        assert not reached, f"{name} imports {reached}"
+
+
 def test_the_check_catches_an_upward_import():
     known = set(modules())
     assert violations("finsurg.steer.recipe", "from finsurg.bake.bake import bake\n", known)
@@ -87,6 +105,8 @@ def test_the_check_catches_an_upward_import():
     assert violations(
         "finsurg.variant.card", "def f():\n    from finsurg.checks.evaluation import render_table\n", known
     )
+    assert violations("finsurg.io.checkpoint", "from finsurg.steer.arch import Architecture\n", known)
+    assert violations("finsurg.engines.runner", "from finsurg.variant.record import Variant\n", known)
     assert not violations("finsurg.checks.verify", "from finsurg.variant.record import Variant\n", known)
 
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 from finsurg.checks.verify import verify_variant
 from finsurg.cli import main
 from finsurg.errors import FinsurgError
-from finsurg.hashing import check_sums, write_sums
-from finsurg.model_source import resolve_model
+from finsurg.io.hashing import check_sums, write_sums
+from finsurg.models.source import resolve_model
 
 from conftest import export_checked, tiny_recipe, tree_hashes
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from finsurg.hashing import write_sums
-from finsurg.loading import hf_greedy, load_model
+from finsurg.io.hashing import write_sums
+from finsurg.models.loading import hf_greedy, load_model
 
 from conftest import ROUTES, make_family_model, tiny_recipe
 from vllm_server import OpenAIServer
@@ -105,7 +105,7 @@ def test_vllm_missing_is_one_clear_line(default_export, tmp_path):
 def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, vllm_python):
     """Token for token against transformers and the hooks on the original architecture."""
     from finsurg.export import export_variants
-    from finsurg.model_source import resolve_model
+    from finsurg.models.source import resolve_model
     from finsurg.steer.arch import by_name
 
     architecture, site = ROUTES[family]

@@ -19,14 +19,14 @@ from finsurg.analysis.directions import seed as seed_direction
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
 from finsurg.analysis.sweep import ALPHAS, run_sweep
-from finsurg.atomic import building
 from finsurg.devices import Placement
 from finsurg.errors import FinsurgError
-from finsurg.loading import load_model, load_tokenizer, prompt_ids
-from finsurg.model_source import ResolvedModel
+from finsurg.io.atomic import building
+from finsurg.models.bridge import boot_bridge
+from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
+from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.arch import for_config
-from finsurg.steer.hooks import boot_bridge
 from finsurg.steer.recipe import ANALYSIS_NAME
 
 RESULTS_NAME = ANALYSIS_NAME

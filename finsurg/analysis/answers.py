@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from finsurg.analysis.batching import chunked, left_pad
-from finsurg.loading import prompt_ids
+from finsurg.models.loading import prompt_ids
 from finsurg.packs import AnswerPair, NeutralReply
 from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import offsets_added

@@ -17,7 +17,7 @@ from finsurg.analysis import directions as methods
 from finsurg.analysis.answers import Batches, Measure, answer_items, margins
 from finsurg.analysis.tune import search
 from finsurg.effects import effect, preference
-from finsurg.loading import encode, hf_greedy
+from finsurg.models.loading import encode, hf_greedy
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import offsets_added

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finsurg import DISCLAIMER
-from finsurg.effects import examples_table, heldout_table
+from finsurg.effect_tables import examples_table, heldout_table
 
 
 def _dims(items: list[dict], n: int = 6) -> str:

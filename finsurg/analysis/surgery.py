@@ -8,11 +8,12 @@ from pathlib import Path
 from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
 from finsurg.devices import Placement
-from finsurg.loading import encode, load_model, load_tokenizer
-from finsurg.model_source import ResolvedModel
+from finsurg.models.bridge import boot_bridge, greedy
+from finsurg.models.loading import encode, load_model, load_tokenizer
+from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.arch import for_config
-from finsurg.steer.hooks import boot_bridge, greedy, offset_hooks
+from finsurg.steer.hooks import offset_hooks
 from finsurg.steer.recipe import Recipe
 
 RESULTS_NAME = "neuron_surgery_results.json"

@@ -7,7 +7,7 @@ import math
 
 from finsurg import progress
 from finsurg.analysis.scoring import continuation_logprobs
-from finsurg.loading import prompt_ids
+from finsurg.models.loading import prompt_ids
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import offset_hooks

@@ -1,1 +1,1 @@
-"""Streaming safetensors I/O, shard copying, and the bake of a recipe into bias tensors."""
+"""The bake of a recipe into bias tensors, and the writer that streams a variant's tensors."""

@@ -2,37 +2,21 @@
 
 A base that came from a GGUF (the default model does) is used as it is, after its SHA256 is checked
 against the surgery record. A safetensors base is converted once, with llama.cpp's own
-convert_hf_to_gguf.py (shipped in the llama-cpp-python source distribution; make llamacpp-setup
-puts it in the llama.cpp environment), into the cache folder.
+converter (finsurg.engines.converter), into the cache folder.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from finsurg.atomic import building
+from finsurg.engines.converter import convert
 from finsurg.errors import FinsurgError
-from finsurg.hashing import sha256_file
-from finsurg.model_source import finsurg_home, read_config
+from finsurg.io.atomic import building
+from finsurg.io.hashing import sha256_file
+from finsurg.models.source import finsurg_home, read_config
 from finsurg.variant.record import BaseModelInfo
 
 OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-
-
-def converter(llamacpp_python: str | None = None) -> Path | None:
-    """convert_hf_to_gguf.py: FINSURG_LLAMACPP_CONVERTER, else beside the llama.cpp environment's Python
-    (`llamacpp_python`, else FINSURG_LLAMACPP_PYTHON)."""
-    if os.environ.get("FINSURG_LLAMACPP_CONVERTER"):
-        return Path(os.environ["FINSURG_LLAMACPP_CONVERTER"])
-    llamacpp_python = llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON")
-    if llamacpp_python:
-        candidate = Path(llamacpp_python).parent.parent / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def base_gguf(base: BaseModelInfo, base_path: Path, script: Path | None) -> Path:
@@ -61,20 +45,5 @@ def convert_base(base_path: Path, files: dict[str, str], script: Path | None) ->
     if final.is_file():
         return final
     with building(target) as partial:
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                str(base_path),
-                "--outtype",
-                outtype,
-                "--outfile",
-                str(partial / "model.gguf"),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise FinsurgError(f"llama.cpp's converter failed on {base_path}: {tail[:300]}")
+        convert(script, base_path, outtype, partial / "model.gguf")
     return final

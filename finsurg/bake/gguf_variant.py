@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from finsurg.bake.gguf_file import write_baked_gguf, write_control_vector
 from finsurg.bake.gguf_source import base_gguf
 from finsurg.errors import FinsurgError
-from finsurg.hashing import check_sums, sha256_file
+from finsurg.io.gguf_file import write_baked_gguf, write_control_vector
+from finsurg.io.hashing import check_sums, sha256_file
 from finsurg.steer.arch import Architecture, by_name
 from finsurg.variant.record import Variant
 from finsurg.variant.seal import seal

@@ -2,56 +2,45 @@
 
 Shards that need no change are reflinked or copied byte for byte; shards holding a changed
 tensor, or cast to another dtype, are rewritten a slice at a time; new biases go into a shard of
-their own. Then the side files, the offsets, the surgery record, and the seal.
+their own. Then the index, the config and the other side files. The variant's own records (offsets,
+surgery record, card, seal) are the variant package's (finsurg.variant.assemble).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from finsurg import DISCLAIMER, __version__, progress
+from finsurg import progress
 from finsurg.bake.bake import bake
-from finsurg.bake.checkpoint import INDEX_NAME, Checkpoint
-from finsurg.bake.safetensors_io import Entry, write_safetensors
-from finsurg.bake.shard_copy import SourceHashes, copy_shard
 from finsurg.dtypes import CODE_OF, CODES, FLOAT_CODES, name_of
 from finsurg.errors import FinsurgError
+from finsurg.io.checkpoint import INDEX_NAME, Checkpoint
+from finsurg.io.safetensors_io import Entry, write_safetensors
+from finsurg.io.shard_copy import SourceHashes, copy_shard
 from finsurg.jsonfile import write_json
-from finsurg.model_source import ResolvedModel
-from finsurg.packs import Pack
+from finsurg.models.source import ResolvedModel
 from finsurg.steer.arch import Architecture, for_config
-from finsurg.steer.recipe import ANALYSIS_NAME, Recipe, check_alpha
+from finsurg.steer.recipe import Recipe, check_alpha
 from finsurg.variant.record import (
     CARD_NAME,
     OFFSETS_NAME,
-    PLOTS_DIR,
     SURGERY_NAME,
     VERIFICATION_NAME,
     BaseModelInfo,
-    SurgeryRecord,
 )
-from finsurg.variant.seal import seal
 
 SKIPPED_FILES = {INDEX_NAME, CARD_NAME, "SHA256SUMS", OFFSETS_NAME, SURGERY_NAME, VERIFICATION_NAME}
 SKIPPED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".lock"}
 
 
 @dataclass
-class ExportResult:
-    variant: str
-    alpha: float
-    path: Path
-    dtype: str
-    bytes_written: int
-    sums: dict[str, str]  # SHA256SUMS as written
+class TensorsWritten:
+    sums: dict[str, str]  # SHA256 of each file written
     copied: dict[str, str] = field(default_factory=dict)  # unchanged shard -> "reflink" or "copy"
 
 
@@ -97,29 +86,15 @@ class VariantWriter:
         )
         return total + biases + 16 * 1024 * 1024  # side files, index, offsets, card
 
-    def write(self, recipe: Recipe, alpha: float, variant: str, out: Path) -> ExportResult:
-        """One complete variant directory in `out`, an empty directory."""
-        alpha = check_alpha(alpha)
-        biases = bake(recipe.offsets(alpha), self.arch, self.model.config, self.dtype, self.checkpoint)
+    def write(self, recipe: Recipe, alpha: float, variant: str, out: Path) -> TensorsWritten:
+        """The variant's checkpoint in `out`, an empty directory: shards, index, config, tokenizer and side files."""
+        biases = bake(recipe.offsets(check_alpha(alpha)), self.arch, self.model.config, self.dtype, self.checkpoint)
         sums, copied, weight_map, tensor_bytes = self._write_shards(biases, out, variant)
         write_json(
             out / INDEX_NAME, {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         )
         self._copy_side_files(out)
-        _copy_plots(recipe, out)
-        offsets = {layer: value.to(self.dtype) for layer, value in recipe.offsets(alpha).items()}
-        save_file(
-            {f"offset.{layer}": value.float().contiguous() for layer, value in sorted(offsets.items())},
-            out / OFFSETS_NAME,
-            metadata={"format": "pt"},
-        )
-        write_json(out / SURGERY_NAME, self._record(recipe, alpha, variant).model_dump(mode="json"))
-        for path in out.iterdir():
-            if path.is_file():
-                path.chmod(0o644)  # safetensors writes 0600; variants are meant to be shared and served
-        sums = seal(out, known=sums)
-        written = sum((out / name).stat().st_size for name in sums)
-        return ExportResult(variant, alpha, out, name_of(self.dtype), written, sums, copied)
+        return TensorsWritten(sums, copied)
 
     def _write_shards(self, biases: dict[str, torch.Tensor], out: Path, variant: str):
         target_code = CODE_OF[self.dtype]
@@ -164,33 +139,18 @@ class VariantWriter:
                 tensor_bytes += sum(entry.nbytes for entry in added)
         return sums, copied, weight_map, tensor_bytes
 
-    def _record(self, recipe: Recipe, alpha: float, variant: str) -> SurgeryRecord:
+    def base_info(self) -> BaseModelInfo:
+        """The base as a surgery record names it, with the SHA256 of each weight file (hashed once)."""
         model = self.model
-        return SurgeryRecord(
-            finsurg_version=__version__,
-            variant=variant,
-            alpha=alpha,
-            dtype=name_of(self.dtype),
-            baked_into=self.arch.site.bias.replace("{layer}", "{L}"),
-            site=self.arch.site.name,
-            rewritten_as=self.arch.variant_architecture if self.arch.rewrite else None,
-            context_cap=self.context_cap,
-            base_model=BaseModelInfo(
-                name=model.name,
-                source=model.source,
-                path=str(model.path),
-                architecture=model.architecture,
-                **model.provenance(),
-                files={p.name: self.hashes.get(p) for p in model.weight_files()},
-                gguf=str(model.gguf) if model.gguf else None,
-                gguf_sha256=model.gguf_sha256,
-            ),
-            recipe=recipe.spec,
-            recipe_origin=recipe.origin,
-            steering_vectors_sha256=_vector_digest(recipe) if recipe.has_steering else None,
-            card=Pack.load(recipe.spec.pack).manifest.card,
-            behaviour=_behaviour(recipe),
-            disclaimer=DISCLAIMER,
+        return BaseModelInfo(
+            name=model.name,
+            source=model.source,
+            path=str(model.path),
+            architecture=model.architecture,
+            **model.provenance(),
+            files={p.name: self.hashes.get(p) for p in model.weight_files()},
+            gguf=str(model.gguf) if model.gguf else None,
+            gguf_sha256=model.gguf_sha256,
         )
 
     def _copy_side_files(self, out: Path) -> None:
@@ -203,38 +163,3 @@ class VariantWriter:
                 write_json(out / "config.json", config)
             else:
                 shutil.copyfile(path, out / path.name)
-
-
-def _behaviour(recipe: Recipe) -> dict | None:
-    """The held-out effects and examples of the analysis beside the recipe, for the model card."""
-    path = recipe.source_dir / ANALYSIS_NAME if recipe.source_dir else None
-    if path is None or not path.is_file():
-        return None
-    behaviour = json.loads(path.read_text()).get("behaviour")
-    if not behaviour:
-        return None
-    heldout = {name: {k: v for k, v in row.items() if k != "per_item"} for name, row in behaviour["heldout"].items()}
-    return {
-        "heldout": heldout,
-        "examples": behaviour["examples"],
-        "splits": behaviour["splits"],
-        "tuning": {"budget": behaviour["tuning"]["budget"], "chosen": behaviour["tuning"]["chosen"]},
-    }
-
-
-def _vector_digest(recipe: Recipe) -> str:
-    digest = hashlib.sha256()
-    for layer in recipe.layers:
-        digest.update(recipe.vectors[layer].float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _copy_plots(recipe: Recipe, out: Path) -> None:
-    """The analysis plots beside the recipe, for the model card."""
-    if recipe.source_dir is None or not (recipe.source_dir / PLOTS_DIR).is_dir():
-        return
-    plots = sorted((recipe.source_dir / PLOTS_DIR).glob("*.png"))
-    if plots:
-        (out / PLOTS_DIR).mkdir()
-        for path in plots:
-            shutil.copyfile(path, out / PLOTS_DIR / path.name)

@@ -8,11 +8,8 @@ of one variant must give the same log-likelihood for every request, or the evalu
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,16 +17,17 @@ from pathlib import Path
 import torch
 
 from finsurg import DISCLAIMER, __version__, progress
-from finsurg.checks.lmeval_vllm_run import item_scores, metrics
 from finsurg.checks.vllm_check import vllm_python
 from finsurg.devices import Placement
 from finsurg.dtypes import weight_dtype
-from finsurg.effects import effect, shift_table
+from finsurg.effect_tables import shift_table
+from finsurg.effects import effect
+from finsurg.engines.runner import run_script
 from finsurg.errors import FinsurgError
-from finsurg.hashing import check_sums
+from finsurg.io.hashing import check_sums
 from finsurg.jsonfile import write_json
-from finsurg.loading import load_model, load_tokenizer
-from finsurg.model_source import read_config
+from finsurg.models.loading import load_model, load_tokenizer
+from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture, by_name
 from finsurg.variant.record import EVAL_NAME, EvalReport, Parity, Variant, VariantEval, VariantEvalReport, find_variants
@@ -38,8 +36,24 @@ from finsurg.variant.seal import write_report
 EVAL_TABLE_NAME = "eval.md"
 # fp32 compute: baked and hooked differ only by summation order, ~1e-5 per token
 # baked vs hooked log-likelihoods differ only by rounding: the bias is added inside the projection
-VLLM_RUNNER = Path(__file__).with_name("lmeval_vllm_run.py")
+KV_CACHE_GIB = {"VLLM_CPU_KVCACHE_SPACE": "4"}
 PARITY_ATOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def item_scores(samples: list[dict]) -> list[list[float]]:
+    """Per document, the log-likelihood of each request (each choice, or the rolling total), by doc_id."""
+    rows = []
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        rows.append([float(r[0] if isinstance(r, (list, tuple)) else r) for r in sample["filtered_resps"]])
+    return rows
+
+
+def metrics(results: dict) -> dict[str, float]:
+    return {
+        key.split(",")[0]: float(value)
+        for key, value in results.items()
+        if "," in key and "stderr" not in key and isinstance(value, (int, float))
+    }
 
 
 class Runner:
@@ -79,42 +93,30 @@ class Runner:
                 bootstrap_iters=0,
                 verbosity="ERROR",
             )
-        run = {
-            "metrics": {task: metrics(out["results"][task]) for task in self.tasks},
-            "items": {task: item_scores(out["samples"][task]) for task in self.tasks},
-            "seconds": time.perf_counter() - clock,
-        }
-        return self._finish(run)
+        return self._read(out["results"], out["samples"], time.perf_counter() - clock)
 
     def run_vllm(self, python: str, plan: list[tuple[str, Path, str | None]], dtype: str) -> dict[str, dict]:
         """lm-eval's vllm model type on each (run name, model directory, system prompt), in one vLLM process."""
+        request = {
+            "tasks": self.tasks,
+            "include_path": self.include_path,
+            "chat": self.chat,
+            "limit": self.limit,
+            "dtype": dtype,
+            "runs": [{"name": name, "model": str(path), "system": system} for name, path, system in plan],
+        }
         with tempfile.TemporaryDirectory(prefix="finsurg-lmeval-vllm-") as scratch:
-            request, result = Path(scratch) / "request.json", Path(scratch) / "result.json"
-            request.write_text(
-                json.dumps(
-                    {
-                        "tasks": self.tasks,
-                        "include_path": self.include_path,
-                        "chat": self.chat,
-                        "limit": self.limit,
-                        "dtype": dtype,
-                        "runs": [{"name": name, "model": str(path), "system": system} for name, path, system in plan],
-                    }
-                )
-            )
             # vLLM on a CPU reserves most of the machine's memory for its KV cache unless told otherwise
-            env = {"VLLM_CPU_KVCACHE_SPACE": "4", **os.environ}
-            done = subprocess.run(
-                [python, str(VLLM_RUNNER), str(request), str(result)], capture_output=True, text=True, env=env
-            )
-            if done.returncode != 0 or not result.is_file():
-                tail = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-                raise FinsurgError(f"lm-eval on vLLM failed: {tail[0].strip()[:300]}")
-            runs = json.loads(result.read_text())["runs"]
-        return {name: self._finish(run) for name, run in runs.items()}
+            reply = run_script(python, "lmeval_vllm.py", request, Path(scratch), "lm-eval on vLLM", env=KV_CACHE_GIB)
+        return {name: self._read(run["results"], run["samples"], run["seconds"]) for name, run in reply["runs"].items()}
 
-    def _finish(self, run: dict) -> dict:
-        """The preference task's mean log-odds, and each task's headline metric."""
+    def _read(self, results: dict, samples: dict, seconds: float) -> dict:
+        """Each task's metrics and per-item scores, the preference task's mean log-odds, each headline metric."""
+        run = {
+            "metrics": {task: metrics(results[task]) for task in self.tasks},
+            "items": {task: item_scores(samples[task]) for task in self.tasks},
+            "seconds": seconds,
+        }
         if self.preference_task in run["items"]:
             margins = [scores[0] - scores[1] for scores in run["items"][self.preference_task]]
             run["metrics"][self.preference_task]["log_odds"] = sum(margins) / len(margins)

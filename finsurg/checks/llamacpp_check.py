@@ -4,13 +4,11 @@ The baked GGUF and the unmodified base GGUF with the control vector at the same 
 (identical greedy tokens, logits within a stated tolerance): both are llama.cpp, both F32, with an
 F32 KV cache. Against transformers on the safetensors variant, the agreement is reported next to
 the noise floor of the conversion: the base GGUF in llama.cpp against the base in transformers.
-llama.cpp runs in its own environment (make llamacpp-setup), through finsurg/checks/llamacpp_run.py.
+llama.cpp runs in its own environment (make llamacpp-setup), through finsurg/engines/scripts/llamacpp.py.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,16 +16,15 @@ import numpy as np
 import torch
 
 from finsurg import progress
-from finsurg.bake.gguf_file import write_baked_gguf, write_control_vector
-from finsurg.bake.gguf_source import base_gguf, converter
+from finsurg.bake.gguf_source import base_gguf
 from finsurg.bake.gguf_variant import check_expressible
-from finsurg.checks.engine_python import engine_python
 from finsurg.checks.verify import OpenedVariant, compare_logits
-from finsurg.errors import FinsurgError
-from finsurg.loading import hf_greedy, load_model
+from finsurg.engines.converter import converter
+from finsurg.engines.runner import engine_python, run_script
+from finsurg.io.gguf_file import write_baked_gguf, write_control_vector
+from finsurg.models.loading import hf_greedy, load_model
 from finsurg.variant.record import Agreement, LlamaCppReport
 
-RUNNER = Path(__file__).with_name("llamacpp_run.py")
 RELATIVE_TOLERANCE = 1e-4  # of the largest logit: F32 compute, the bias added inside ffn_down or after the block
 
 
@@ -43,21 +40,16 @@ def llamacpp_python(explicit: str | None = None) -> str:
 
 def run_llamacpp(python: str, model: Path, prompts, new_tokens: int, control=None) -> dict:
     """Greedy tokens and per-position logits of each prompt, from llama.cpp."""
-    with tempfile.TemporaryDirectory(prefix="finsurg-llamacpp-") as out:
-        request = {
-            "model": str(model),
-            "control_vector": str(control[0]) if control else None,
-            "scale": control[1] if control else 1.0,
-            "prompts": [ids[0].tolist() for ids in prompts],
-            "new_tokens": new_tokens,
-            "out": out,
-        }
-        done = subprocess.run([python, str(RUNNER)], input=json.dumps(request), capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise FinsurgError(f"llama.cpp failed on {model.name}: {tail[:300]}")
-        reply = json.loads(done.stdout.strip().splitlines()[-1])
-        reply["logits"] = [torch.from_numpy(np.load(Path(out) / f"logits-{k}.npy")) for k in range(len(prompts))]
+    request = {
+        "model": str(model),
+        "control_vector": str(control[0]) if control else None,
+        "scale": control[1] if control else 1.0,
+        "prompts": [ids[0].tolist() for ids in prompts],
+        "new_tokens": new_tokens,
+    }
+    with tempfile.TemporaryDirectory(prefix="finsurg-llamacpp-") as scratch:
+        reply = run_script(python, "llamacpp.py", request, Path(scratch), f"llama.cpp on {model.name}")
+        reply["logits"] = [torch.from_numpy(np.load(Path(scratch) / f"logits-{k}.npy")) for k in range(len(prompts))]
     return reply
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 
 from finsurg.bake.bake import bake
-from finsurg.bake.checkpoint import Checkpoint
-from finsurg.checks.blocks import BlockModel, PieceError, site_added
+from finsurg.checks.blocks import BlockModel, site_added
 from finsurg.dtypes import CODES, weight_dtype
-from finsurg.model_source import read_config
+from finsurg.io.checkpoint import Checkpoint
+from finsurg.io.lazy_model import PieceError
+from finsurg.models.source import read_config
 from finsurg.steer.arch import Architecture
 from finsurg.variant.record import BlockCheck, LocalProof, StructureCheck, Variant
 

@@ -23,12 +23,13 @@ from finsurg.checks.local_proof import prove
 from finsurg.checks.streamed import streamed_runs
 from finsurg.devices import GIB, budget, model_estimate
 from finsurg.dtypes import weight_dtype
-from finsurg.hashing import check_sums
-from finsurg.loading import encode, hf_greedy, load_model, load_tokenizer
-from finsurg.model_source import read_config
+from finsurg.io.hashing import check_sums
+from finsurg.models.bridge import boot_bridge, greedy, logits
+from finsurg.models.loading import encode, hf_greedy, load_model, load_tokenizer
+from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
-from finsurg.steer.hooks import boot_bridge, greedy, logits, offset_hooks
+from finsurg.steer.hooks import offset_hooks
 from finsurg.variant.record import (
     DtypeCheck,
     ExactCheck,

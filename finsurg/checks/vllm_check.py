@@ -11,25 +11,21 @@ it usually lives in its own environment): --vllm-python, else $FINSURG_VLLM_PYTH
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from finsurg.checks.engine_python import engine_python
 from finsurg.checks.verify import NEW_TOKENS, OpenedVariant
 from finsurg.dtypes import weight_dtype
-from finsurg.errors import FinsurgError
-from finsurg.loading import hf_greedy, load_model
-from finsurg.steer.hooks import boot_bridge, greedy
+from finsurg.engines.runner import engine_python, run_script
+from finsurg.models.bridge import boot_bridge, greedy
+from finsurg.models.loading import hf_greedy, load_model
 from finsurg.variant.record import Agreement, VllmReport
 
-RUNNER = Path(__file__).with_name("vllm_greedy.py")
 TIMEOUT = 900
+KV_CACHE_GIB = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 def vllm_python(explicit: str | None = None) -> str:
@@ -44,30 +40,12 @@ def vllm_python(explicit: str | None = None) -> str:
 
 def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_tokens: int) -> dict:
     """Greedy float32 tokens from vLLM for each prompt (token ids), with its load and generation times."""
+    request = {"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens, "dtype": "float32"}
     with tempfile.TemporaryDirectory(prefix="finsurg-vllm-") as scratch:
-        request, result = Path(scratch) / "request.json", Path(scratch) / "result.json"
-        request.write_text(
-            json.dumps(
-                {"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens, "dtype": "float32"}
-            )
+        # the KV cache in GiB: vLLM's default asks for far more than a check needs
+        return run_script(
+            python, "vllm_greedy.py", request, Path(scratch), f"vLLM on {model_dir}", TIMEOUT, KV_CACHE_GIB
         )
-        env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default asks for far more than a test needs
-        try:
-            done = subprocess.run(
-                [python, str(RUNNER), str(request), str(result)],
-                capture_output=True,
-                text=True,
-                timeout=TIMEOUT,
-                env=env,
-                cwd=scratch,
-            )
-        except subprocess.TimeoutExpired:
-            raise FinsurgError(f"vLLM did not finish within {TIMEOUT} s on {model_dir}") from None
-        if done.returncode != 0 or not result.is_file():
-            lines = [line for line in done.stderr.splitlines() if "Error" in line] or done.stderr.splitlines() or ["?"]
-            raise FinsurgError(f"vLLM failed on {model_dir}: {lines[-1].strip()[:200]}")
-        return json.loads(result.read_text())
 
 
 def verify_with_vllm(

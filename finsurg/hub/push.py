@@ -13,7 +13,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from finsurg import __version__
 from finsurg.errors import FinsurgError
-from finsurg.hashing import check_sums, sealed_files
+from finsurg.io.hashing import check_sums, sealed_files
 from finsurg.variant.card import repo_name
 from finsurg.variant.record import SurgeryRecord, Variant
 from finsurg.variant.seal import seal

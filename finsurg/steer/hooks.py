@@ -1,4 +1,4 @@
-"""The offset hooks of a surgery, in TransformerLens and in plain PyTorch, and runs through the bridge.
+"""The offset hooks of a surgery, in TransformerLens and in plain PyTorch.
 
 Every place that adds a recipe's offsets at inference time uses these two: `offset_hooks` for a
 TransformerLens bridge and `offsets_added` for a plain transformers model. Where they land comes
@@ -9,23 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from finsurg.steer.arch import Architecture
 
 HookList = list[tuple[str, Callable]]
-
-
-def boot_bridge(path: Path, hf_model, tokenizer, dtype: torch.dtype = torch.float32):
-    """Wrap an already loaded HF model (on its device); no weight processing, so the residual basis is the HF one."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    device = str(hf_model.get_input_embeddings().weight.device)
-    return TransformerBridge.boot_transformers(
-        str(path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
-    )
 
 
 def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None = None) -> Callable:
@@ -68,20 +57,6 @@ def offsets_added(model, offsets: dict[int, torch.Tensor], arch: Architecture) -
     finally:
         for handle in handles:
             handle.remove()
-
-
-def greedy(bridge, ids: torch.Tensor, new_tokens: int, hooks: HookList = ()) -> list[int]:
-    """Greedy continuation through the bridge with hooks active; the KV cache is used."""
-    with bridge.hooks(fwd_hooks=list(hooks)):
-        out = bridge.generate(
-            ids, max_new_tokens=new_tokens, do_sample=False, stop_at_eos=False, verbose=False, use_past_kv_cache=True
-        )
-    return out[0, ids.shape[1] :].tolist()
-
-
-def logits(bridge, ids: torch.Tensor, hooks: HookList = ()) -> torch.Tensor:
-    with torch.no_grad(), bridge.hooks(fwd_hooks=list(hooks)):
-        return bridge(ids)[0].float().cpu()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finsurg import DISCLAIMER
-from finsurg.effects import examples_table, heldout_table, shift_table
+from finsurg.effect_tables import examples_table, heldout_table, shift_table
 from finsurg.steer.arch import by_name
 from finsurg.variant.record import (
     CARD_NAME,

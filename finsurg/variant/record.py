@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from finsurg.errors import FinsurgError
-from finsurg.hashing import sha256_files
+from finsurg.io.hashing import sha256_files
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.packs import CardWording
 from finsurg.steer.recipe import RecipeSpec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finsurg.hashing import write_sums
+from finsurg.io.hashing import write_sums
 from finsurg.jsonfile import write_json
 from finsurg.variant.card import write_card
 from finsurg.variant.record import CARD_NAME, REPORT_FILES, Record

@@ -20,7 +20,7 @@ import torch
 
 from finsurg import progress
 from finsurg.errors import FinsurgError
-from finsurg.gguf_reading import field_value, gguf_architecture, open_gguf
+from finsurg.io.gguf_reading import field_value, gguf_architecture, open_gguf
 
 GGUF_TYPES = ("keep", "f32", "f16", "q8_0")
 CONTROL_VECTOR_ARCH = "controlvector"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finsurg.errors import FinsurgError
-from finsurg.gguf_reading import gguf_architecture, open_gguf
+from finsurg.io.gguf_reading import gguf_architecture, open_gguf
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from finsurg.bake.safetensors_io import SafetensorsFile, TensorInfo
 from finsurg.errors import FinsurgError
+from finsurg.io.safetensors_io import SafetensorsFile, TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
 

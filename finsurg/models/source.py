@@ -13,9 +13,9 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from finsurg.atomic import building
 from finsurg.errors import FinsurgError
-from finsurg.hashing import sha256_file
+from finsurg.io.atomic import building
+from finsurg.io.hashing import sha256_file
 from finsurg.jsonfile import read_json
 from finsurg.steer.arch import for_config
 
@@ -168,7 +168,7 @@ def _fill_once(target: Path, fill) -> Path:
 
 def _from_gguf(name: str, gguf: Path, label: str, source: str) -> ResolvedModel:
     """A GGUF file, converted once into the cache; the model remembers the file it came from."""
-    from finsurg.gguf_import import convert_gguf
+    from finsurg.models.gguf_import import convert_gguf
 
     digest = sha256_file(gguf)
     directory = _fill_once(_cache_slot("models", label, digest), lambda tmp: convert_gguf(gguf, tmp))
@@ -177,7 +177,7 @@ def _from_gguf(name: str, gguf: Path, label: str, source: str) -> ResolvedModel:
 
 
 def _pickle_cache_dir(path: Path) -> Path:
-    from finsurg.pickle_import import convert_pickle_dir
+    from finsurg.models.pickle_import import convert_pickle_dir
 
     digest = "".join(sha256_file(p)[:16] for p in sorted(path.glob("*.bin")))
     target = _cache_slot("models", path.name, digest)

@@ -1,0 +1,101 @@
+"""A variant's own files beside its checkpoint: the exact offsets, the surgery record, the analysis plots and
+the seal (model card and SHA256SUMS)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from finsurg import DISCLAIMER, __version__
+from finsurg.dtypes import name_of, weight_dtype
+from finsurg.jsonfile import write_json
+from finsurg.packs import Pack
+from finsurg.steer.arch import Architecture
+from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
+from finsurg.variant.record import OFFSETS_NAME, PLOTS_DIR, SURGERY_NAME, BaseModelInfo, SurgeryRecord
+from finsurg.variant.seal import seal
+
+
+def surgery_record(
+    recipe: Recipe,
+    alpha: float,
+    variant: str,
+    dtype: torch.dtype,
+    arch: Architecture,
+    base: BaseModelInfo,
+    context_cap: int | None,
+) -> SurgeryRecord:
+    return SurgeryRecord(
+        finsurg_version=__version__,
+        variant=variant,
+        alpha=alpha,
+        dtype=name_of(dtype),
+        baked_into=arch.site.bias.replace("{layer}", "{L}"),
+        site=arch.site.name,
+        rewritten_as=arch.variant_architecture if arch.rewrite else None,
+        context_cap=context_cap,
+        base_model=base,
+        recipe=recipe.spec,
+        recipe_origin=recipe.origin,
+        steering_vectors_sha256=_vector_digest(recipe) if recipe.has_steering else None,
+        card=Pack.load(recipe.spec.pack).manifest.card,
+        behaviour=_behaviour(recipe),
+        disclaimer=DISCLAIMER,
+    )
+
+
+def assemble(out: Path, recipe: Recipe, record: SurgeryRecord, known: dict[str, str]) -> dict[str, str]:
+    """Write the records into `out`, a variant's checkpoint, and seal it; `known` holds the checkpoint's hashes."""
+    dtype = weight_dtype(record.dtype)
+    offsets = {layer: value.to(dtype).float() for layer, value in recipe.offsets(record.alpha).items()}
+    save_file(
+        {f"offset.{layer}": value.contiguous() for layer, value in sorted(offsets.items())},
+        out / OFFSETS_NAME,
+        metadata={"format": "pt"},
+    )
+    write_json(out / SURGERY_NAME, record.model_dump(mode="json"))
+    _copy_plots(recipe, out)
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o644)  # safetensors writes 0600; variants are meant to be shared and served
+    return seal(out, known=known)
+
+
+def _behaviour(recipe: Recipe) -> dict | None:
+    """The held-out effects and examples of the analysis beside the recipe, for the model card."""
+    path = recipe.source_dir / ANALYSIS_NAME if recipe.source_dir else None
+    if path is None or not path.is_file():
+        return None
+    behaviour = json.loads(path.read_text()).get("behaviour")
+    if not behaviour:
+        return None
+    heldout = {name: {k: v for k, v in row.items() if k != "per_item"} for name, row in behaviour["heldout"].items()}
+    return {
+        "heldout": heldout,
+        "examples": behaviour["examples"],
+        "splits": behaviour["splits"],
+        "tuning": {"budget": behaviour["tuning"]["budget"], "chosen": behaviour["tuning"]["chosen"]},
+    }
+
+
+def _vector_digest(recipe: Recipe) -> str:
+    digest = hashlib.sha256()
+    for layer in recipe.layers:
+        digest.update(recipe.vectors[layer].float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _copy_plots(recipe: Recipe, out: Path) -> None:
+    """The analysis plots beside the recipe, for the model card."""
+    if recipe.source_dir is None or not (recipe.source_dir / PLOTS_DIR).is_dir():
+        return
+    plots = sorted((recipe.source_dir / PLOTS_DIR).glob("*.png"))
+    if plots:
+        (out / PLOTS_DIR).mkdir()
+        for path in plots:
+            shutil.copyfile(path, out / PLOTS_DIR / path.name)
