@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -119,9 +120,35 @@ def settings_from(args: argparse.Namespace) -> CommandSettings:
     return settings.load(given, args.config)
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: it unwinds like KeyboardInterrupt, so each partial directory is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    for stopping in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+        signal.signal(stopping, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    previous = {stopping: signal.signal(stopping, _stop) for stopping in STOP_SIGNALS}
+    try:
+        return _run(args)
+    finally:
+        for stopping, handler in previous.items():
+            signal.signal(stopping, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         from transformers.utils import logging as hf_logging
@@ -135,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"finsurg: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("finsurg: interrupted", file=sys.stderr)
-        return 130
+    except Stopped as stop:
+        print(f"finsurg: stopped by {signal.Signals(stop.signum).name}; partial output removed", file=sys.stderr)
+        return 128 + stop.signum
 
 
 def _print_json(payload) -> None:

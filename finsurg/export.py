@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
+from finsurg.bake.bake import largest_alpha
 from finsurg.bake.writer import VariantWriter
 from finsurg.checks.verify import verify_variants
 from finsurg.devices import GIB, Placement
-from finsurg.dtypes import weight_dtype
+from finsurg.dtypes import name_of, weight_dtype
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
 from finsurg.io.shard_copy import LINK_MODES, reflinks
@@ -63,9 +65,8 @@ def export_variants(
     recipe.check_model(model.config, model.name)
     if out_dir.resolve() == model.path.resolve() or model.path.resolve() in out_dir.resolve().parents:
         raise FinsurgError("the output directory is inside the model directory; choose another --out")
-    writer = VariantWriter(
-        model, target, link, cap_context
-    )  # a truncated or corrupt shard is refused before anything is written
+    writer = VariantWriter(model, target, link, cap_context)  # a truncated or corrupt shard is refused here
+    _check_finite(recipe, alpha, writer)
     created = _first_missing(out_dir)
     targets = plan_targets(out_dir, overwrite)
     try:
@@ -79,6 +80,17 @@ def export_variants(
             where = f" ({exc.filename})" if exc.filename else ""
             raise FinsurgError(f"writing the variants failed: {exc.strerror or exc}{where}") from None
         raise
+
+
+def _check_finite(recipe: Recipe, alpha: float, writer: VariantWriter) -> None:
+    """Refuse an alpha whose offsets overflow the variant's dtype, before anything is written."""
+    largest = largest_alpha(recipe.offsets(1.0), writer.arch, writer.model.config, writer.dtype)
+    if abs(alpha) > largest:
+        digits = 10 ** (math.floor(math.log10(largest)) - 3)
+        raise FinsurgError(
+            f"alpha {alpha:g} makes offsets that overflow {name_of(writer.dtype)}; "
+            f"the largest alpha that fits is {math.floor(largest / digits) * digits:.4g}"
+        )
 
 
 def _check_disk(writer: VariantWriter, out_dir: Path, link: str) -> None:

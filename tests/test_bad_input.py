@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from finsurg.cli import main
 
@@ -103,6 +103,14 @@ CASES = {
     "NaN alpha": (lambda i, m: _export(m, _recipe(i), "--alpha", "nan"), "alpha must be a finite number"),
     "infinite alpha": (lambda i, m: _export(m, _recipe(i), "--alpha", "inf"), "alpha must be a finite number"),
     "zero alpha": (lambda i, m: _export(m, _recipe(i), "--alpha", "0"), "alpha must be non-zero"),
+    "alpha that overflows the weights' dtype": (
+        lambda i, m: _export(m, _recipe(i), "--alpha", "1e39"),
+        "alpha 1e+39 makes offsets that overflow float32; the largest alpha that fits is",
+    ),
+    "alpha that overflows bfloat16": (
+        lambda i, m: _export(m, _recipe(i, scale=100.0), "--alpha=-1e38", "--dtype", "bfloat16"),
+        "overflow bfloat16; the largest alpha that fits is",
+    ),
     "inf in a steering vector": (
         lambda i, m: _export(
             m, _vectors(i, {"steering.1": torch.full((64,), math.inf), "steering.2": torch.zeros(64)})
@@ -291,5 +299,20 @@ def test_bad_input_as_a_process_has_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cases_cover_the_list():
-    assert len(CASES) >= 15
+def test_the_harness_fails_a_good_input(tmp_path, tiny_model, capsys):
+    """The promises the cases are held to are not empty: a valid export breaks them (exit 0, output written)."""
+    args = _export(tiny_model, _recipe(tmp_path), "--no-verify", "--out", str(tmp_path / "out"), "--quiet")
+    code, captured = run_main(args, capsys)
+    assert code == 0 and captured.err == ""
+    assert (tmp_path / "out" / "steered" / "SHA256SUMS").is_file()
+
+
+def test_the_largest_alpha_named_by_the_refusal_exports(tmp_path, tiny_model, capsys):
+    recipe = _recipe(tmp_path)
+    code, captured = run_main(_export(tiny_model, recipe, "--alpha", "1e39", "--quiet"), capsys)
+    largest = float(captured.err.rsplit(" ", 1)[1])
+    args = _export(tiny_model, recipe, "--alpha", repr(largest), "--no-verify", "--out", str(tmp_path / "out"))
+    code, captured = run_main(args + ["--quiet"], capsys)
+    assert code == 0, captured.err
+    biases = load_file(tmp_path / "out" / "steered" / "model-00002-of-00002.safetensors")
+    assert all(torch.isfinite(value).all() for value in biases.values())

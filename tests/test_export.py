@@ -134,11 +134,16 @@ def test_existing_biases_are_added_to(tmp_path):
         assert torch.equal(new.gate_proj.bias, old.gate_proj.bias)
 
 
-def test_deterministic(tmp_path, tiny_model):
+def test_deterministic(tmp_path, tiny_model, monkeypatch):
+    """Two verified exports on machines with different free memory: every sealed file byte-identical."""
+    import finsurg.checks.verify as verify_module
+
     recipe = tiny_recipe(tmp_path / "recipe")
     model = resolve_model(str(tiny_model))
-    for name in ("a", "b"):
-        export_checked(model, recipe, 3.0, tmp_path / name, verify=False)
+    for name, free_gib in (("a", 7.3), ("b", 22.9)):
+        monkeypatch.setattr(verify_module, "budget", lambda device, max_memory, free=free_gib: free * 2**30)
+        results = export_checked(model, recipe, 3.0, tmp_path / name)
+        assert all(r["verification"]["checks"][-1] == "end_to_end:in_memory" for r in results)
     for variant in ("steered", "conservative"):
         sums_a = (tmp_path / "a" / variant / "SHA256SUMS").read_text()
         assert sums_a == (tmp_path / "b" / variant / "SHA256SUMS").read_text()

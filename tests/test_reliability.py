@@ -84,3 +84,28 @@ def test_sigkill_mid_export_leaves_nothing_published_and_a_rerun_succeeds(defaul
     for name in ("steered", "conservative"):
         check_sums(out / name)
     assert tree_hashes(default_model.path) == before
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_export_removes_its_partial_directories(stop, tmp_path, tiny_model):
+    """What `timeout` and Ctrl-C send: the export unwinds, removes what it wrote, and exits 128 + the signal."""
+    recipe = tmp_path / "recipe"
+    tiny_recipe(recipe)
+    out = tmp_path / "new" / "out"
+    before = tree_hashes(tiny_model)
+    command = [sys.executable, "-m", "finsurg", "export", "--model", str(tiny_model), "--recipe", str(recipe)]
+    process = subprocess.Popen(command + ["--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    sealed = False
+    while time.monotonic() < deadline and process.poll() is None and not sealed:
+        sealed = any((p / "SHA256SUMS").is_file() for p in out.glob(".*.partial-*")) if out.exists() else False
+        time.sleep(0.002)
+    assert sealed, (
+        process.stderr.read() if process.poll() is not None else "no partial"
+    )  # both partials exist while the variants are verified
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + stop, err
+    assert f"stopped by {stop.name}" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()  # nothing left, not even the directories the export created
+    assert tree_hashes(tiny_model) == before

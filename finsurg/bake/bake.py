@@ -9,6 +9,7 @@ and a base that already has biases keeps them, with the offset added where it st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -39,3 +40,13 @@ def bake(
             elif name not in existing:
                 biases[name] = torch.zeros(arch.bias_size(template, config), dtype=dtype)
     return biases
+
+
+def largest_alpha(unit_offsets: dict[int, torch.Tensor], arch: Architecture, config: dict, dtype: torch.dtype) -> float:
+    """The largest |alpha| whose offsets (`unit_offsets` at alpha 1) stay finite: in float32, as the offsets file
+    holds them, and as biases in `dtype` (one rounding step short of its largest value)."""
+    peak = max((float(v.double().abs().max()) for v in unit_offsets.values()), default=0.0)
+    if peak == 0:
+        return math.inf
+    as_bias = torch.finfo(dtype).max * (1 - torch.finfo(dtype).eps) * abs(arch.offset_divisor(config))
+    return min(torch.finfo(torch.float32).max * (1 - torch.finfo(torch.float32).eps), as_bias) / peak

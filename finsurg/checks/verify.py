@@ -188,17 +188,18 @@ def _in_dtype(opened: OpenedVariant, ref: dict, device) -> DtypeCheck:
 
 
 def end_to_end_mode(config: dict, full: bool, device, max_memory: dict | None) -> tuple[str | None, str]:
-    """in_memory when the model fits the budget; streamed when it does not and --full asks; else none."""
+    """in_memory when the model fits the budget; streamed when it does not and --full asks; else none.
+
+    The note goes into sealed reports, so it names the model's need and never the machine's free memory:
+    two exports of one recipe stay byte-identical.
+    """
     estimate = model_estimate("the in-memory end-to-end check", config, torch.float32)
-    available = budget(device, max_memory)
-    figures = (
-        f"the whole model in float32 needs about {estimate.need / GIB:.1f} GiB, {available / GIB:.1f} GiB available"
-    )
-    if estimate.need <= available:
-        return "in_memory", f"in memory: {figures}"
+    need = f"the whole model in float32 needs about {estimate.need / GIB:.1f} GiB"
+    if estimate.need <= budget(device, max_memory):
+        return "in_memory", f"in memory: {need}, within the memory budget"
     if full:
-        return "streamed", f"layer-streamed ({figures}); teacher-forced argmax replaces greedy generation"
-    return None, f"skipped: {figures}; --full runs it layer-streamed"
+        return "streamed", f"layer-streamed ({need}, over the memory budget); teacher-forced argmax replaces greedy"
+    return None, f"skipped: {need}, over the memory budget; --full runs it layer-streamed"
 
 
 def verify_variant(
