@@ -12,8 +12,9 @@ from pathlib import Path
 from finsurg.engines.converter import convert
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
-from finsurg.io.hashing import sha256_file
-from finsurg.models.source import finsurg_home, read_config
+from finsurg.io.hashing import cached_sha256
+from finsurg.io.home import finsurg_home
+from finsurg.models.source import read_config
 from finsurg.variant.record import BaseModelInfo
 
 OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
@@ -24,7 +25,7 @@ def base_gguf(base: BaseModelInfo, base_path: Path, script: Path | None) -> Path
         path = Path(base.gguf)
         if not path.is_file():
             raise FinsurgError(f"the base GGUF {path} recorded for this variant is missing")
-        if base.gguf_sha256 and sha256_file(path) != base.gguf_sha256:
+        if base.gguf_sha256 and cached_sha256(path) != base.gguf_sha256:
             raise FinsurgError(f"{path} is not the GGUF this variant's base was converted from (SHA256 differs)")
         return path
     return convert_base(base_path, base.files, script)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from finsurg.io.hashing import sha256_file  # hashlib releases the GIL on large blocks: it runs beside the copy
+from finsurg.io.hashing import cached_sha256  # hashlib releases the GIL on large blocks: it runs beside the copy
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 COPY_STEP = 64 * 1024 * 1024
@@ -24,7 +24,8 @@ LINK_MODES = ("auto", "copy")
 
 
 class SourceHashes:
-    """SHA256 of each source file, computed at most once, in the background."""
+    """SHA256 of each source file, computed at most once (and not at all where the hash cache knows it), in the
+    background."""
 
     def __init__(self) -> None:
         self._done: dict[str, str] = {}
@@ -35,7 +36,7 @@ class SourceHashes:
         if key in self._done or key in self._running:
             return
         box: list[str] = []
-        thread = threading.Thread(target=lambda: box.append(sha256_file(path)), daemon=True)
+        thread = threading.Thread(target=lambda: box.append(cached_sha256(path)), daemon=True)
         thread.start()
         self._running[key] = (thread, box)
 

@@ -6,7 +6,6 @@ file, or a Hub id. GGUF files and pickle checkpoints are converted once into the
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +14,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
-from finsurg.io.hashing import sha256_file
+from finsurg.io.hashing import cached_sha256
+from finsurg.io.home import finsurg_home
 from finsurg.jsonfile import read_json
 from finsurg.steer.arch import for_config
 
@@ -35,10 +35,6 @@ HUB_PATTERNS = [
     "LICENSE*",
     "README.md",
 ]
-
-
-def finsurg_home() -> Path:
-    return Path(os.environ.get("FINSURG_HOME") or Path.home() / ".cache" / "finsurg")
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ def _from_gguf(name: str, gguf: Path, label: str, source: str) -> ResolvedModel:
     """A GGUF file, converted once into the cache; the model remembers the file it came from."""
     from finsurg.models.gguf_import import convert_gguf
 
-    digest = sha256_file(gguf)
+    digest = cached_sha256(gguf)
     directory = _fill_once(_cache_slot("models", label, digest), lambda tmp: convert_gguf(gguf, tmp))
     resolved = _checked(name, directory, source)
     return replace(resolved, gguf=gguf.resolve(), gguf_sha256=digest)
@@ -179,7 +175,7 @@ def _from_gguf(name: str, gguf: Path, label: str, source: str) -> ResolvedModel:
 def _pickle_cache_dir(path: Path) -> Path:
     from finsurg.models.pickle_import import convert_pickle_dir
 
-    digest = "".join(sha256_file(p)[:16] for p in sorted(path.glob("*.bin")))
+    digest = "".join(cached_sha256(p)[:16] for p in sorted(path.glob("*.bin")))
     target = _cache_slot("models", path.name, digest)
     return _fill_once(target, lambda tmp: convert_pickle_dir(path, tmp))
 

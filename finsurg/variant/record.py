@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from finsurg.errors import FinsurgError
-from finsurg.io.hashing import sha256_files
+from finsurg.io.hashing import cached_sha256s
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.packs import CardWording
 from finsurg.steer.recipe import RecipeSpec
@@ -319,7 +319,7 @@ class Variant:
         missing = next((name for name in files if not (base / name).is_file()), None)
         if missing is not None:
             raise FinsurgError(f"{base} is not the base this variant was made from ({missing} is missing)")
-        for (name, digest), actual in zip(files.items(), sha256_files([base / name for name in files])):
+        for (name, digest), actual in zip(files.items(), cached_sha256s([base / name for name in files])):
             if actual != digest:
                 raise FinsurgError(f"{base} is not the base this variant was made from ({name} differs)")
 
