@@ -37,6 +37,7 @@ def export_stream(
     from finsurg.bake.writer import VariantWriter
     from finsurg.export import export_variants
     from finsurg.models.source import resolve_model
+    from finsurg.settings import ExportOptions
     from finsurg.steer.recipe import resolve_recipe
 
     progress.set_enabled(False)
@@ -45,7 +46,7 @@ def export_stream(
 
     def run():
         if variants == "both":
-            results = export_variants(resolved, chosen, 3.0, Path(out), verify=verify, link=link)
+            results = export_variants(resolved, chosen, 3.0, ExportOptions(out=Path(out), verify=verify, link=link))
             checks = [r["verification"]["checks"] for r in results if "verification" in r]
             return {"shards": [r["shards"] for r in results], "checks": checks}
         Path(out).mkdir(parents=True)
@@ -87,6 +88,7 @@ def family_route(family: str, out: str) -> dict:
     from finsurg.checks.verify import verify_variant
     from finsurg.export import export_variants
     from finsurg.models.source import resolve_model
+    from finsurg.settings import ExportOptions
 
     from conftest import ROUTES, make_family_model, tiny_recipe
 
@@ -102,7 +104,8 @@ def family_route(family: str, out: str) -> dict:
             shutil.copytree(base, root / f"copy-{k}")
 
     copy = timed(copy_twice)
-    export = timed(lambda: {"variants": len(export_variants(model, recipe, 3.0, root / "out", verify=False))})
+    options = ExportOptions(out=root / "out", verify=False)
+    export = timed(lambda: {"variants": len(export_variants(model, recipe, 3.0, options))})
     report = verify_variant(root / "out" / "steered")
     figures = {"architecture": architecture, "site": site, "copy_both_seconds": copy["seconds"]}
     figures["export_both_seconds"] = export["seconds"]

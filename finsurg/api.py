@@ -1,8 +1,9 @@
-"""finsurg's Python API: one function per command, each taking that command's settings object.
+"""finsurg's Python API: one function per command, each taking that command's settings object and returning
+its typed outcome (finsurg.outcomes).
 
 from finsurg import api
 from finsurg.settings import ExportSettings
-api.export(ExportSettings(recipe="run/", alpha=3, out="variants"))
+api.export(ExportSettings(recipe="run/", alpha=3, out="variants")).variants
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from pathlib import Path
 
 from finsurg import progress
 from finsurg.errors import FinsurgError
+from finsurg.outcomes import (
+    AnalyzeOutcome,
+    CvectorOutcome,
+    EvalOutcome,
+    ExportOutcome,
+    GgufOutcome,
+    SurgeryOutcome,
+    UploadOutcome,
+    VerifyOutcome,
+)
 from finsurg.settings import (
     AnalyzeSettings,
+    CommandSettings,
     CvectorSettings,
     EvalOptions,
     EvalSettings,
@@ -32,104 +44,63 @@ def _placement(settings):
     return Placement.of(settings.device, getattr(settings, "compute_dtype", "float32"), settings.max_memory)
 
 
-def _resolved(settings):
+def _model(settings: CommandSettings):
     from finsurg.models.source import resolve_model
-    from finsurg.steer.recipe import resolve_recipe
 
     progress.set_enabled(not settings.quiet)
-    model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+    return resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+
+
+def _resolved(settings):
+    from finsurg.steer.recipe import resolve_recipe
+
+    model = _model(settings)
     recipe = resolve_recipe(settings.recipe, model.name, model.config)
     alpha = recipe.spec.default_alpha if settings.alpha is None else settings.alpha
     return model, recipe, alpha
 
 
-def analyze(settings: AnalyzeSettings) -> dict:
+def analyze(settings: AnalyzeSettings) -> AnalyzeOutcome:
     from finsurg.analysis.analyze import analyze as run
-    from finsurg.analysis.analyze import parse_layers
-    from finsurg.analysis.behaviour import TuneOptions
-    from finsurg.analysis.sweep import ALPHAS
-    from finsurg.models.source import resolve_model
 
-    progress.set_enabled(not settings.quiet)
     placement = _placement(settings)
-    model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
-    tuning = None
-    if settings.tune:
-        tuning = TuneOptions(
-            settings.trials, settings.kl_budget, settings.seed, settings.method, settings.positions, settings.batch_size
-        )
-    sweep = ALPHAS if settings.sweep and tuning is None else []
-    layers = parse_layers(settings.layers, model.num_layers)
-    return run(
-        model,
-        settings.out,
-        settings.behaviour,
-        settings.pool,
-        layers,
-        settings.batch_size,
-        settings.top_k,
-        sweep,
-        settings.overwrite,
-        tuning,
-        placement,
-    )
+    return AnalyzeOutcome(run(_model(settings), settings, placement))
 
 
-def surgery(settings: SurgerySettings) -> tuple[dict, Path]:
+def surgery(settings: SurgerySettings) -> SurgeryOutcome:
     from finsurg.analysis.surgery import run_surgery, write_results
-    from finsurg.steer.recipe import check_alpha
 
     placement = _placement(settings)
     model, recipe, alpha = _resolved(settings)
-    results = run_surgery(model, recipe, check_alpha(alpha), settings.prompt or None, settings.tokens, placement)
-    return results, write_results(results, settings.out)
+    results = run_surgery(model, recipe, alpha, settings.prompt or None, settings.tokens, placement)
+    return SurgeryOutcome(results, write_results(results, settings.out))
 
 
-def export(settings: ExportSettings) -> dict:
+def export(settings: ExportSettings) -> ExportOutcome:
     """Bake and verify both variants; then lm-eval and upload if the settings ask for them."""
     from finsurg.export import export_variants
 
     placement = _placement(settings)
     model, recipe, alpha = _resolved(settings)
     namespace = hub_namespace(settings.push) if settings.push is not None else None
-    results = export_variants(
-        model,
-        recipe,
-        alpha,
-        settings.out,
-        settings.dtype,
-        settings.overwrite,
-        verify=settings.verify,
-        link=settings.link,
-        full_verify=settings.full_verify,
-        cap_context=settings.cap_context,
-        placement=placement,
-    )
-    ggufs = []
+    variants = export_variants(model, recipe, alpha, settings, placement)
+    paths = [Path(item["path"]) for item in variants]
+    outcome = ExportOutcome(model.name, recipe.origin, alpha, variants)
     if settings.gguf is not None:
-        ggufs = _ggufs(settings, [Path(item["path"]) for item in results], recipe, model)
-    evaluation = None
+        outcome.gguf = _ggufs(settings, paths, recipe, model)
     if settings.eval is not None:
-        evaluation = _evaluate(
-            [Path(item["path"]) for item in results], settings.eval, settings.out, placement, base_trusted=True
+        outcome.eval = EvalOutcome(
+            _evaluate(paths, settings.eval, settings.out, placement, base_trusted=True), settings.out
         )
-    uploads = []
-    if namespace is not None and (evaluation is None or evaluation.passed):
+    if namespace is not None and (outcome.eval is None or outcome.eval.report.passed):
         from finsurg.hub.push import default_repo_id
         from finsurg.hub.push import push as upload
 
-        for item in results:
-            path = Path(item["path"])
-            uploads.append(upload(path, default_repo_id(path, namespace), settings.push.private, settings.push.dry_run))
-    return {
-        "model": model.name,
-        "recipe": recipe.origin,
-        "alpha": alpha,
-        "variants": results,
-        "gguf": ggufs,
-        "eval": evaluation,
-        "uploads": uploads,
-    }
+        options = settings.push
+        outcome.uploads = [
+            upload(path, default_repo_id(path, namespace), options.private, options.dry_run) for path in paths
+        ]
+    return outcome
 
 
 def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[dict]:
@@ -144,28 +115,26 @@ def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[d
     return written + [control_vector(recipe.offsets(1.0), arch, settings.out / CONTROL_VECTOR_NAME)]
 
 
-def gguf(settings: GgufSettings) -> dict:
+def gguf(settings: GgufSettings) -> GgufOutcome:
     from finsurg.bake.gguf_variant import variant_gguf
     from finsurg.engines.converter import converter
 
     progress.set_enabled(not settings.quiet)
     script = converter(settings.llamacpp_python)
-    return variant_gguf(settings.variant, settings.out, settings.gguf_type, script)
+    return GgufOutcome(variant_gguf(settings.variant, settings.out, settings.gguf_type, script))
 
 
-def cvector(settings: CvectorSettings) -> dict:
+def cvector(settings: CvectorSettings) -> CvectorOutcome:
     from finsurg.bake.gguf_variant import control_vector
-    from finsurg.models.source import resolve_model
     from finsurg.steer.arch import for_config
     from finsurg.steer.recipe import resolve_recipe
 
-    progress.set_enabled(not settings.quiet)
-    model = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
+    model = _model(settings)
     recipe = resolve_recipe(settings.recipe, model.name, model.config)
     if not settings.out.parent.is_dir():
         raise FinsurgError(f"output directory not found: {settings.out.parent}")
     written = control_vector(recipe.offsets(settings.alpha), for_config(model.config, model.name), settings.out)
-    return written | {"alpha": settings.alpha, "recipe": recipe.origin}
+    return CvectorOutcome(written | {"alpha": settings.alpha, "recipe": recipe.origin})
 
 
 def hub_namespace(options: PushOptions) -> str:
@@ -187,51 +156,34 @@ def hub_namespace(options: PushOptions) -> str:
     return namespace
 
 
-def push(settings: PushSettings) -> dict:
+def push(settings: PushSettings) -> UploadOutcome:
     from finsurg.hub.push import push as upload
 
     progress.set_enabled(not settings.quiet)
-    return upload(settings.variant, settings.repo_id, settings.private, settings.dry_run)
+    return UploadOutcome(upload(settings.variant, settings.repo_id, settings.private, settings.dry_run))
 
 
-def evaluate(settings: EvalSettings):
+def evaluate(settings: EvalSettings) -> EvalOutcome:
     from finsurg.variant.record import SURGERY_NAME
 
     progress.set_enabled(not settings.quiet)
     out = settings.out
     if out is None and len(settings.variants) == 1 and not (settings.variants[0] / SURGERY_NAME).exists():
         out = settings.variants[0]
-    return _evaluate(settings.variants, settings, out, _placement(settings), base_override=settings.model), out
+    report = _evaluate(settings.variants, settings, out, _placement(settings), base_override=settings.model)
+    return EvalOutcome(report, out)
 
 
-def _evaluate(
-    paths: list[Path],
-    options: EvalOptions,
-    out: Path | None,
-    placement,
-    base_override: Path | None = None,
-    base_trusted: bool = False,
-):
+def _evaluate(paths: list[Path], options: EvalOptions, out: Path | None, placement, **base):
     from finsurg.checks.evaluation import evaluate as run_eval
 
-    return run_eval(
-        paths,
-        base_override=base_override,
-        out_dir=out,
-        base_trusted=base_trusted,
-        extra_tasks=options.tasks,
-        limit=options.limit,
-        batch_size=options.eval_batch_size,
-        chat=options.chat,
-        placement=placement,
-        engine=options.engine,
-        python=options.vllm_python,
-    )
+    return run_eval(paths, options, out, placement, **base)
 
 
-def verify(settings: VerifySettings):
-    """A checksum count, or the verification (transformers) or vLLM report; recorded only with `record`."""
+def verify(settings: VerifySettings) -> VerifyOutcome:
+    """The checksum, transformers, vLLM or llama.cpp report; recorded in the variant only with `record`."""
     from finsurg.io.hashing import check_sums
+    from finsurg.variant.record import ChecksumReport
     from finsurg.variant.seal import write_report
 
     progress.set_enabled(not settings.quiet)
@@ -239,7 +191,7 @@ def verify(settings: VerifySettings):
     if settings.checksums:
         if not settings.variant.is_dir():
             raise FinsurgError(f"variant directory not found: {settings.variant}")
-        return {"checksums_ok": True, "files": len(check_sums(settings.variant))}
+        return VerifyOutcome(ChecksumReport(variant=str(settings.variant), files=len(check_sums(settings.variant))))
     if settings.engine == "llama.cpp":
         from finsurg.checks.llamacpp_check import verify_with_llamacpp
 
@@ -265,4 +217,16 @@ def verify(settings: VerifySettings):
         )
     if settings.record:
         write_report(settings.variant, report)
-    return report
+    return VerifyOutcome(report, settings.variant if settings.record else None)
+
+
+RUN = {
+    "analyze": analyze,
+    "surgery": surgery,
+    "export": export,
+    "push": push,
+    "eval": evaluate,
+    "verify": verify,
+    "gguf": gguf,
+    "cvector": cvector,
+}

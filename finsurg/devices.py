@@ -14,21 +14,21 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
+from finsurg.options import DEVICE_CHOICES, DEVICE_PATTERN
 
 
 class MemoryBudgetError(FinsurgError):
     """The estimated peak exceeds the budget: refused before anything is loaded."""
 
 
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GIB = 1024**3
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """auto means CUDA when present; a CUDA device that is not there is refused, never silently replaced."""
-    match = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", spec or "")
+    match = re.fullmatch(DEVICE_PATTERN, spec or "")
     if match is None:
         raise FinsurgError(f"unknown --device {spec!r} (choose {DEVICE_CHOICES})")
     if spec == "auto":
@@ -47,9 +47,7 @@ def compute_dtype(spec: str, device: torch.device) -> torch.dtype:
     """auto: bfloat16 on a GPU, float32 on the CPU (where bf16 matmuls are slow and inexact)."""
     if spec == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec not in COMPUTE_DTYPES:
-        raise FinsurgError(f"unknown --compute-dtype {spec!r} (choose auto, {', '.join(COMPUTE_DTYPES)})")
-    return COMPUTE_DTYPES[spec]
+    return weight_dtype(spec)
 
 
 def parse_size(text: str) -> int:

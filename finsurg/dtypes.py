@@ -21,8 +21,8 @@ CODES = {
 }
 CODE_OF = {dtype: code for code, dtype in CODES.items()}
 FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16"})
-# the weight dtypes a variant can be written in, by the name config.json and the CLI use
-WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the float dtypes weights are written and computed in, by the name config.json and the CLI use
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def name_of(dtype: torch.dtype) -> str:
@@ -31,6 +31,6 @@ def name_of(dtype: torch.dtype) -> str:
 
 def weight_dtype(name: str) -> torch.dtype:
     try:
-        return WEIGHT_DTYPES[name]
+        return DTYPES[name]
     except KeyError:
-        raise FinsurgError(f"unknown dtype {name!r} (choose from {', '.join(WEIGHT_DTYPES)})") from None
+        raise FinsurgError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})") from None

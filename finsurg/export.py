@@ -14,11 +14,11 @@ from finsurg.devices import GIB, Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
-from finsurg.io.shard_copy import LINK_MODES, reflinks
+from finsurg.io.shard_copy import reflinks
 from finsurg.models.source import ResolvedModel
-from finsurg.steer.recipe import Recipe, check_alpha
+from finsurg.settings import ExportOptions
+from finsurg.steer.recipe import Recipe
 from finsurg.variant.assemble import assemble, surgery_record
-from finsurg.variant.card import verification_rows
 from finsurg.variant.record import VARIANT_SIGNS, VerificationReport
 from finsurg.variant.seal import write_report
 
@@ -46,32 +46,38 @@ def export_variants(
     model: ResolvedModel,
     recipe: Recipe,
     alpha: float,
-    out_dir: Path,
-    dtype: str = "keep",
-    overwrite: bool = False,
-    verify: bool = True,
-    link: str = "auto",
-    full_verify: bool = False,
+    options: ExportOptions,
     placement: Placement | None = None,
-    cap_context: bool = False,
 ) -> list[dict]:
     """Bake and verify both variants in hidden directories; publish them together, or neither."""
-    alpha = check_alpha(alpha)
     if alpha == 0:
         raise FinsurgError("alpha must be non-zero: at 0 both variants equal the base model")
-    target = None if dtype == "keep" else weight_dtype(dtype)
-    if link not in LINK_MODES:
-        raise FinsurgError(f"unknown --link {link!r} (choose from {', '.join(LINK_MODES)})")
+    out_dir = options.out
+    target = None if options.dtype == "keep" else weight_dtype(options.dtype)
     recipe.check_model(model.config, model.name)
     if out_dir.resolve() == model.path.resolve() or model.path.resolve() in out_dir.resolve().parents:
         raise FinsurgError("the output directory is inside the model directory; choose another --out")
-    writer = VariantWriter(model, target, link, cap_context)  # a truncated or corrupt shard is refused here
+    writer = VariantWriter(model, target, options.link, options.cap_context)  # a corrupt shard is refused here
     _check_finite(recipe, alpha, writer)
     created = _first_missing(out_dir)
-    targets = plan_targets(out_dir, overwrite)
+    targets = plan_targets(out_dir, options.overwrite)
     try:
-        _check_disk(writer, out_dir, link)
-        check = (lambda paths, sums: _verify(paths, model, sums, full_verify, placement)) if verify else None
+        _check_disk(writer, out_dir, options.link)
+        check = None
+        if options.verify:
+            placement = placement or Placement.of("cpu")
+
+            def check(paths, sums):
+                return verify_variants(
+                    paths,
+                    model.path,
+                    base_trusted=True,
+                    full=options.full_verify,
+                    max_memory=placement.max_memory,
+                    device=placement.device,
+                    sums=sums,
+                )
+
         return _bake_all(writer, recipe, alpha, targets, check)
     except BaseException as exc:
         if created is not None:  # leave no trace of a failed export
@@ -115,19 +121,6 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _verify(paths: list[Path], model: ResolvedModel, sums, full: bool, placement) -> list[VerificationReport]:
-    placement = placement or Placement.of("cpu")
-    return verify_variants(
-        paths,
-        model.path,
-        base_trusted=True,
-        full=full,
-        max_memory=placement.max_memory,
-        device=placement.device,
-        sums=sums,
-    )
-
-
 def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[dict]:
     """Write both variants, then verify them together (each base block is read once for both)."""
     results, partials, sums = [], [], []
@@ -162,4 +155,4 @@ def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[dict
 
 
 def headline(report: VerificationReport) -> str:
-    return "; ".join(f"{name}: {value}" for name, value in verification_rows(report))
+    return "; ".join(f"{name}: {value}" for name, value in report.rows())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
 from collections.abc import Iterator
 
 from tqdm import tqdm
@@ -21,10 +22,6 @@ def set_enabled(enabled: bool) -> None:
 
     (enable_progress_bars if enabled else disable_progress_bars)()
     (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 def bar(**kwargs) -> tqdm:
@@ -44,3 +41,11 @@ def silenced_stderr() -> Iterator[None]:
     else:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to timings[name]."""
+    clock = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - clock

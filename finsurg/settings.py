@@ -8,29 +8,21 @@ flag; its options mean nothing without it, so the CLI refuses them alone.
 
 from __future__ import annotations
 
-import math
-import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
+from finsurg.analysis.options import AnalysisOptions
+from finsurg.checks.options import EvalOptions
 from finsurg.errors import FinsurgError
 from finsurg.jsonfile import validation_message
+from finsurg.options import Alpha, Device, Group, flag
 
 _config_file: ContextVar[Path | None] = ContextVar("finsurg_config_file", default=None)
-
-
-def flag(help: str, **cli) -> dict:
-    """Field arguments: the help text, and CLI hints (flag name, positional, comma-separated list)."""
-    return {"description": help, "json_schema_extra": cli or None}
-
-
-class Group(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class CommandSettings(BaseSettings):
@@ -95,7 +87,7 @@ def flag_of(settings: type[BaseModel], loc: tuple) -> str:
 class Compute(CommandSettings):
     """Where a command that runs a model computes, and how much memory it may take."""
 
-    device: str = Field("auto", **flag("auto (CUDA when present), cpu, cuda or cuda:N"))
+    device: Device = Field("auto", **flag("auto (CUDA when present), cpu, cuda or cuda:N"))
     max_memory: str | None = Field(
         None,
         **flag(
@@ -103,13 +95,6 @@ class Compute(CommandSettings):
             "a model over several GPUs (default: what is free)"
         ),
     )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ValueError(f"unknown device {value!r} (choose auto, cpu, cuda or cuda:N)")
-        return value
 
     @field_validator("max_memory")
     @classmethod
@@ -140,37 +125,7 @@ class RecipeChoice(ModelChoice):
     recipe: str | None = Field(
         None, **flag("recipe.json, its directory, or a built-in preset name (default: the preset that fits the model)")
     )
-    alpha: float | None = Field(None, **flag("steering strength (default: the recipe's)"))
-
-    @field_validator("alpha")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"alpha must be a finite number, got {value}")
-        return value
-
-
-class EvalOptions(Group):
-    tasks: list[str] = Field(
-        [], **flag("extra lm-eval task names, comma-separated (the pack's tasks always run)", comma=True)
-    )
-    limit: PositiveInt | None = Field(None, **flag("evaluate only the first N items of each task"))
-    eval_batch_size: PositiveInt = Field(16, **flag("lm-eval batch size"))
-    chat_template: Literal["auto", "on", "off"] = Field(
-        "auto", **flag("render task prompts with the model's chat template (auto: when it has one)")
-    )
-    engine: Literal["transformers", "vllm"] = Field(
-        "transformers",
-        **flag(
-            "vllm: lm-eval's vllm model type runs the base, the prompting baselines and the baked variants (the "
-            "route for 8B and larger); hook parity stays on transformers where the model fits memory"
-        ),
-    )
-    vllm_python: str | None = Field(None, **flag("the Python that has vLLM and lm-eval (default: this one)"))
-
-    @property
-    def chat(self) -> bool | None:
-        return {"auto": None, "on": True, "off": False}[self.chat_template]
+    alpha: Alpha | None = Field(None, **flag("steering strength (default: the recipe's)"))
 
 
 class GgufOptions(Group):
@@ -193,41 +148,9 @@ class PushOptions(UploadOptions):
 
 
 # ---- the commands -------------------------------------------------------------------------------
-class AnalyzeSettings(ModelChoice, ComputeDtype):
+class AnalyzeSettings(ModelChoice, ComputeDtype, AnalysisOptions):
     command = "analyze"
     summary = "find the steering directions with TransformerLens; write a recipe"
-
-    out: Path = Field(Path("finsurg-analysis"), **flag("run directory"))
-    behaviour: str | None = Field(None, **flag("a behaviour pack directory or built-in name (default: finance)"))
-    pool: Literal["last", "mean"] = Field("last", **flag("token positions pooled"))
-    layers: str | None = Field(None, **flag("steered layers, e.g. 20-25 (default: where separation peaks)"))
-    batch_size: PositiveInt = Field(16, **flag("prompts per forward pass"))
-    top_k: PositiveInt = Field(10, **flag("dimensions ranked per layer"))
-    sweep: bool = Field(True, **flag("run the question-category alpha sweep (without tuning only)", flag="--no-sweep"))
-    overwrite: bool = Field(False, **flag("replace an existing run directory"))
-    tune: bool = Field(
-        True,
-        **flag(
-            "tune answer-behaviour directions and strength (without it: the seed method, as the seed card did)",
-            flag="--no-tune",
-        ),
-    )
-    trials: PositiveInt = Field(12, **flag("tuning trials"))
-    kl_budget: float = Field(0.1, **flag("capability budget: mean per-token KL from the base on neutral replies"))
-    seed: int = Field(0, **flag("the tuner's random seed"))
-    method: Literal["auto", "seed", "caa", "pca"] = Field(
-        "auto", **flag("direction method (auto: the tuner chooses among seed, caa and pca)")
-    )
-    positions: Literal["answer_mean", "answer_last"] = Field(
-        "answer_mean", **flag("where answer activations are read: the mean over answer tokens, or the last one")
-    )
-
-    @field_validator("kl_budget")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"--kl-budget must be a positive finite number, got {value}")
-        return value
 
 
 class SurgerySettings(RecipeChoice, ComputeDtype):
@@ -239,9 +162,8 @@ class SurgerySettings(RecipeChoice, ComputeDtype):
     out: Path = Field(Path("finsurg-surgery"), **flag("where the results JSON goes"))
 
 
-class ExportSettings(RecipeChoice, Compute):
-    command = "export"
-    summary = "bake steered and conservative variants into safetensors"
+class ExportOptions(Group):
+    """Where the variants go and how they are written and checked."""
 
     out: Path = Field(Path("finsurg-export"), **flag("parent of steered/ and conservative/"))
     dtype: Literal["keep", "float32", "bfloat16", "float16"] = Field(
@@ -266,6 +188,12 @@ class ExportSettings(RecipeChoice, Compute):
     full_verify: bool = Field(
         False, **flag("also run the end-to-end check when the model does not fit in memory (layer-streamed)")
     )
+
+
+class ExportSettings(RecipeChoice, Compute, ExportOptions):
+    command = "export"
+    summary = "bake steered and conservative variants into safetensors"
+
     gguf: GgufOptions | None = Field(
         None,
         **flag("also write each variant as GGUF (llama.cpp, Ollama), and the recipe's control-vector GGUF beside them"),
@@ -338,16 +266,16 @@ class CvectorSettings(ModelChoice):
     recipe: str | None = Field(
         None, **flag("recipe.json, its directory, or a built-in preset name (default: the preset that fits the model)")
     )
-    alpha: float = Field(
+    alpha: Alpha = Field(
         1.0, **flag("strength written into the file; llama.cpp's scale multiplies it (at 1 the scale is alpha)")
     )
     out: Path = Field(Path("finsurg-control-vector.gguf"), **flag("the control-vector GGUF file"))
 
     @field_validator("alpha")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value) or value == 0:
-            raise ValueError(f"alpha must be a finite non-zero number, got {value}")
+    def _non_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("alpha must be non-zero: a control vector at 0 does nothing")
         return value
 
 

@@ -140,11 +140,12 @@ def tree_hashes(directory: Path) -> dict[str, str]:
 def export_checked(model, recipe, alpha, out, **kwargs):
     """export_variants, then proof that neither the base model nor the recipe's files changed."""
     from finsurg.export import export_variants
+    from finsurg.settings import ExportOptions
 
     inputs = [model.path] + ([recipe.source_dir] if recipe.source_dir else [])
     before = [tree_hashes(path) for path in inputs]
     try:
-        return export_variants(model, recipe, alpha, out, **kwargs)
+        return export_variants(model, recipe, alpha, ExportOptions(out=out, **kwargs))
     finally:
         assert [tree_hashes(path) for path in inputs] == before, "export modified its input"
 

@@ -11,6 +11,7 @@ from finsurg.analysis.analyze import analyze, parse_layers
 from finsurg.analysis.derive import choose_band, derive
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens
+from finsurg.analysis.options import AnalysisOptions
 from finsurg.analysis.sweep import measure, neutral_items, preference_items
 from finsurg.errors import FinsurgError
 from finsurg.models.bridge import boot_bridge
@@ -232,7 +233,10 @@ def test_sweep_measure_matches_torch_hooks(loaded, tmp_path):
 def test_analyze_writes_a_loadable_recipe(tiny_model, tmp_path):
     model = resolve_model(str(tiny_model))
     prompts = write_prompt_set(tmp_path / "set")
-    results = analyze(model, tmp_path / "run", prompts, batch_size=4, top_k=5, alphas=[-1.0, 0.0, 1.0])
+    options = AnalysisOptions(
+        out=tmp_path / "run", behaviour=str(prompts), batch_size=4, top_k=5, sweep_alphas=[-1.0, 0.0, 1.0], tune=False
+    )
+    results = analyze(model, options).results
     run = tmp_path / "run"
     for name in (
         "recipe.json",
@@ -253,9 +257,9 @@ def test_analyze_writes_a_loadable_recipe(tiny_model, tmp_path):
     assert [row["alpha"] for row in results["sweep"]["rows"]] == [-1.0, 0.0, 1.0]
     assert "Not financial advice" in (run / "report.md").read_text()
     with pytest.raises(FinsurgError, match="already exists"):
-        analyze(model, run, prompts, alphas=[])
-    pinned = analyze(model, tmp_path / "run2", prompts, layers=[1, 2], alphas=[])
-    assert pinned["recipe"]["layers"] == [1, 2]
+        analyze(model, options)
+    pinned = analyze(model, options.model_copy(update={"out": tmp_path / "run2", "layers": "1-2", "sweep": False}))
+    assert pinned.recipe.layers == [1, 2]
 
 
 def test_parse_layers():

@@ -229,9 +229,11 @@ def _truncated_gguf(inputs):
 def _tampered_variant(inputs, model):
     from finsurg.export import export_variants
     from finsurg.models.source import resolve_model
+    from finsurg.settings import ExportOptions
     from finsurg.steer.recipe import Recipe
 
-    export_variants(resolve_model(str(model)), Recipe.load(_recipe(inputs)), 1.0, inputs / "out", verify=False)
+    options = ExportOptions(out=inputs / "out", verify=False)
+    export_variants(resolve_model(str(model)), Recipe.load(_recipe(inputs)), 1.0, options)
     variant = inputs / "out" / "steered"
     (variant / "config.json").write_text((variant / "config.json").read_text() + " ")
     return variant

@@ -10,7 +10,7 @@ import torch
 from finsurg.analysis import directions
 from finsurg.analysis.analyze import analyze
 from finsurg.analysis.answers import Batches, Measure, answer_items
-from finsurg.analysis.behaviour import TuneOptions
+from finsurg.analysis.options import AnalysisOptions
 from finsurg.analysis.tune import Search, Trial, search
 from finsurg.cli import main
 from finsurg.effects import effect
@@ -173,15 +173,8 @@ def test_the_chosen_point_is_within_budget_and_unbeaten(tiny, tmp_path):
 def test_tuned_analysis_bakes_exactly(tiny_model, tmp_path):
     model = resolve_model(str(tiny_model))
     pack = write_pack(tmp_path / "pack")
-    results = analyze(
-        model,
-        tmp_path / "run",
-        pack,
-        batch_size=4,
-        alphas=[],
-        tuning=TuneOptions(trials=4, kl_budget=0.05, batch_size=4),
-    )
-    behaviour = results["behaviour"]
+    options = AnalysisOptions(out=tmp_path / "run", behaviour=str(pack), trials=4, kl_budget=0.05, batch_size=4)
+    behaviour = analyze(model, options).results["behaviour"]
     recipe = Recipe.load(tmp_path / "run")
     assert recipe.spec.direction.method == behaviour["tuning"]["chosen"]["method"]
     assert recipe.spec.tuning.kl <= 0.05 and recipe.spec.tuning.split == "tune"

@@ -48,8 +48,10 @@ def test_default_model_export_is_exact(default_model, default_export):
 
 def test_analysis_finds_a_dial_that_keeps_coherence(default_model, tmp_path):
     from finsurg.analysis.analyze import analyze
+    from finsurg.analysis.options import AnalysisOptions
 
-    results = analyze(default_model, tmp_path / "run", alphas=[-3.0, 0.0, 3.0])
+    options = AnalysisOptions(out=tmp_path / "run", sweep_alphas=[-3.0, 0.0, 3.0], tune=False)
+    results = analyze(default_model, options).results
     assert "507" in results["massive_dims"]  # SmolLM2's attention sink is flagged, not chosen
     assert all(n["index"] not in map(int, results["massive_dims"]) for n in results["recipe"]["neurons"])
     rows = {row["alpha"]: row for row in results["sweep"]["rows"]}

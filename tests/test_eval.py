@@ -7,6 +7,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 from finsurg.checks.evaluation import Runner, evaluate
+from finsurg.checks.options import EvalOptions
 from finsurg.cli import main
 from finsurg.io.hashing import check_sums, write_sums
 from finsurg.models.source import resolve_model
@@ -44,7 +45,8 @@ def test_shipped_tasks_are_large_enough_and_load_offline():
 
 
 def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
-    report = evaluate([export_dir], out_dir=tmp_path / "eval", limit=LIMIT, batch_size=4).model_dump()
+    options = EvalOptions(limit=LIMIT, eval_batch_size=4)
+    report = evaluate([export_dir], options, out_dir=tmp_path / "eval").model_dump()
     assert report["passed"] and report["chat_template"] is False
     metrics = report["metrics"]
     for name in ("steered", "conservative"):

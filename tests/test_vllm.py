@@ -11,6 +11,7 @@ import torch
 
 from finsurg.io.hashing import write_sums
 from finsurg.models.loading import hf_greedy, load_model
+from finsurg.settings import ExportOptions
 
 from conftest import ROUTES, make_family_model, tiny_recipe
 from vllm_server import OpenAIServer
@@ -111,7 +112,7 @@ def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, 
     architecture, site = ROUTES[family]
     base = make_family_model(tmp_path / "base", family)
     recipe = tiny_recipe(tmp_path / "recipe", architecture=architecture, site=site)
-    export_variants(resolve_model(str(base)), recipe, 3.0, tmp_path / "out", verify=False)
+    export_variants(resolve_model(str(base)), recipe, 3.0, ExportOptions(out=tmp_path / "out", verify=False))
     done, report = verify_vllm(tmp_path / "out" / "steered", vllm_python)
     assert report is not None, done.stderr
     assert report["vs_transformers"]["identical"] == report["passed"] == (by_name(architecture).vllm_drops is None)

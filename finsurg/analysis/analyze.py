@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,12 +13,13 @@ from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis import plots, report
 from finsurg.analysis.activations import POOLS, collect, keyword_ids
 from finsurg.analysis.batching import ensure_pad_token
-from finsurg.analysis.behaviour import TuneOptions, steer_by_answers
+from finsurg.analysis.behaviour import steer_by_answers
 from finsurg.analysis.derive import band_width, choose_band, derive, separation
 from finsurg.analysis.directions import seed as seed_direction
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
-from finsurg.analysis.sweep import ALPHAS, run_sweep
+from finsurg.analysis.options import AnalysisOptions
+from finsurg.analysis.sweep import run_sweep
 from finsurg.devices import Placement
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
@@ -27,9 +28,8 @@ from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.arch import for_config
-from finsurg.steer.recipe import ANALYSIS_NAME
+from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
 
-RESULTS_NAME = ANALYSIS_NAME
 REPORT_NAME = "report.md"
 TOP_HEADS = 10
 
@@ -51,147 +51,123 @@ def parse_layers(text: str | None, depth: int) -> list[int] | None:
     return layers
 
 
-def analyze(
-    model: ResolvedModel,
-    out_dir: Path,
-    behaviour: str | Path | None = None,
-    pool: str = "last",
-    layers: list[int] | None = None,
-    batch_size: int = 16,
-    top_k: int = 10,
-    alphas: list[float] = ALPHAS,
-    overwrite: bool = False,
-    tuning: TuneOptions | None = None,
-    placement: Placement | None = None,
-) -> dict:
+@dataclass
+class Analysis:
+    """What `finsurg analyze` made: the recipe, and the results it wrote to mech_interp_results.json."""
+
+    recipe: Recipe
+    results: dict
+    out: Path
+
+
+@dataclass
+class _Loaded:
+    """The model under analysis: transformers, and the TransformerLens bridge over it."""
+
+    model: ResolvedModel
+    placement: Placement
+    tokenizer: object
+    hf_model: object = None
+    bridge: object = None
+
+    def load(self) -> None:
+        """A fresh model and its bridge (booting the bridge changes the model's modules, so tuning reloads)."""
+        self.hf_model = self.bridge = None
+        gc.collect()
+        path, placement = self.model.path, self.placement
+        self.hf_model = load_model(path, placement.dtype, device=placement.device, max_memory=placement.dispatch)
+
+    def boot(self) -> None:
+        self.bridge = boot_bridge(self.model.path, self.hf_model, self.tokenizer, self.placement.dtype)
+
+
+@dataclass
+class _Features:
+    """Phase 2 on the pooled activations of the three categories."""
+
+    pos: object
+    neg: object
+    neu: object
+    names: tuple[str, ...]
+    massive: dict
+    table: dict
+
+    @property
+    def exclude(self) -> set[int]:
+        return set(self.massive)
+
+
+def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement | None = None) -> Analysis:
+    """Phases 1-4 on the pack's question categories, the derived recipe, then tuning (6-8) or the sweep (5)."""
     placement = placement or Placement.of("cpu")
-    if pool not in POOLS:
-        raise FinsurgError(f"unknown --pool {pool!r} (choose from {', '.join(POOLS)})")
-    if batch_size < 1:
-        raise FinsurgError("--batch-size must be at least 1")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    out_dir = options.out
+    if out_dir.exists() and any(out_dir.iterdir()) and not options.overwrite:
         raise FinsurgError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
-    prompts = Pack.load(behaviour)
+    pack = Pack.load(options.behaviour)
+    layers = parse_layers(options.layers, model.num_layers)
     arch = for_config(model.config, model.name)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    tokenizer = ensure_pad_token(load_tokenizer(model.path))
     placement.require("analyze", model.config)
-
-    def load():
-        return load_model(model.path, placement.dtype, device=placement.device, max_memory=placement.dispatch)
-
-    hf_model = load()
-    bridge = boot_bridge(model.path, hf_model, tokenizer, placement.dtype)
-    timings["load"] = time.perf_counter() - clock
-
-    # phases 1 and 3: activations and keyword attention, one batched pass per category
-    clock = time.perf_counter()
-    keywords = keyword_ids(tokenizer, prompts.manifest.keywords)
-    acts, attention = {}, {}
-    total = sum(len(c.train) for c in prompts.categories)
-    with progress.bar(total=total, desc="phase 1: activations") as bar:
-        for category in prompts.categories:
-            sequences = [prompt_ids(tokenizer, text) for text in category.train]
-            acts[category.name], attention[category.name] = collect(
-                bridge, tokenizer, arch, sequences, pool, batch_size, keywords, bar.update
-            )
-    timings["activations"] = time.perf_counter() - clock
-
-    # phases 2-4 are quick next to phase 1: one bar steps through them
-    steps = progress.bar(total=3, desc="phases 2-4: features, heads, logit lens")
-
-    # phase 2: features
-    clock = time.perf_counter()
-    pos, neg, neu = (acts[c.name] for c in prompts.categories)
-    names = tuple(c.name for c in prompts.categories)
-    massive = massive_dims([pos, neg, neu])
-    exclude = set(massive)
-    table = rank_layers(pos, neg, neu, names, top_k, exclude)
-    timings["features"] = time.perf_counter() - clock
+    timings: dict[str, float] = {}
+    with progress.timed(timings, "load"):
+        loaded = _Loaded(model, placement, ensure_pad_token(load_tokenizer(model.path)))
+        loaded.load()
+        loaded.boot()
+    with progress.timed(timings, "activations"):
+        acts, attention = _activations(loaded, arch, pack, options)
+    steps = progress.bar(total=3, desc="phases 2-4: features, heads, logit lens")  # quick next to phase 1
+    with progress.timed(timings, "features"):
+        features = _features(acts, pack, options.top_k)
     steps.update()
-
-    # phase 4 (before): logit lens, then the band where separation and commitment peak
-    clock = time.perf_counter()
-    lens_before = lens_over_probes(bridge, hf_model, arch, tokenizer, prompts)
-    sep = separation(pos, neg, exclude)
-    commitment = torch.tensor(
-        [sum(values[layer] for values in lens_before.values()) for layer in range(model.num_layers)]
-    )
-    if layers is None:
-        score = sep / sep.max() + commitment / commitment.max().clamp_min(1e-12)
-        band = choose_band(score, band_width(model.num_layers))
-        reason = "where the normalised difference plus logit-lens commitment peaks"
-    else:
-        band, reason = layers, "chosen with --layers"
-    recipe = derive(pos, neg, band, exclude, model.architecture, names[:2], prompts.source)
-    timings["logit_lens"] = time.perf_counter() - clock
+    with progress.timed(timings, "logit_lens"):
+        lens_before = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack)
+        band, reason, sep = _band(features, lens_before, layers, model.num_layers)
+        recipe = derive(
+            features.pos, features.neg, band, features.exclude, model.architecture, features.names[:2], pack.source
+        )
     steps.update()
-
-    # phase 3 summary: heads
-    head_diff = (attention[names[0]].mean - attention[names[2]].mean).float()
-    order = head_diff.flatten().abs().argsort(descending=True)[:TOP_HEADS]
-    heads = [
-        {
-            "layer": int(i) // head_diff.shape[1],
-            "head": int(i) % head_diff.shape[1],
-            "difference": float(head_diff.flatten()[i]),
-        }
-        for i in order
-    ]
+    head_diff, heads = _heads(attention, features.names)
     steps.update()
     steps.close()
 
-    behaviour = None
+    behaviour, tuning = None, options.tuning()
     if tuning is not None:  # phases 6-8: answer-behaviour directions, tuned, judged on held-out items
-        # the bridge has changed hf_model's modules: tuning gets a fresh model, and only one is in memory
-        del bridge, hf_model
-        gc.collect()
-        answer_model = load()
+        loaded.load()
         recipe, behaviour = steer_by_answers(
-            answer_model,
-            tokenizer,
+            loaded.hf_model,
+            loaded.tokenizer,
             arch,
-            prompts,
+            pack,
             recipe,
-            seed_direction(pos.mean, neg.mean, exclude),
+            seed_direction(features.pos.mean, features.neg.mean, features.exclude),
             tuning,
-            model.architecture,
         )
-        hf_model = answer_model
-        bridge = boot_bridge(model.path, hf_model, tokenizer, placement.dtype)
-        band = recipe.layers
-        chosen = behaviour["tuning"]["chosen"]
-        reason = (
-            f"tuned: trial {chosen['trial']} ({chosen['method']}), the largest two-sided shift on the tune "
-            f"split within KL {tuning.kl_budget:g}"
-        )
+        loaded.boot()
+        band, reason = recipe.layers, _tuned_reason(behaviour, tuning.kl_budget)
         timings.update({f"behaviour_{k}": v for k, v in behaviour.pop("timings").items()})
-    clock = time.perf_counter()
-    lens_after = lens_over_probes(bridge, hf_model, arch, tokenizer, prompts, recipe.offsets(recipe.spec.default_alpha))
-    timings["logit_lens"] += time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    sweep = run_sweep(bridge, tokenizer, arch, prompts, recipe, alphas, batch_size) if alphas else {}  # phase 5
-    timings["sweep"] = time.perf_counter() - clock
-
+    with progress.timed(timings, "logit_lens"):
+        offsets = recipe.offsets(recipe.spec.default_alpha)
+        lens_after = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack, offsets)
+    with progress.timed(timings, "sweep"):  # phase 5
+        alphas = options.sweep_at()
+        sweep = (
+            run_sweep(loaded.bridge, loaded.tokenizer, arch, pack, recipe, alphas, options.batch_size) if alphas else {}
+        )
     results = {
         "format": "finsurg.mech_interp/1",
         "finsurg_version": __version__,
         "model": model.name,
-        "pack": prompts.source,
-        "categories": {"positive": names[0], "negative": names[1], "neutral": names[2]},
-        "train_prompts": {c.name: len(c.train) for c in prompts.categories},
-        "pool": pool,
-        "pool_description": POOLS[pool],
-        "massive_dims": {str(d): r for d, r in massive.items()},
+        "pack": pack.source,
+        "categories": dict(zip(("positive", "negative", "neutral"), features.names)),
+        "train_prompts": {c.name: len(c.train) for c in pack.categories},
+        "pool": options.pool,
+        "pool_description": POOLS[options.pool],
+        "massive_dims": {str(d): r for d, r in features.massive.items()},
         "separation_per_layer": [round(float(v), 5) for v in sep],
         "band_reason": reason,
-        "features": table,
+        "features": features.table,
         "heads": {"differential": head_diff.tolist(), "top": heads},
         "logit_lens": {
-            "probes": prompts.manifest.probes,
+            "probes": pack.manifest.probes,
             "alpha": recipe.spec.default_alpha,
             "before": lens_before,
             "after": lens_after,
@@ -203,13 +179,75 @@ def analyze(
         "timings": timings,
         "disclaimer": DISCLAIMER,
     }
+    _write(out_dir, recipe, results, features, head_diff, band)
+    return Analysis(recipe, results, out_dir)
+
+
+def _activations(loaded: _Loaded, arch, pack: Pack, options: AnalysisOptions) -> tuple[dict, dict]:
+    """Phases 1 and 3: pooled activations and attention to the keywords, one batched pass per category."""
+    tokenizer = loaded.tokenizer
+    keywords = keyword_ids(tokenizer, pack.manifest.keywords)
+    acts, attention = {}, {}
+    with progress.bar(total=sum(len(c.train) for c in pack.categories), desc="phase 1: activations") as bar:
+        for category in pack.categories:
+            sequences = [prompt_ids(tokenizer, text) for text in category.train]
+            acts[category.name], attention[category.name] = collect(
+                loaded.bridge, tokenizer, arch, sequences, options.pool, options.batch_size, keywords, bar.update
+            )
+    return acts, attention
+
+
+def _features(acts: dict, pack: Pack, top_k: int) -> _Features:
+    pos, neg, neu = (acts[c.name] for c in pack.categories)
+    names = tuple(c.name for c in pack.categories)
+    massive = massive_dims([pos, neg, neu])
+    return _Features(pos, neg, neu, names, massive, rank_layers(pos, neg, neu, names, top_k, set(massive)))
+
+
+def _band(features: _Features, lens_before: dict, layers: list[int] | None, depth: int):
+    """The steered layers: where separation and logit-lens commitment peak, unless --layers pins them."""
+    sep = separation(features.pos, features.neg, features.exclude)
+    if layers is not None:
+        return layers, "chosen with --layers", sep
+    commitment = torch.tensor([sum(values[layer] for values in lens_before.values()) for layer in range(depth)])
+    score = sep / sep.max() + commitment / commitment.max().clamp_min(1e-12)
+    return (
+        choose_band(score, band_width(depth)),
+        "where the normalised difference plus logit-lens commitment peaks",
+        sep,
+    )
+
+
+def _heads(attention: dict, names: tuple[str, ...]) -> tuple[torch.Tensor, list[dict]]:
+    """Phase 3's summary: the heads whose attention to the keywords differs most, positive against neutral."""
+    head_diff = (attention[names[0]].mean - attention[names[2]].mean).float()
+    order = head_diff.flatten().abs().argsort(descending=True)[:TOP_HEADS]
+    width = head_diff.shape[1]
+    heads = [
+        {"layer": int(i) // width, "head": int(i) % width, "difference": float(head_diff.flatten()[i])} for i in order
+    ]
+    return head_diff, heads
+
+
+def _tuned_reason(behaviour: dict, budget: float) -> str:
+    chosen = behaviour["tuning"]["chosen"]
+    return (
+        f"tuned: trial {chosen['trial']} ({chosen['method']}), the largest two-sided shift on the tune "
+        f"split within KL {budget:g}"
+    )
+
+
+def _write(out_dir: Path, recipe: Recipe, results: dict, features: _Features, head_diff, band) -> None:
+    """The run directory, complete or not at all: recipe, results, report and plots."""
+    names = features.names
     with building(out_dir) as partial:
         recipe.save(partial)
         plot_dir = partial / "plots"
         plot_dir.mkdir()
-        effect = effect_size(pos, neg).float()
-        effect[:, list(exclude)] = 0.0
+        effect = effect_size(features.pos, features.neg).float()
+        effect[:, list(features.exclude)] = 0.0
         dims = effect[band].abs().mean(0).argsort(descending=True)[:40].tolist()
+        lens = results["logit_lens"]
         made = [
             plots.dimension_heatmap(
                 effect, dims, band, f"{names[0]} − {names[1]}: top dimensions", plot_dir / "dimension_heatmap.png"
@@ -217,10 +255,11 @@ def analyze(
             plots.head_heatmap(
                 head_diff, f"attention to keywords, {names[0]} − {names[2]}", plot_dir / "head_heatmap.png"
             ),
-            plots.lens_curves(lens_before, lens_after, band, recipe.spec.default_alpha, plot_dir / "logit_lens.png"),
+            plots.lens_curves(lens["before"], lens["after"], band, lens["alpha"], plot_dir / "logit_lens.png"),
         ]
-        if sweep:
-            made.append(plots.sweep_plot(sweep["rows"], names[0], plot_dir / "alpha_sweep.png"))
+        if results["sweep"]:
+            made.append(plots.sweep_plot(results["sweep"]["rows"], names[0], plot_dir / "alpha_sweep.png"))
+        behaviour = results["behaviour"]
         if behaviour:
             tuned = behaviour["tuning"]
             made.append(
@@ -230,6 +269,5 @@ def analyze(
             )
             made.append(plots.item_plot(behaviour["heldout"], plot_dir / "heldout_items.png"))
         results["plots"] = [p.name for p in made]
-        (partial / RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
+        (partial / ANALYSIS_NAME).write_text(json.dumps(results, indent=2) + "\n")
         (partial / REPORT_NAME).write_text(report.render(results))
-    return results

@@ -7,9 +7,6 @@ report states is measured on `heldout`.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import torch
 
 from finsurg import progress
@@ -21,7 +18,7 @@ from finsurg.models.loading import encode, hf_greedy
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import offsets_added
-from finsurg.steer.recipe import STEERING_NAME, Recipe, RecipeSpec
+from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
 
 
 def reply_split(replies: list) -> tuple[list, list]:
@@ -34,102 +31,40 @@ EXAMPLES = 3
 EXAMPLE_TOKENS = 40
 
 
-@dataclass(frozen=True)
-class TuneOptions:
-    trials: int = 12
-    kl_budget: float = 0.1
-    seed: int = 0
-    method: str = "auto"  # one of directions.METHODS, or auto: the search chooses
-    positions: str = "answer_mean"
-    batch_size: int = 16
+TUNED_ALPHA = 3.0  # the tuned strength is written as the recipe's default alpha
 
 
 def steer_by_answers(
-    model,
-    tokenizer,
-    arch: Architecture,
-    pack: Pack,
-    seed_recipe: Recipe,
-    seed_direction: torch.Tensor,
-    options: TuneOptions,
-    architecture: str,
+    model, tokenizer, arch: Architecture, pack: Pack, seed_recipe: Recipe, seed_direction: torch.Tensor, options
 ) -> tuple[Recipe, dict]:
-    """The tuned recipe, and everything the report says about how it was found and what it does."""
+    """The tuned recipe, and everything the report says about how it was found and what it does.
+
+    `options` is the analysis's TuneOptions.
+    """
     splits = pack.answer_pairs()
     tune_replies, heldout_replies = reply_split(pack.neutral_reply_items())
     timings: dict[str, float] = {}
-    layers = model.config.num_hidden_layers
-
-    clock = time.perf_counter()
-    with progress.bar(total=2 * len(splits.train), desc="phase 6: answer contrast (train)") as bar:
-        contrast = methods.read_contrast(
-            model, tokenizer, arch, splits.train, options.positions, options.batch_size, bar.update
+    with progress.timed(timings, "contrast"):
+        candidates, scale = _candidates(model, tokenizer, arch, splits.train, seed_direction, options)
+    with progress.timed(timings, "tuning"):
+        progress.say("phase 7: measuring the unsteered model on the tune split")
+        tune = Measure(model, tokenizer, arch, splits.tune, tune_replies, options.batch_size)
+        found = search(
+            tune, candidates, scale, model.config.num_hidden_layers, options.trials, options.kl_budget, options.seed
         )
-    scale = contrast.residual_norm()
-    candidates = {"caa": methods.caa(contrast), "pca": methods.pca(contrast), "seed": seed_direction}
-    if options.method != "auto":
-        candidates = {options.method: candidates[options.method]}
-    timings["contrast"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    progress.say("phase 7: measuring the unsteered model on the tune split")
-    tune = Measure(model, tokenizer, arch, splits.tune, tune_replies, options.batch_size)
-    found = search(tune, candidates, scale, layers, options.trials, options.kl_budget, options.seed)
     chosen = found.chosen()
-    timings["tuning"] = time.perf_counter() - clock
-
-    alpha = 3.0
     vectors = {layer: (scale[layer] * candidates[chosen.method][layer].double()).float() for layer in chosen.layers}
-    tuning = {
-        "kl_budget": options.kl_budget,
-        "trials": options.trials,
-        "seed": options.seed,
-        "trial": chosen.number,
-        "strength": chosen.strength,
-        "shift_up": chosen.shift_up,
-        "shift_down": chosen.shift_down,
-        "kl": chosen.kl,
-        "split": "tune",
-    }
-    recipe = _recipe(
-        chosen.method,
-        chosen.layers,
-        vectors,
-        chosen.strength / alpha,
-        [],
-        options,
-        tuning,
-        pack,
-        architecture,
-        seed_recipe,
-    )
-
-    clock = time.perf_counter()
-    ablation = _neuron_ablation(tune, recipe, seed_recipe, alpha, chosen.items, options.kl_budget)
-    if ablation["kept"]:
-        recipe = _recipe(
-            chosen.method,
-            chosen.layers,
-            vectors,
-            chosen.strength / alpha,
-            [n.model_dump() for n in seed_recipe.spec.neurons],
-            options,
-            tuning,
-            pack,
-            architecture,
-            seed_recipe,
-        )
-    timings["neuron_ablation"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    progress.say("phase 8: held-out effects and the prompting baseline")
-    heldout = Measure(model, tokenizer, arch, splits.heldout, heldout_replies, options.batch_size)
-    effects = _heldout_effects(model, tokenizer, arch, heldout, recipe, alpha, splits.heldout, pack, options)
-    timings["heldout"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    examples = _examples(model, tokenizer, arch, recipe, alpha, splits.heldout[:EXAMPLES])
-    timings["examples"] = time.perf_counter() - clock
+    recipe = _tuned_recipe(chosen, vectors, [], seed_recipe, pack, options)
+    with progress.timed(timings, "neuron_ablation"):
+        ablation = _neuron_ablation(tune, recipe, seed_recipe, chosen.items, options.kl_budget)
+        if ablation["kept"]:
+            recipe = _tuned_recipe(chosen, vectors, seed_recipe.spec.neurons, seed_recipe, pack, options)
+    with progress.timed(timings, "heldout"):
+        progress.say("phase 8: held-out effects and the prompting baseline")
+        heldout = Measure(model, tokenizer, arch, splits.heldout, heldout_replies, options.batch_size)
+        effects = _heldout_effects(model, tokenizer, arch, heldout, recipe, splits.heldout, pack, options.batch_size)
+    with progress.timed(timings, "examples"):
+        examples = _examples(model, tokenizer, arch, recipe, splits.heldout[:EXAMPLES])
     results = {
         "splits": {
             "train": len(splits.train),
@@ -156,28 +91,45 @@ def steer_by_answers(
     return recipe, results
 
 
-def _recipe(method, layers, vectors, coefficient, neurons, options, tuning, pack, architecture, seed_recipe) -> Recipe:
-    model = seed_recipe.spec.model
-    spec = RecipeSpec.model_validate(
-        {
-            "format": "finsurg.recipe/1",
-            "description": f"Derived by finsurg analyze: {method} directions from paired answers, layers "
-            f"{layers[0]}-{layers[-1]}, strength tuned on the tune split within KL "
-            f"{options.kl_budget:g}; alpha 3 is the tuned point.",
-            "model": {
-                "architecture": architecture,
-                "hidden_size": model.hidden_size,
-                "num_hidden_layers": model.num_hidden_layers,
-            },
-            "layers": layers,
-            "neurons": neurons,
-            "steering": {"file": STEERING_NAME, "coefficient": coefficient},
-            "default_alpha": 3.0,
-            "pack": pack.source,
-            "site": seed_recipe.spec.site,
-            "direction": {"method": method, "positions": options.positions},
-            "tuning": tuning,
-        }
+def _candidates(model, tokenizer, arch, train, seed_direction, options) -> tuple[dict[str, dict], torch.Tensor]:
+    """Phase 6: each direction method's per-layer unit directions, and the residual norm that scales them."""
+    with progress.bar(total=2 * len(train), desc="phase 6: answer contrast (train)") as bar:
+        contrast = methods.read_contrast(
+            model, tokenizer, arch, train, options.positions, options.batch_size, bar.update
+        )
+    candidates = {"caa": methods.caa(contrast), "pca": methods.pca(contrast), "seed": seed_direction}
+    if options.method != "auto":
+        candidates = {options.method: candidates[options.method]}
+    return candidates, contrast.residual_norm()
+
+
+def _tuned_recipe(chosen, vectors, neurons, seed_recipe: Recipe, pack: Pack, options) -> Recipe:
+    """The chosen trial as a recipe whose default alpha is the tuned strength."""
+    layers = chosen.layers
+    spec = RecipeSpec(
+        format=RECIPE_FORMAT,
+        description=f"Derived by finsurg analyze: {chosen.method} directions from paired answers, layers "
+        f"{layers[0]}-{layers[-1]}, strength tuned on the tune split within KL {options.kl_budget:g}; alpha "
+        f"{TUNED_ALPHA:g} is the tuned point.",
+        model=seed_recipe.spec.model,
+        layers=layers,
+        neurons=list(neurons),
+        steering={"file": STEERING_NAME, "coefficient": chosen.strength / TUNED_ALPHA},
+        default_alpha=TUNED_ALPHA,
+        pack=pack.source,
+        site=seed_recipe.spec.site,
+        direction={"method": chosen.method, "positions": options.positions},
+        tuning={
+            "kl_budget": options.kl_budget,
+            "trials": options.trials,
+            "seed": options.seed,
+            "trial": chosen.number,
+            "strength": chosen.strength,
+            "shift_up": chosen.shift_up,
+            "shift_down": chosen.shift_down,
+            "kl": chosen.kl,
+            "split": "tune",
+        },
     )
     return Recipe(spec, vectors, origin="finsurg analyze")
 
@@ -186,9 +138,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _neuron_ablation(
-    tune: Measure, recipe: Recipe, seed_recipe: Recipe, alpha: float, without: dict, budget: float
-) -> dict:
+def _neuron_ablation(tune: Measure, recipe: Recipe, seed_recipe: Recipe, without: dict, budget: float) -> dict:
     """Keep the seed's single-dimension terms only if adding them moves the tune split their stated way.
 
     "Moves" means the 95% bootstrap interval of the per-item added shift excludes zero, both ways,
@@ -196,6 +146,7 @@ def _neuron_ablation(
     """
     if not seed_recipe.spec.neurons:
         return {"kept": False, "reason": "the seed recipe has no single-dimension terms", "terms": []}
+    alpha = recipe.spec.default_alpha
     unit = torch.zeros(seed_recipe.spec.model.hidden_size)
     for neuron in seed_recipe.spec.neurons:
         unit[neuron.index] += neuron.coefficient
@@ -231,8 +182,9 @@ def _neuron_ablation(
 
 
 def _heldout_effects(
-    model, tokenizer, arch, heldout: Measure, recipe: Recipe, alpha: float, pairs, pack: Pack, options: TuneOptions
+    model, tokenizer, arch, heldout: Measure, recipe: Recipe, pairs, pack: Pack, batch_size: int
 ) -> dict:
+    alpha = recipe.spec.default_alpha
     base = heldout.base_margins
     rows = {"base": {"preference": preference(base), "log_odds": _mean(base), "kl": 0.0}}
     for name, sign in (("steered", 1.0), ("conservative", -1.0)):
@@ -253,7 +205,7 @@ def _heldout_effects(
             ("prompt_positive", 1.0, prompts.positive),
             ("prompt_negative", -1.0, prompts.negative),
         ):
-            batches = Batches(model, tokenizer, arch, answer_items(tokenizer, pairs, system), options.batch_size)
+            batches = Batches(model, tokenizer, arch, answer_items(tokenizer, pairs, system), batch_size)
             after = margins(batches.base)
             shifts = [a - b for a, b in zip(after, base)]
             rows[name] = {
@@ -266,8 +218,9 @@ def _heldout_effects(
     return rows
 
 
-def _examples(model, tokenizer, arch, recipe: Recipe, alpha: float, pairs) -> list[dict]:
+def _examples(model, tokenizer, arch, recipe: Recipe, pairs) -> list[dict]:
     """Greedy answers to a few held-out questions: base, steered and conservative side by side."""
+    alpha = recipe.spec.default_alpha
     examples = []
     for pair in pairs:
         ids = encode(tokenizer, pair.question)

@@ -13,7 +13,7 @@ import torch
 from finsurg.analysis.activations import RunningStats
 from finsurg.analysis.features import effect_size
 from finsurg.steer.arch import by_name
-from finsurg.steer.recipe import STEERING_NAME, Recipe, RecipeSpec
+from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
 
 BAND_FRACTION = 0.2
 NEURON_STRENGTH = 0.7  # per-layer shift at alpha=1, in the neuron's own standard deviations × band width
@@ -100,7 +100,7 @@ def derive(
     coefficient = STEERING_STRENGTH * sum(ratios) / len(ratios) / width
     spec = RecipeSpec.model_validate(
         {
-            "format": "finsurg.recipe/1",
+            "format": RECIPE_FORMAT,
             "description": f"Derived by finsurg analyze: {positive} vs {negative}, layers {band[0]}-{band[-1]}.",
             "model": {"architecture": architecture, "hidden_size": hidden, "num_hidden_layers": layers},
             "layers": band,

@@ -13,8 +13,6 @@ from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import offset_hooks
 from finsurg.steer.recipe import Recipe
 
-ALPHAS = [-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0]
-
 
 def preference_items(tokenizer, prompts: Pack) -> list[tuple[list[int], list[int]]]:
     """Held-out positive and negative prompts, each followed by every positive then negative continuation."""
@@ -51,7 +49,7 @@ def measure(bridge, tokenizer, prefs, neutral, hooks, batch_size: int, bar=None)
 
 
 def run_sweep(
-    bridge, tokenizer, arch: Architecture, prompts: Pack, recipe: Recipe, alphas=ALPHAS, batch_size: int = 16
+    bridge, tokenizer, arch: Architecture, prompts: Pack, recipe: Recipe, alphas, batch_size: int = 16
 ) -> dict:
     prefs, neutral = preference_items(tokenizer, prompts), neutral_items(tokenizer, prompts)
     rows = []

@@ -25,7 +25,7 @@ from finsurg.io.shard_copy import SourceHashes, copy_shard
 from finsurg.jsonfile import write_json
 from finsurg.models.source import ResolvedModel
 from finsurg.steer.arch import Architecture, for_config
-from finsurg.steer.recipe import Recipe, check_alpha
+from finsurg.steer.recipe import Recipe
 from finsurg.variant.record import (
     CARD_NAME,
     OFFSETS_NAME,
@@ -88,7 +88,7 @@ class VariantWriter:
 
     def write(self, recipe: Recipe, alpha: float, variant: str, out: Path) -> TensorsWritten:
         """The variant's checkpoint in `out`, an empty directory: shards, index, config, tokenizer and side files."""
-        biases = bake(recipe.offsets(check_alpha(alpha)), self.arch, self.model.config, self.dtype, self.checkpoint)
+        biases = bake(recipe.offsets(alpha), self.arch, self.model.config, self.dtype, self.checkpoint)
         sums, copied, weight_map, tensor_bytes = self._write_shards(biases, out, variant)
         write_json(
             out / INDEX_NAME, {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}

@@ -12,14 +12,16 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from finsurg import DISCLAIMER, __version__, progress
+from finsurg.checks.options import EvalOptions
 from finsurg.checks.vllm_check import vllm_python
 from finsurg.devices import Placement
-from finsurg.dtypes import weight_dtype
+from finsurg.dtypes import name_of, weight_dtype
 from finsurg.effect_tables import shift_table
 from finsurg.effects import effect
 from finsurg.engines.runner import run_script
@@ -30,7 +32,17 @@ from finsurg.models.loading import load_model, load_tokenizer
 from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture, by_name
-from finsurg.variant.record import EVAL_NAME, EvalReport, Parity, Variant, VariantEval, VariantEvalReport, find_variants
+from finsurg.variant.record import (
+    BASE_RUN,
+    EVAL_NAME,
+    EvalReport,
+    Parity,
+    RunKey,
+    Variant,
+    VariantEval,
+    VariantEvalReport,
+    find_variants,
+)
 from finsurg.variant.seal import write_report
 
 EVAL_TABLE_NAME = "eval.md"
@@ -169,18 +181,43 @@ def parity(baked: dict, hooked: dict, atol: float = PARITY_ATOL[torch.float32]) 
     return Parity(max_abs_loglik_diff=per_task, worst=worst, atol=atol, passed=worst <= atol)
 
 
+@dataclass
+class _Subject:
+    """What one evaluation covers: variants of one base, dtype and pack, with what they share."""
+
+    variants: list[Variant]
+    sealed: dict[Path, dict[str, str]]
+    base: Path
+    weights: torch.dtype
+    arch: Architecture
+    pack: Pack
+
+    @classmethod
+    def of(cls, paths: list[Path], base_override: Path | None, base_trusted: bool) -> _Subject:
+        variants = [Variant(path) for path in find_variants(paths)]
+        sealed = {v.directory: check_sums(v.directory) for v in variants}
+        bases = {str(v.base_path(base_override)) for v in variants}
+        base_files = {tuple(sorted(v.surgery.base_model.files.items())) for v in variants}
+        dtypes = {v.dtype for v in variants}
+        packs = {v.surgery.recipe.pack for v in variants}
+        if len(bases) > 1 or len(base_files) > 1 or len(dtypes) > 1 or len(packs) > 1:
+            raise FinsurgError(
+                "the variants come from different base models, dtypes or packs; evaluate them separately"
+            )
+        base = Path(bases.pop())
+        if not base_trusted:
+            variants[0].check_base_hashes(base)  # every variant records the same base files: hash them once
+        arch = by_name(variants[0].surgery.base_model.architecture)
+        return cls(variants, sealed, base, weight_dtype(dtypes.pop()), arch, Pack.load(packs.pop()))
+
+
 def evaluate(
     paths: list[Path],
-    base_override: Path | None = None,
-    extra_tasks: list[str] | None = None,
+    options: EvalOptions,
     out_dir: Path | None = None,
-    limit: int | None = None,
-    batch_size: int = 16,
-    chat: bool | None = None,
-    base_trusted: bool = False,
     placement: Placement | None = None,
-    engine: str = "transformers",
-    python: str | None = None,
+    base_override: Path | None = None,
+    base_trusted: bool = False,
 ) -> EvalReport:
     """Evaluate base, baked and hooked; record eval.json in each variant; write eval.json and eval.md to out_dir.
 
@@ -188,82 +225,18 @@ def evaluate(
     variants (the route for models too large for transformers here); hook parity stays on the
     transformers route, where the model fits memory, and the report names each run's engine.
     """
-    variants = [Variant(path) for path in find_variants(paths)]
-    sealed = {v.directory: check_sums(v.directory) for v in variants}
-    bases = {str(v.base_path(base_override)) for v in variants}
-    base_files = {tuple(sorted(v.surgery.base_model.files.items())) for v in variants}
-    dtypes = {v.dtype for v in variants}
-    packs = {v.surgery.recipe.pack for v in variants}
-    if len(bases) > 1 or len(base_files) > 1 or len(dtypes) > 1 or len(packs) > 1:
-        raise FinsurgError("the variants come from different base models, dtypes or packs; evaluate them separately")
-    base = Path(bases.pop())
-    if not base_trusted:
-        variants[0].check_base_hashes(base)  # every variant records the same base files: hash them once
-    weights = weight_dtype(dtypes.pop())
-    arch = by_name(variants[0].surgery.base_model.architecture)
-    tokenizer = load_tokenizer(base)
-    chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-    pack = Pack.load(packs.pop())
-    runner = Runner(pack, extra_tasks or [], chat, limit, batch_size)
-
+    subject = _Subject.of(paths, base_override, base_trusted)
     placement = placement or Placement.of("cpu")
-    compute = placement.dtype
-    prompting = _prompting(pack)  # the baseline steering has to beat: a plain system prompt
-    runs: dict[str, dict] = {}
-    engines: dict[str, str] = {}
-    parity_note = "baked and hooked both on transformers"
-    if engine == "vllm":
-        plan = [("base", base, None)] + [(name, base, system) for name, system in prompting.items()]
-        plan += [(f"{v.name}/baked", v.directory, None) for v in variants]
-        progress.say(f"lm-eval on vLLM: {len(plan)} runs")
-        runs.update(runner.run_vllm(vllm_python(python), plan, str(compute).removeprefix("torch.")))
-        engines.update({name: "vllm" for name in runs})
-        if not placement.fits(read_config(base), copies=2):
-            parity_note = (
-                "not run: the model does not fit memory for the transformers route; finsurg verify (the layer-local "
-                "proof, and --full) is the parity check at this size"
-            )
-    else:
-        placement.require("eval (the base and one variant at a time)", read_config(base), copies=2)
-    if engine == "transformers" or not parity_note.startswith("not run"):
-        runs.update(_transformers_runs(runner, base, variants, weights, placement, tokenizer, arch, prompting, engine))
-        engines.update({name: "transformers" for name in runs if name not in engines})
-    parity_key = "baked" if engine == "transformers" else "baked:transformers"
-    common = dict(
-        finsurg_version=__version__,
-        base_model=str(base),
-        tasks=runner.tasks,
-        headlines=runner.headlines,
-        task_titles=runner.titles,
-        chat_template=chat,
-        limit=limit,
-        compute_dtype=str(compute).removeprefix("torch."),
-        weights_dtype=str(weights).removeprefix("torch."),
-        prompting=prompting,
-        engines=engines,
-        parity_route=parity_note,
-        metrics={name: run["metrics"] for name, run in runs.items()},
-        seconds={name: round(run["seconds"], 2) for name, run in runs.items()},
-        disclaimer=DISCLAIMER,
-    )
-    results = {
-        v.name: VariantEval(
-            alpha=v.surgery.alpha,
-            path=str(v.directory),
-            parity=parity(runs[f"{v.name}/{parity_key}"], runs[f"{v.name}/hooked"], PARITY_ATOL[compute])
-            if f"{v.name}/hooked" in runs
-            else None,
-            change=_change(runs["base"]["metrics"], runs[f"{v.name}/baked"]["metrics"]),
-        )
-        for v in variants
-    }
-    common["shifts"] = _shifts(runs, runner.preference_task, variants)
-    report = EvalReport(
-        **common, variants=results, passed=all(r.parity is None or r.parity.passed for r in results.values())
-    )
-    for variant in variants:
-        own = VariantEvalReport(**common, **results[variant.name].model_dump(), variant=variant.name)
-        write_report(variant.directory, own, known=sealed[variant.directory])
+    tokenizer = load_tokenizer(subject.base)
+    chat = bool(getattr(tokenizer, "chat_template", None)) if options.chat is None else options.chat
+    runner = Runner(subject.pack, options.tasks, chat, options.limit, options.eval_batch_size)
+    prompting = _prompting(subject.pack)  # the baseline steering has to beat: a plain system prompt
+    runs, engines, parity_note = _runs(runner, subject, options, placement, tokenizer, prompting)
+    report = _report(runner, subject, runs, engines, parity_note, prompting, chat, options.limit, placement.dtype)
+    for variant in subject.variants:
+        common = report.model_dump(exclude={"variants", "passed"})
+        own = VariantEvalReport(**common, **report.variants[variant.name].model_dump(), variant=variant.name)
+        write_report(variant.directory, own, known=subject.sealed[variant.directory])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / EVAL_NAME, report.model_dump(mode="json"))
@@ -271,30 +244,94 @@ def evaluate(
     return report
 
 
-def _transformers_runs(runner, base, variants, weights, placement, tokenizer, arch, prompting, engine) -> dict:
+def _runs(runner, subject: _Subject, options: EvalOptions, placement, tokenizer, prompting):
+    """Every lm-eval run by key, the engine of each, and how hook parity was checked."""
+    runs: dict[str, dict] = {}
+    engines: dict[str, str] = {}
+    parity_note = "baked and hooked both on transformers"
+    config = read_config(subject.base)
+    if options.engine == "vllm":
+        plan = [(str(BASE_RUN), subject.base, None)] + [
+            (name, subject.base, system) for name, system in prompting.items()
+        ]
+        plan += [(str(RunKey.of(v.name, "baked")), v.directory, None) for v in subject.variants]
+        progress.say(f"lm-eval on vLLM: {len(plan)} runs")
+        runs.update(runner.run_vllm(vllm_python(options.vllm_python), plan, name_of(placement.dtype)))
+        engines.update({name: "vllm" for name in runs})
+        if not placement.fits(config, copies=2):
+            parity_note = (
+                "not run: the model does not fit memory for the transformers route; finsurg verify (the layer-local "
+                "proof, and --full) is the parity check at this size"
+            )
+            return runs, engines, parity_note
+    else:
+        placement.require("eval (the base and one variant at a time)", config, copies=2)
+    runs.update(_transformers_runs(runner, subject, placement, tokenizer, prompting, options.engine))
+    engines.update({name: "transformers" for name in runs if name not in engines})
+    return runs, engines, parity_note
+
+
+def _report(runner, subject: _Subject, runs, engines, parity_note, prompting, chat, limit, compute) -> EvalReport:
+    parity_kind = "baked" if engines.get(str(BASE_RUN)) == "transformers" else "baked:transformers"
+    results = {}
+    for v in subject.variants:
+        hooked = runs.get(str(RunKey.of(v.name, "hooked")))
+        results[v.name] = VariantEval(
+            alpha=v.surgery.alpha,
+            path=str(v.directory),
+            parity=None
+            if hooked is None
+            else parity(runs[str(RunKey.of(v.name, parity_kind))], hooked, PARITY_ATOL[compute]),
+            change=_change(runs[str(BASE_RUN)]["metrics"], runs[str(RunKey.of(v.name, "baked"))]["metrics"]),
+        )
+    return EvalReport(
+        finsurg_version=__version__,
+        base_model=str(subject.base),
+        tasks=runner.tasks,
+        headlines=runner.headlines,
+        task_titles=runner.titles,
+        chat_template=chat,
+        limit=limit,
+        compute_dtype=name_of(compute),
+        weights_dtype=name_of(subject.weights),
+        prompting=prompting,
+        engines=engines,
+        parity_route=parity_note,
+        metrics={name: run["metrics"] for name, run in runs.items()},
+        seconds={name: round(run["seconds"], 2) for name, run in runs.items()},
+        shifts=_shifts(runs, runner.preference_task, subject.variants),
+        disclaimer=DISCLAIMER,
+        variants=results,
+        passed=all(r.parity is None or r.parity.passed for r in results.values()),
+    )
+
+
+def _transformers_runs(runner, subject: _Subject, placement, tokenizer, prompting, engine) -> dict:
     """lm-eval on transformers: the hooked runs (lm-eval's steered model on the base) and the baked ones;
     the base and prompting runs too unless vLLM already ran them."""
 
     def load(path: Path):
-        return load_model(path, weights, placement.dtype, device=placement.device, max_memory=placement.dispatch)
+        return load_model(
+            path, subject.weights, placement.dtype, device=placement.device, max_memory=placement.dispatch
+        )
 
     runs = {}
-    base_model = load(base)
+    base_model = load(subject.base)
     if engine == "transformers":
         progress.say("lm-eval: base")
-        runs["base"] = runner.run(runner.wrap(base_model, tokenizer))
+        runs[str(BASE_RUN)] = runner.run(runner.wrap(base_model, tokenizer))
         for name, system in prompting.items():
-            progress.say(f"lm-eval: base with the {name} system prompt")
+            progress.say(f"lm-eval: base with the {RunKey.parse(name).side} system prompt")
             runs[name] = runner.run(runner.wrap(base_model, tokenizer), system)
-    baked_name = "baked" if engine == "transformers" else "baked:transformers"
+    baked_kind = "baked" if engine == "transformers" else "baked:transformers"
     with tempfile.TemporaryDirectory(prefix="finsurg-eval-") as scratch:
-        for variant in variants:
+        for variant in subject.variants:
             progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
-            hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, arch, Path(scratch))
-            runs[f"{variant.name}/hooked"] = runner.run(hooked)
+            hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, subject.arch, Path(scratch))
+            runs[str(RunKey.of(variant.name, "hooked"))] = runner.run(hooked)
             progress.say(f"lm-eval: {variant.name} (baked)")
             baked_model = load(variant.directory)
-            runs[f"{variant.name}/{baked_name}"] = runner.run(runner.wrap(baked_model, tokenizer))
+            runs[str(RunKey.of(variant.name, baked_kind))] = runner.run(runner.wrap(baked_model, tokenizer))
             del baked_model
     return runs
 
@@ -316,15 +353,18 @@ def _change(base: dict, variant: dict) -> dict:
 
 def _shifts(runs: dict[str, dict], task: str | None, variants: list[Variant]) -> dict[str, dict]:
     """Per run, its preference-task log-odds shift from the base, judged item by item in its intended direction."""
-    if task is None or task not in runs["base"]["items"]:
+    base = str(BASE_RUN)
+    if task is None or task not in runs[base]["items"]:
         return {}
     margins = {name: [row[0] - row[1] for row in run["items"][task]] for name, run in runs.items()}
-    intended = {"prompt:positive": 1.0, "prompt:negative": -1.0}
+    intended = {str(RunKey.prompt("positive")): 1.0, str(RunKey.prompt("negative")): -1.0}
     intended |= {
-        f"{v.name}/{kind}": math.copysign(1.0, v.surgery.alpha) for v in variants for kind in ("baked", "hooked")
+        str(RunKey.of(v.name, kind)): math.copysign(1.0, v.surgery.alpha)
+        for v in variants
+        for kind in ("baked", "hooked")
     }
     return {
-        name: effect([after - before for after, before in zip(margins[name], margins["base"])], direction)
+        name: effect([after - before for after, before in zip(margins[name], margins[base])], direction)
         for name, direction in intended.items()
         if name in margins
     }
@@ -332,7 +372,9 @@ def _shifts(runs: dict[str, dict], task: str | None, variants: list[Variant]) ->
 
 def _prompting(pack: Pack) -> dict[str, str]:
     prompts = pack.manifest.system_prompts
-    return {} if prompts is None else {"prompt:positive": prompts.positive, "prompt:negative": prompts.negative}
+    if prompts is None:
+        return {}
+    return {str(RunKey.prompt("positive")): prompts.positive, str(RunKey.prompt("negative")): prompts.negative}
 
 
 def render_table(report: EvalReport) -> str:
@@ -342,7 +384,7 @@ def render_table(report: EvalReport) -> str:
         f"{n} (α {report.variants[n].alpha:+g}) {kind}" for n in names for kind in ("baked", "hooked")
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base = report.metrics["base"]
+    base = report.metrics[str(BASE_RUN)]
     for task in report.tasks:
         for metric, value in base[task].items():
             cells = [
@@ -353,7 +395,7 @@ def render_table(report: EvalReport) -> str:
             ]
             for name in names:
                 for kind in ("baked", "hooked"):
-                    run = report.metrics.get(f"{name}/{kind}")
+                    run = report.metrics.get(str(RunKey.of(name, kind)))
                     cells.append(_fmt(run[task][metric]) if run else "—")
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -20,7 +20,6 @@ from finsurg.io.hashing import cached_sha256  # hashlib releases the GIL on larg
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 COPY_STEP = 64 * 1024 * 1024
 NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
-LINK_MODES = ("auto", "copy")
 
 
 class SourceHashes:

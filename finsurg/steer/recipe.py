@@ -6,7 +6,6 @@ offset_L(alpha) = alpha * (sum_n coefficient_n * e_{index_n} + steering.coeffici
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from finsurg.errors import FinsurgError
 from finsurg.jsonfile import read_json, validation_message
+from finsurg.options import finite_alpha
 from finsurg.steer.arch import for_config
 
 RECIPE_FORMAT = "finsurg.recipe/1"
@@ -72,7 +72,7 @@ class TuningSpec(_Strict):
 
 
 class RecipeSpec(_Strict):
-    format: Literal["finsurg.recipe/1"]
+    format: Literal[RECIPE_FORMAT]  # type: ignore[valid-type]
     model: ModelSpec
     layers: list[NonNegativeInt]
     neurons: list[NeuronSpec] = []
@@ -83,12 +83,6 @@ class RecipeSpec(_Strict):
     site: str = "layer_output"  # where the offsets are added (finsurg.steer.arch: a family's site)
     direction: DirectionSpec = DirectionSpec()
     tuning: TuningSpec | None = None
-
-
-def check_alpha(alpha: float) -> float:
-    if not math.isfinite(alpha):
-        raise FinsurgError(f"alpha must be a finite number, got {alpha}")
-    return float(alpha)
 
 
 @dataclass
@@ -199,7 +193,10 @@ class Recipe:
 
     def offsets(self, alpha: float) -> dict[int, torch.Tensor]:
         """The float32 residual offset added after each steered layer, computed in float64."""
-        alpha = check_alpha(alpha)
+        try:
+            alpha = finite_alpha(alpha)
+        except ValueError as exc:
+            raise FinsurgError(str(exc)) from None
         unit = torch.zeros(self.spec.model.hidden_size, dtype=torch.float64)
         for neuron in self.spec.neurons:
             unit[neuron.index] += neuron.coefficient

@@ -16,9 +16,11 @@ from finsurg import DISCLAIMER
 from finsurg.effect_tables import examples_table, heldout_table, shift_table
 from finsurg.steer.arch import by_name
 from finsurg.variant.record import (
+    BASE_RUN,
     CARD_NAME,
     PLOTS_DIR,
     LlamaCppReport,
+    RunKey,
     SurgeryRecord,
     Variant,
     VariantEvalReport,
@@ -183,71 +185,10 @@ def _efficacy(surgery: SurgeryRecord) -> str:
     return "\n".join(lines)
 
 
-def verification_rows(report: VerificationReport) -> list[tuple[str, str]]:
-    """The verification figures as (check, result) rows: the card's table and the CLI's summary."""
-    proof = report.proof
-    structure = proof.structure
-    steered = [b for b in proof.blocks if b.steered]
-    worst = max((b.max_abs_error or 0.0) for b in proof.blocks) if proof.blocks else 0.0
-    rows = [
-        (
-            "structure: tensors byte-identical to the base, biases bit-equal to the offsets, config",
-            "passed"
-            if structure.passed
-            else "; ".join(structure.problems[:3])
-            + f" ({structure.identical_shards} shards by SHA256, {structure.tensors_compared} tensors compared)",
-        ),
-        (
-            f"blocks {', '.join(str(b.layer) for b in proof.blocks)} alone: variant = base + offset (float32)",
-            f"{sum(b.passed for b in proof.blocks)}/{len(proof.blocks)} ({len(steered)} steered), max error "
-            f"{worst:.2e}" + "".join(f"; layer {b.layer}: {b.problem}" for b in proof.blocks if b.problem),
-        ),
-    ]
-    exact = report.float32
-    if exact is None:
-        return rows + [("end-to-end check", report.end_to_end_note)]
-    mode = "in memory" if exact.mode == "in_memory" else "layer-streamed"
-    rows += [
-        (f"end to end ({mode}): max abs logit difference", f"{exact.max_abs_logit_diff:.2e}"),
-        ("KL mean / max", f"{exact.kl_mean:.2e} / {exact.kl_max:.2e} (limit {report.kl_limit:.0e})"),
-        (
-            "argmax agreement" + (" (teacher-forced)" if exact.greedy_identical is None else ""),
-            f"{exact.argmax_agreement:.1%}",
-        ),
-    ]
-    if exact.greedy_prompts_identical is not None:
-        rows.append(
-            (
-                f"{report.new_tokens}-token greedy generations identical",
-                f"{exact.greedy_prompts_identical}/{report.prompts}",
-            )
-        )
-    rows += [
-        (
-            f"hidden states before layer {exact.prefix_layers_checked} bit-identical to the base",
-            str(exact.prefix_layers_bit_identical),
-        ),
-        (
-            "moves like the hooks (cosine of logit change)",
-            f"{exact.steering_effect.delta_cosine:.4f} (KL base→hooked {exact.steering_effect.kl_base_vs_hooked_mean:.3f})",
-        ),
-    ]
-    low = report.export_dtype
-    if low:
-        rows.append(
-            (
-                f"{low.dtype}: KL mean / max vs its noise floor (fp32 vs {low.dtype} base)",
-                f"{low.kl_mean:.2e} / {low.kl_max:.2e} vs {low.noise_floor.kl_mean:.2e}, argmax "
-                f"{low.argmax_agreement:.1%} vs {low.noise_floor.argmax_agreement:.1%}",
-            )
-        )
-    return rows
-
-
 def _verification(report: VerificationReport | None) -> str:
     if not report:
         return ""
-    table = "\n".join(f"| {name} | {value} |" for name, value in verification_rows(report))
+    table = "\n".join(f"| {name} | {value} |" for name, value in report.rows())
     verdict = "passed" if report.passed else "FAILED"
     return (
         f"## Verification: baked vs hooks ({verdict})\n\nA layer-local proof (the variant's tensors against the "
@@ -270,32 +211,33 @@ def _served(report: VllmReport | None) -> str:
 def _evaluation(report: VariantEvalReport | None) -> str:
     if not report:
         return ""
-    metrics, variant = report.metrics, report.variant
+    metrics = report.metrics
+    baked, hooked = (str(RunKey.of(report.variant, kind)) for kind in ("baked", "hooked"))
     prompts = list(report.prompting)
     rows = []
     for task in report.tasks:
-        base = metrics["base"][task]
+        base = metrics[str(BASE_RUN)][task]
         names = [report.headlines[task]] + (["log_odds"] if "log_odds" in base else [])
         for name in names:
             cells = [
                 base[name],
                 *[metrics[p][task][name] for p in prompts],
-                metrics[f"{variant}/baked"][task][name],
-                metrics.get(f"{variant}/hooked", {}).get(task, {}).get(name, float("nan")),
+                metrics[baked][task][name],
+                metrics.get(hooked, {}).get(task, {}).get(name, float("nan")),
             ]
             rows.append(f"| {task} | {name} | " + " | ".join(f"{value:.4f}" for value in cells) + " |")
     header = [
         "task",
         "metric",
         "base",
-        *[f"base + {p.split(':')[1]} system prompt" for p in prompts],
+        *[f"base + {RunKey.parse(p).side} system prompt" for p in prompts],
         "this variant (baked)",
         "hooks on the base",
     ]
     parity = report.parity
     baseline = (
         " The system-prompt columns are the prompting baseline: the unmodified base told to behave "
-        "each way (" + "; ".join(f'{p.split(":")[1]}: "{text}"' for p, text in report.prompting.items()) + ")."
+        "each way (" + "; ".join(f'{RunKey.parse(p).side}: "{text}"' for p, text in report.prompting.items()) + ")."
         if prompts
         else ""
     )
@@ -314,7 +256,7 @@ def _evaluation(report: VariantEvalReport | None) -> str:
 
 def _shifts(report: VariantEvalReport) -> str:
     """This variant's and the prompting baseline's preference shift, item by item."""
-    own = [f"{report.variant}/baked", *report.prompting]
+    own = [str(RunKey.of(report.variant, "baked")), *report.prompting]
     shifts = {name: report.shifts[name].model_dump() for name in own if name in report.shifts}
     if not shifts:
         return ""
@@ -330,7 +272,7 @@ def _eval_results(report: VariantEvalReport | None) -> list[EvalResult]:
     results = []
     for task in report.tasks:
         metric = report.headlines[task]
-        value = report.metrics[f"{report.variant}/baked"][task][metric]
+        value = report.metrics[str(RunKey.of(report.variant, "baked"))][task][metric]
         results.append(
             EvalResult(
                 task_type="text-generation",

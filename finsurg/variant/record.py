@@ -7,6 +7,7 @@ offsets baked in), any reports the checks wrote, the model card and `SHA256SUMS`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -145,6 +146,71 @@ class VerificationReport(Record):
     checksums_ok: bool
     passed: bool
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The verification figures as (check, result) rows: the card's table and the CLI's summary."""
+        proof = self.proof
+        structure = proof.structure
+        steered = [b for b in proof.blocks if b.steered]
+        worst = max((b.max_abs_error or 0.0) for b in proof.blocks) if proof.blocks else 0.0
+        rows = [
+            (
+                "structure: tensors byte-identical to the base, biases bit-equal to the offsets, config",
+                "passed"
+                if structure.passed
+                else "; ".join(structure.problems[:3])
+                + f" ({structure.identical_shards} shards by SHA256, {structure.tensors_compared} tensors compared)",
+            ),
+            (
+                f"blocks {', '.join(str(b.layer) for b in proof.blocks)} alone: variant = base + offset (float32)",
+                f"{sum(b.passed for b in proof.blocks)}/{len(proof.blocks)} ({len(steered)} steered), max error "
+                f"{worst:.2e}" + "".join(f"; layer {b.layer}: {b.problem}" for b in proof.blocks if b.problem),
+            ),
+        ]
+        exact = self.float32
+        if exact is None:
+            return rows + [("end-to-end check", self.end_to_end_note)]
+        mode = "in memory" if exact.mode == "in_memory" else "layer-streamed"
+        rows += [
+            (f"end to end ({mode}): max abs logit difference", f"{exact.max_abs_logit_diff:.2e}"),
+            ("KL mean / max", f"{exact.kl_mean:.2e} / {exact.kl_max:.2e} (limit {self.kl_limit:.0e})"),
+            (
+                "argmax agreement" + (" (teacher-forced)" if exact.greedy_identical is None else ""),
+                f"{exact.argmax_agreement:.1%}",
+            ),
+        ]
+        if exact.greedy_prompts_identical is not None:
+            rows.append(
+                (
+                    f"{self.new_tokens}-token greedy generations identical",
+                    f"{exact.greedy_prompts_identical}/{self.prompts}",
+                )
+            )
+        rows += [
+            (
+                f"hidden states before layer {exact.prefix_layers_checked} bit-identical to the base",
+                str(exact.prefix_layers_bit_identical),
+            ),
+            (
+                "moves like the hooks (cosine of logit change)",
+                f"{exact.steering_effect.delta_cosine:.4f} (KL base→hooked {exact.steering_effect.kl_base_vs_hooked_mean:.3f})",
+            ),
+        ]
+        low = self.export_dtype
+        if low:
+            rows.append(
+                (
+                    f"{low.dtype}: KL mean / max vs its noise floor (fp32 vs {low.dtype} base)",
+                    f"{low.kl_mean:.2e} / {low.kl_max:.2e} vs {low.noise_floor.kl_mean:.2e}, argmax "
+                    f"{low.argmax_agreement:.1%} vs {low.noise_floor.argmax_agreement:.1%}",
+                )
+            )
+        return rows
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [f"verification ({verdict}), float32, {self.prompts} prompts:"]
+        return "\n".join(lines + [f"  {name}: {value}" for name, value in self.rows()])
+
 
 # ---- vLLM ---------------------------------------------------------------------------------------
 class Agreement(Record):
@@ -181,6 +247,19 @@ class VllmReport(Record):
     vllm_total_seconds: float
     passed: bool
 
+    def summary(self) -> str:
+        parts = [
+            f"{name.replace('_', ' ')}: {item.prompts_identical}/{self.prompts} prompts identical, "
+            f"{item.tokens_matching}/{item.tokens_total} tokens"
+            for name, item in (("vs_transformers", self.vs_transformers), ("vs_hooks", self.vs_hooks))
+        ]
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (
+            f"vLLM {self.vllm_version} ({verdict}), float32 greedy, {self.new_tokens} tokens: "
+            + "; ".join(parts)
+            + f"; engine loaded in {self.vllm_load_seconds} s"
+        )
+
 
 # ---- llama.cpp ----------------------------------------------------------------------------------
 class LlamaCppReport(Record):
@@ -200,6 +279,32 @@ class LlamaCppReport(Record):
     baked_vs_transformers_tokens: Agreement
     noise_floor: LogitComparison  # the base GGUF in llama.cpp against the base in transformers
     passed: bool
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        routes, tokens = self.baked_vs_control_vector, self.baked_vs_control_vector_tokens
+        to_hf, floor = self.baked_vs_transformers, self.noise_floor
+        return (
+            f"llama.cpp {self.llama_cpp_version} ({verdict}), F32, {self.prompts} prompts:\n"
+            f"  baked GGUF vs base GGUF + control vector at {self.alpha:+g}: {tokens.prompts_identical}/"
+            f"{self.prompts} greedy continuations identical ({self.new_tokens} tokens), max |Δlogit| "
+            f"{routes.max_abs_logit_diff:.2e} (tolerance {self.tolerance:.1e})\n"
+            f"  baked GGUF vs transformers on the variant: max |Δlogit| {to_hf.max_abs_logit_diff:.2e}, argmax "
+            f"{to_hf.argmax_agreement:.1%}, greedy {self.baked_vs_transformers_tokens.prompts_identical}/"
+            f"{self.prompts}; noise floor (base GGUF vs base in transformers): max |Δlogit| "
+            f"{floor.max_abs_logit_diff:.2e}, argmax {floor.argmax_agreement:.1%}"
+        )
+
+
+class ChecksumReport(Record):
+    """`verify --checksums`: every file of the variant re-hashed against SHA256SUMS."""
+
+    variant: str
+    files: int
+    passed: bool = True
+
+    def summary(self) -> str:
+        return f"{self.files} files match SHA256SUMS"
 
 
 # ---- lm-eval ------------------------------------------------------------------------------------
@@ -226,6 +331,44 @@ class VariantEval(Record):
     change: dict[str, float]
 
 
+RunKind = Literal["base", "prompt", "baked", "hooked", "baked:transformers"]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """The name of one lm-eval run in eval.json: the base, the base under one side's system prompt (the
+    prompting baseline), or a variant's baked or hooked run (baked:transformers beside a vLLM run)."""
+
+    kind: RunKind = "base"
+    variant: str | None = None
+    side: str | None = None  # of a prompt run: "positive" or "negative"
+
+    @classmethod
+    def of(cls, variant: str, kind: RunKind) -> RunKey:
+        return cls(kind, variant=variant)
+
+    @classmethod
+    def prompt(cls, side: str) -> RunKey:
+        return cls("prompt", side=side)
+
+    @classmethod
+    def parse(cls, name: str) -> RunKey:
+        if name == "base":
+            return cls()
+        if name.startswith("prompt:"):
+            return cls.prompt(name.removeprefix("prompt:"))
+        variant, _, kind = name.partition("/")
+        return cls.of(variant, kind)
+
+    def __str__(self) -> str:
+        if self.kind == "base":
+            return "base"
+        return f"prompt:{self.side}" if self.kind == "prompt" else f"{self.variant}/{self.kind}"
+
+
+BASE_RUN = RunKey()
+
+
 class EvalRun(Record):
     format: Literal["finsurg.eval/1"] = "finsurg.eval/1"
     finsurg_version: str
@@ -237,10 +380,10 @@ class EvalRun(Record):
     limit: int | None
     compute_dtype: str
     weights_dtype: str
-    prompting: dict[str, str] = {}  # baseline run name -> the system prompt the base ran with
+    prompting: dict[str, str] = {}  # prompt run key -> the system prompt the base ran with
     engines: dict[str, str] = {}  # run name -> the engine that produced its figures (transformers or vllm)
     parity_route: str = "baked and hooked both on transformers"
-    # run ("base", "prompt:positive", "steered/baked", ...) -> task -> metric
+    # run key (str(RunKey): "base", "prompt:positive", "steered/baked", ...) -> task -> metric
     metrics: dict[str, dict[str, dict[str, float]]]
     # per run, the preference task's log-odds shift from the base, judged item by item
     shifts: dict[str, Effect] = {}

@@ -1,0 +1,63 @@
+"""What an analysis run is asked to do: the options `finsurg analyze` takes, and the tuning group cut from them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from finsurg.options import Group, flag
+
+SWEEP_ALPHAS = (-5.0, -3.0, -1.0, 0.0, 1.0, 3.0, 5.0)
+
+
+class TuneOptions(Group):
+    """How answer-behaviour steering is searched for (phases 6-8)."""
+
+    trials: PositiveInt = Field(12, **flag("tuning trials"))
+    kl_budget: float = Field(0.1, **flag("capability budget: mean per-token KL from the base on neutral replies"))
+    seed: int = Field(0, **flag("the tuner's random seed"))
+    method: Literal["auto", "seed", "caa", "pca"] = Field(
+        "auto", **flag("direction method (auto: the tuner chooses among seed, caa and pca)")
+    )
+    positions: Literal["answer_mean", "answer_last"] = Field(
+        "answer_mean", **flag("where answer activations are read: the mean over answer tokens, or the last one")
+    )
+    batch_size: PositiveInt = Field(16, **flag("prompts per forward pass"))
+
+    @field_validator("kl_budget")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"--kl-budget must be a positive finite number, got {value}")
+        return value
+
+
+class AnalysisOptions(TuneOptions):
+    out: Path = Field(Path("finsurg-analysis"), **flag("run directory"))
+    behaviour: str | None = Field(None, **flag("a behaviour pack directory or built-in name (default: finance)"))
+    pool: Literal["last", "mean"] = Field("last", **flag("token positions pooled"))
+    layers: str | None = Field(None, **flag("steered layers, e.g. 20-25 (default: where separation peaks)"))
+    top_k: PositiveInt = Field(10, **flag("dimensions ranked per layer"))
+    sweep: bool = Field(True, **flag("run the question-category alpha sweep (without tuning only)", flag="--no-sweep"))
+    sweep_alphas: list[float] = Field(
+        list(SWEEP_ALPHAS), **flag("the alphas the sweep visits, comma-separated", comma=True)
+    )
+    overwrite: bool = Field(False, **flag("replace an existing run directory"))
+    tune: bool = Field(
+        True,
+        **flag(
+            "tune answer-behaviour directions and strength (without it: the seed method, as the seed card did)",
+            flag="--no-tune",
+        ),
+    )
+
+    def sweep_at(self) -> list[float]:
+        """The sweep's alphas: the seed method's check, run where tuning does not judge the recipe."""
+        return self.sweep_alphas if self.sweep and not self.tune else []
+
+    def tuning(self) -> TuneOptions | None:
+        """The tuning group, or None when tuning is off."""
+        return TuneOptions(**self.model_dump(include=set(TuneOptions.model_fields))) if self.tune else None

@@ -1,0 +1,234 @@
+"""What each command returns through the API: a typed outcome that renders itself as JSON and as text.
+
+The CLI prints `payload()` with --json and `text()` otherwise, `problems()` on stderr, and exits with
+`status()`: one path for every command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from finsurg import DISCLAIMER
+
+
+class Outcome:
+    def payload(self) -> dict:
+        raise NotImplementedError
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def problems(self) -> list[str]:
+        """Lines for stderr that make the command fail."""
+        return []
+
+    def status(self) -> int:
+        return 1 if self.problems() else 0
+
+
+@dataclass
+class AnalyzeOutcome(Outcome):
+    analysis: object  # finsurg.analysis.analyze.Analysis
+
+    def payload(self) -> dict:
+        results = self.analysis.results
+        return {k: v for k, v in results.items() if k not in ("features", "heads")} | {"out": str(self.analysis.out)}
+
+    def text(self) -> str:
+        from finsurg.effect_tables import heldout_table
+
+        results, recipe = self.analysis.results, self.analysis.recipe
+        massive = list(results["massive_dims"]) or "none"
+        lines = [f"Analysed {results['model']}: steered layers {recipe.layers}, massive dims {massive}"]
+        lines += [f"  dim {n.index:>5}  {n.coefficient:+.4g}  {n.role}" for n in recipe.spec.neurons]
+        for row in results["sweep"].get("rows", []) if results["sweep"] else []:
+            lines.append(
+                f"  alpha {row['alpha']:+4g}: preference {row['preference']:.3f}, log-odds {row['log_odds']:+.3f}, "
+                f"perplexity {row['perplexity']:.3f} ({row['perplexity_change']:+.1%})"
+            )
+        behaviour = results.get("behaviour")
+        if behaviour:
+            chosen = behaviour["tuning"]["chosen"]
+            lines.append(
+                f"Tuned on the tune split: trial {chosen['trial']}, {chosen['method']}, layers "
+                f"{chosen['layers'][0]}-{chosen['layers'][1]}, strength {chosen['strength']:g} = alpha "
+                f"{recipe.spec.default_alpha:g} (KL {chosen['kl']:.3f} within {behaviour['tuning']['budget']:g})"
+            )
+            lines.append(f"Held-out effects ({behaviour['splits']['heldout']} questions):")
+            lines += ["  " + line for line in heldout_table(behaviour["heldout"])]
+            lines.append("  " + behaviour["neuron_ablation"]["reason"])
+        lines.append(f"Wrote {self.analysis.out}/recipe.json, mech_interp_results.json, report.md and plots/")
+        return "\n".join(lines + [DISCLAIMER])
+
+
+@dataclass
+class SurgeryOutcome(Outcome):
+    results: dict
+    path: Path
+
+    def payload(self) -> dict:
+        return self.results
+
+    def text(self) -> str:
+        from finsurg.analysis.surgery import format_results
+
+        return format_results(self.results) + f"\n\nWrote {self.path}"
+
+
+@dataclass
+class EvalOutcome(Outcome):
+    report: BaseModel  # finsurg.variant.record.EvalReport
+    out: Path | None
+
+    def payload(self) -> dict:
+        return self.report.model_dump(mode="json")
+
+    def text(self) -> str:
+        return eval_summary(self.report, self.out) + "\n" + DISCLAIMER
+
+    def problems(self) -> list[str]:
+        return parity_problems(self.report)
+
+
+@dataclass
+class ExportOutcome(Outcome):
+    model: str
+    recipe: str
+    alpha: float
+    variants: list[dict]
+    gguf: list[dict] = field(default_factory=list)
+    eval: EvalOutcome | None = None
+    uploads: list[dict] = field(default_factory=list)
+
+    def payload(self) -> dict:
+        report = None if self.eval is None else self.eval.report.model_dump(mode="json")
+        return {
+            "model": self.model,
+            "recipe": self.recipe,
+            "alpha": self.alpha,
+            "variants": self.variants,
+            "gguf": self.gguf,
+            "eval": report,
+            "uploads": self.uploads,
+        }
+
+    def text(self) -> str:
+        from finsurg.variant.record import VerificationReport
+
+        lines = [f"Exported {self.model} with {self.recipe or 'recipe'} at alpha ±{abs(self.alpha):g}:"]
+        for item in self.variants:
+            modes = sorted(set(item["shards"].values()))
+            how = f", unchanged shards by {'/'.join(modes)}" if modes else ""
+            lines.append(
+                f"  {item['variant']:<13} alpha {item['alpha']:+g}  {item['path']}  "
+                f"({item['bytes'] / 1e6:.0f} MB, {item['dtype']}{how})"
+            )
+            if "verification" in item:
+                summary = VerificationReport.model_validate(item["verification"]).summary()
+                lines += ["    " + line for line in summary.splitlines()]
+        lines += [gguf_line(item) for item in self.gguf]
+        if self.eval is not None:
+            lines.append(eval_summary(self.eval.report, self.eval.out))
+        lines += [upload_summary(upload) for upload in self.uploads]
+        return "\n".join(lines + [DISCLAIMER])
+
+    def problems(self) -> list[str]:
+        return [] if self.eval is None else self.eval.problems()
+
+
+@dataclass
+class UploadOutcome(Outcome):
+    upload: dict
+
+    def payload(self) -> dict:
+        return self.upload
+
+    def text(self) -> str:
+        return upload_summary(self.upload)
+
+
+@dataclass
+class VerifyOutcome(Outcome):
+    """Any of the verification reports (checksums, transformers, vLLM, llama.cpp): each summarises itself."""
+
+    report: BaseModel
+    recorded_in: Path | None = None
+
+    def payload(self) -> dict:
+        return self.report.model_dump(mode="json")
+
+    def text(self) -> str:
+        recorded = f"\nRecorded in {self.recorded_in} (card and SHA256SUMS re-sealed)" if self.recorded_in else ""
+        return self.report.summary() + recorded
+
+    def status(self) -> int:
+        return 0 if self.report.passed else 1
+
+
+@dataclass
+class GgufOutcome(Outcome):
+    written: dict
+
+    def payload(self) -> dict:
+        return self.written
+
+    def text(self) -> str:
+        return gguf_line(self.written)
+
+
+@dataclass
+class CvectorOutcome(Outcome):
+    written: dict
+
+    def payload(self) -> dict:
+        return self.written
+
+    def text(self) -> str:
+        written = self.written
+        return (
+            f"control vector of {written['recipe']} at alpha {written['alpha']:g}, layers "
+            f"{', '.join(map(str, written['layers']))}: {written['path']}\n"
+            f"llama.cpp: llama-cli -m BASE.gguf --control-vector-scaled {written['path']}:SCALE "
+            f"(SCALE multiplies alpha {written['alpha']:g})"
+        )
+
+
+def parity_problems(report) -> list[str]:
+    """A line for each variant whose baked and hooked lm-eval log-likelihoods disagree."""
+    failed = [(name, item.parity) for name, item in report.variants.items() if item.parity and not item.parity.passed]
+    return [
+        f"{name}: baked and hooked lm-eval log-likelihoods disagree (max |Δ| {parity.worst:.3g} > {parity.atol:g}); "
+        "the variant does not serve the surgery"
+        for name, parity in failed
+    ]
+
+
+def eval_summary(report, out: Path | None) -> str:
+    from finsurg.checks.evaluation import render_table
+
+    where = f"\nWrote {out}/eval.json and eval.md" if out is not None else ""
+    return "lm-eval results (float32 compute):\n" + render_table(report) + where
+
+
+def upload_summary(upload: dict) -> str:
+    size = sum(item["bytes"] for item in upload["files"])
+    verb = "would upload" if upload["dry_run"] else "uploaded"
+    lines = [
+        f"{upload['directory']}: {verb} {len(upload['files'])} files ({size / 1e6:.1f} MB) to {upload['url']}"
+        + (" (private)" if upload["private"] else "")
+    ]
+    if upload["dry_run"]:
+        lines += [f"  {item['path']}  {item['bytes']} bytes" for item in upload["files"]]
+    return "\n".join(lines)
+
+
+def gguf_line(item: dict) -> str:
+    if "variant" in item:
+        return f"  {item['variant']} GGUF: {item['path']} ({item['bytes'] / 1e6:.0f} MB, sha256 {item['sha256'][:16]})"
+    return (
+        f"  control vector (alpha 1, layers {', '.join(map(str, item['layers']))}): {item['path']}; use "
+        f"--control-vector-scaled {Path(item['path']).name}:ALPHA on the base GGUF"
+    )
