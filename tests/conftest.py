@@ -256,3 +256,20 @@ ROUTES = {
     "qwen2": ("Qwen2ForCausalLM", "layer_output"),
     "mistral": ("MistralForCausalLM", "layer_output"),
 }
+
+
+# ---- tiers: `make check` runs what carries none of these markers -----------------------------
+MARKED_BY_FIXTURE = {
+    "default_model": "default_model",
+    "default_export": "default_model",
+    "vllm_python": "vllm",
+    "llamacpp_python": "llamacpp",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the default model, vLLM or llama.cpp, through any fixture, carries that tier's marker."""
+    for item in items:
+        for fixture, marker in MARKED_BY_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)

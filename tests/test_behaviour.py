@@ -170,6 +170,7 @@ def test_the_chosen_point_is_within_budget_and_unbeaten(tiny, tmp_path):
     assert made.chosen().number == 2 and [t.number for t in made.pareto()] == [0, 2, 1]
 
 
+@pytest.mark.slow
 def test_tuned_analysis_bakes_exactly(tiny_model, tmp_path):
     model = resolve_model(str(tiny_model))
     pack = write_pack(tmp_path / "pack")

@@ -1,3 +1,4 @@
+import pytest
 import json
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def test_bad_model_path_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_export_json_and_verify(tmp_path, tiny_model, capsys):
     recipe_dir = tmp_path / "recipe"
     tiny_recipe(recipe_dir, scale=4.0)

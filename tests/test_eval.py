@@ -32,6 +32,7 @@ def _jsonl(name):
     return [json.loads(line) for line in (PACK.tasks_dir / f"{name}.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_shipped_tasks_are_large_enough_and_load_offline():
     advice, general, prose = _jsonl("finsurg_advice"), _jsonl("finsurg_general"), _jsonl("finsurg_prose")
     assert len(advice) >= 60 and len(general) >= 150 and len(prose) >= 10
@@ -44,6 +45,7 @@ def test_shipped_tasks_are_large_enough_and_load_offline():
     assert set(FINSURG_TASKS) <= set(runner.manager.all_tasks)
 
 
+@pytest.mark.slow
 def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
     options = EvalOptions(limit=LIMIT, eval_batch_size=4)
     report = evaluate([export_dir], options, out_dir=tmp_path / "eval").model_dump()
@@ -77,6 +79,7 @@ def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
         check_sums(export_dir / name)  # eval.json is sealed into SHA256SUMS
 
 
+@pytest.mark.slow
 def test_wrong_bias_fails_parity(export_dir, tmp_path, capsys):
     variant = tmp_path / "steered"
     variant.mkdir()

@@ -53,6 +53,7 @@ def check_variant_matches_hooks(base_dir, variant_dir, recipe, alpha):
         assert (plain - baked).abs().max() > 1e-2  # the surgery did something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "layout",
     [
@@ -134,6 +135,7 @@ def test_existing_biases_are_added_to(tmp_path):
         assert torch.equal(new.gate_proj.bias, old.gate_proj.bias)
 
 
+@pytest.mark.slow
 def test_deterministic(tmp_path, tiny_model, monkeypatch):
     """Two verified exports on machines with different free memory: every sealed file byte-identical."""
     import finsurg.checks.verify as verify_module
@@ -150,6 +152,7 @@ def test_deterministic(tmp_path, tiny_model, monkeypatch):
         assert tree_hashes(tmp_path / "a" / variant) == tree_hashes(tmp_path / "b" / variant)
 
 
+@pytest.mark.slow
 def test_bfloat16_cast_reports_noise_floor(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path / "recipe", scale=4.0)
     model = resolve_model(str(tiny_model))

@@ -15,6 +15,7 @@ from finsurg.models.source import resolve_model
 from conftest import ROUTES, export_checked, make_family_model, tiny_recipe, tree_hashes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(ROUTES))
 def test_bake_is_exact(family, tmp_path):
     architecture, site = ROUTES[family]
@@ -56,6 +57,7 @@ def test_granite_bias_is_the_offset_over_the_residual_multiplier(tmp_path):
     assert torch.allclose(bias.double() * 0.22, offsets[1].double(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mistral_sliding_window_needs_the_context_cap(tmp_path, capsys):
     base = make_family_model(tmp_path / "base", "mistral", sliding_window=64)
     tiny_recipe(tmp_path / "recipe", architecture="MistralForCausalLM")
@@ -102,6 +104,7 @@ def test_a_recipe_for_another_family_or_site_is_refused(tmp_path, capsys):
     assert "is for LlamaForCausalLM, but" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_analysis_measures_at_qwen3s_attention_site_and_the_recipe_bakes(tmp_path, capsys):
     base = make_family_model(tmp_path / "base", "qwen3")
     run = tmp_path / "run"

@@ -38,6 +38,7 @@ def run_cli(args, env):
     )
 
 
+@pytest.mark.slow
 def test_card_parses_and_describes_the_surgery(variants):
     for name, alpha in (("steered", 3.0), ("conservative", -3.0)):
         card = ModelCard.load(variants / name / "README.md")
@@ -51,6 +52,7 @@ def test_card_parses_and_describes_the_surgery(variants):
         check_sums(variants / name)  # the card is sealed into SHA256SUMS
 
 
+@pytest.mark.slow
 def test_push_uploads_byte_identical_files(variants, tmp_path):
     before = tree_hashes(variants)
     with TestHub(tmp_path / "hub") as hub:
@@ -81,6 +83,7 @@ def test_push_uploads_byte_identical_files(variants, tmp_path):
         assert len(hub.state.repos["acme/tiny-steered"]["commits"]) == 2
 
 
+@pytest.mark.slow
 def test_push_refuses_a_damaged_variant_and_an_unreachable_hub(variants, tmp_path):
     damaged = tmp_path / "damaged"
     damaged.mkdir()

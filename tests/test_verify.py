@@ -21,6 +21,7 @@ def variant(tmp_path, tiny_model):
     return tmp_path / "out" / "steered"
 
 
+@pytest.mark.slow
 def test_clean_variant_passes_and_verify_is_read_only(variant, capsys):
     before = tree_hashes(variant)
     report = verify_variant(variant).model_dump(mode="json")

@@ -264,7 +264,12 @@ def _write(out_dir: Path, recipe: Recipe, results: dict, features: _Features, he
             tuned = behaviour["tuning"]
             made.append(
                 plots.pareto_plot(
-                    tuned["trials"], tuned["pareto"], tuned["chosen"], tuned["budget"], plot_dir / "pareto.png"
+                    tuned["trials"],
+                    tuned["pareto"],
+                    tuned["chosen"],
+                    tuned["budget"],
+                    recipe.spec.default_alpha,
+                    plot_dir / "pareto.png",
                 )
             )
             made.append(plots.item_plot(behaviour["heldout"], plot_dir / "heldout_items.png"))

@@ -171,10 +171,6 @@ class Measure:
         self.base_neutral = self.neutral.base
         self.pairs = len(pairs)
 
-    @property
-    def sequences(self) -> int:
-        return len(self.answers.items) + len(self.neutral.items)
-
     def shifts(self, offsets: dict[int, torch.Tensor], bar=None) -> list[float]:
         steered = margins(self.answers.run(offsets, bar))
         return [after - before for after, before in zip(steered, self.base_margins)]

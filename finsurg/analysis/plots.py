@@ -78,7 +78,7 @@ def sweep_plot(rows: list[dict], positive: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def pareto_plot(trials: list[dict], pareto: list[dict], chosen: dict, budget: float, path: Path) -> Path:
+def pareto_plot(trials: list[dict], pareto: list[dict], chosen: dict, budget: float, alpha: float, path: Path) -> Path:
     """Every measured trial's cost against its two-sided shift; the front and the chosen point marked."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     measured = [t for t in trials if t["two_sided"] is not None]
@@ -98,7 +98,7 @@ def pareto_plot(trials: list[dict], pareto: list[dict], chosen: dict, budget: fl
         facecolors="none",
         edgecolors="red",
         linewidths=2,
-        label="chosen (alpha 3)",
+        label=f"chosen (alpha {alpha:g})",
     )
     ax.axvline(budget, color="red", linestyle="--", linewidth=1, label=f"KL budget {budget:g}")
     ax.set_xscale("log")

@@ -68,7 +68,7 @@ def render(results: dict) -> str:
             f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
         )
     if results.get("behaviour"):
-        lines += behaviour_section(results["behaviour"])
+        lines += behaviour_section(results["behaviour"], recipe["default_alpha"])
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in results["plots"]]
     lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
     return "\n".join(lines)
@@ -78,7 +78,7 @@ def _num(value, spec: str = "+.3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def behaviour_section(behaviour: dict) -> list[str]:
+def behaviour_section(behaviour: dict, alpha: float) -> list[str]:
     splits, tuning = behaviour["splits"], behaviour["tuning"]
     chosen = tuning["chosen"]
     lines = [
@@ -95,7 +95,7 @@ def behaviour_section(behaviour: dict) -> list[str]:
         f"### Tuning (Optuna TPE, seed {tuning['seed']}, {len(tuning['trials'])} trials, KL budget {tuning['budget']:g})",
         "",
         f"Chosen: trial {chosen['trial']}, `{chosen['method']}`, layers {chosen['layers'][0]}–{chosen['layers'][1]}, "
-        f"strength {chosen['strength']:g} (alpha 3). The Pareto front, tune split:",
+        f"strength {chosen['strength']:g} (alpha {alpha:g}). The Pareto front, tune split:",
         "",
         "| trial | method | layers | strength | KL | shift at +s | shift at −s | two-sided |",
         "|---|---|---|---|---|---|---|---|",
