@@ -1,7 +1,8 @@
-import pytest
 import json
 import subprocess
 import sys
+
+import pytest
 
 from finsurg.cli import main
 
