@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
 from finsurg.bake.bake import largest_alpha
 from finsurg.bake.writer import VariantWriter
+from finsurg.checks.local_proof import BlockProof, Surgery
 from finsurg.checks.verify import verify_variants
 from finsurg.devices import GIB, Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
 from finsurg.io.shard_copy import reflinks
+from finsurg.models.loading import encode, load_tokenizer
 from finsurg.models.source import ResolvedModel
+from finsurg.packs import Pack
 from finsurg.settings import ExportOptions
 from finsurg.steer.recipe import Recipe
-from finsurg.variant.assemble import assemble, surgery_record
+from finsurg.variant.assemble import assemble, recorded_offsets, surgery_record
 from finsurg.variant.record import VARIANT_SIGNS, VerificationReport
 from finsurg.variant.seal import write_report
 
@@ -63,22 +67,12 @@ def export_variants(
     targets = plan_targets(out_dir, options.overwrite)
     try:
         _check_disk(writer, out_dir, options.link)
-        check = None
-        if options.verify:
-            placement = placement or Placement.of("cpu")
-
-            def check(paths, sums):
-                return verify_variants(
-                    paths,
-                    model.path,
-                    base_trusted=True,
-                    full=options.full_verify,
-                    max_memory=placement.max_memory,
-                    device=placement.device,
-                    sums=sums,
-                )
-
-        return _bake_all(writer, recipe, alpha, targets, check)
+        check = _Verifier(model, recipe, alpha, writer, options, placement) if options.verify else None
+        try:
+            return _bake_all(writer, recipe, alpha, targets, check)
+        finally:
+            if check is not None:
+                check.close()
     except BaseException as exc:
         if created is not None:  # leave no trace of a failed export
             shutil.rmtree(created, ignore_errors=True)
@@ -86,6 +80,52 @@ def export_variants(
             where = f" ({exc.filename})" if exc.filename else ""
             raise FinsurgError(f"writing the variants failed: {exc.strerror or exc}{where}") from None
         raise
+
+
+class _Verifier:
+    """Verification of both variants. The proof's block checks need only the base and the offsets, so they
+    start at once, on a thread beside the writing; the rest waits for the written variants."""
+
+    def __init__(self, model: ResolvedModel, recipe: Recipe, alpha: float, writer, options, placement):
+        self.model, self.options = model, options
+        self.placement = placement or Placement.of("cpu")
+        dtype = name_of(writer.dtype)
+        surgeries = [
+            Surgery(recorded_offsets(recipe, sign * abs(alpha), dtype), dtype, writer.context_cap)
+            for sign in VARIANT_SIGNS.values()
+        ]
+        prompt = encode(load_tokenizer(model.path), Pack.load(recipe.spec.pack).verification_prompts()[0])
+        self._blocks: list = []
+        self._proof = BlockProof(model.path, writer.arch, surgeries, prompt)
+        self._thread = threading.Thread(target=self._run, args=(self._proof,))
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the block checks after the block they are on (an export that failed or was stopped)."""
+        self._proof.cancelled.set()
+        self._thread.join()
+
+    def _run(self, proof: BlockProof) -> None:
+        try:
+            self._blocks.append(proof.run())
+        except BaseException as exc:  # re-raised where the result is read
+            self._blocks.append(exc)
+
+    def __call__(self, paths: list[Path], sums: list[dict[str, str]]) -> list[VerificationReport]:
+        self._thread.join()
+        blocks = self._blocks[0]
+        if isinstance(blocks, BaseException):
+            raise blocks
+        return verify_variants(
+            paths,
+            self.model.path,
+            base_trusted=True,
+            full=self.options.full_verify,
+            max_memory=self.placement.max_memory,
+            device=self.placement.device,
+            sums=sums,
+            blocks=blocks,
+        )
 
 
 def _check_finite(recipe: Recipe, alpha: float, writer: VariantWriter) -> None:

@@ -24,8 +24,10 @@ class BlockModel(LazyModel):
         weights: torch.dtype | None = None,
         dtype: torch.dtype = torch.float32,
         device="cpu",
+        config: dict | None = None,
+        overlay: dict[str, torch.Tensor] | None = None,
     ):
-        super().__init__(path, weights, dtype, device)
+        super().__init__(path, weights, dtype, device, config, overlay)
         self.arch = arch
         self.rotary = self.skeleton.get_submodule(arch.rotary).to(self.device)
 

@@ -3,14 +3,19 @@
 Structure: every tensor of the variant is the base's, byte for byte (whole shards by their
 SHA256, the others one tensor at a time, cast to the variant's dtype), its bias tensors equal a
 fresh bake of the recorded offsets bit for bit, and its config differs from the base's only where
-the bake says. Semantics: each steered block and one unsteered block is built alone from the base
-and from the variant, in float32; both get the same hidden states (the verification prompts'
-first tokens' embeddings, rescaled to each input RMS), and the variant's block must equal the
-base block with the offset added at the site, to float32 precision. Memory is one block; time grows with the
-number of steered layers, never with depth.
+the bake says. Semantics: each steered block and one unsteered block is built alone from the base,
+and again as the variant the structure check proves was written (the base's weights and the bake's
+biases under the config the bake writes), in float32; both get the same hidden states (the
+verification prompts' first tokens' embeddings, rescaled to each input RMS), and the variant's block
+must equal the base block with the offset added at the site, to float32 precision. The semantic half
+reads nothing of the variant's files, so an export runs it while it writes them. Memory is one block;
+time grows with the number of steered layers, never with depth.
 """
 
 from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
 
 import torch
 
@@ -90,42 +95,76 @@ def proof_layers(offsets: dict[int, torch.Tensor], num_layers: int) -> list[int]
     return sorted(steered + extra)
 
 
-def _inputs(base: BlockModel, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+def _inputs(base: BlockModel, prompt: torch.Tensor) -> list[torch.Tensor]:
     """The first verification prompt's first tokens, embedded, rescaled to each input RMS."""
-    embedded = base.embed(prompts[0][:, :INPUT_TOKENS])
+    embedded = base.embed(prompt[:, :INPUT_TOKENS])
     unit = embedded / embedded.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
     return [unit * rms for rms in INPUT_RMS]
 
 
-def check_blocks(
-    variants: list[Variant], base_path, arch: Architecture, prompts: list[torch.Tensor]
-) -> list[list[BlockCheck]]:
-    """Per variant, its proof layers' checks; each base block is read once for all variants.
+@dataclass(frozen=True)
+class Surgery:
+    """What the semantic half of the proof needs of one variant: its recorded offsets, dtype and context cap."""
 
-    A variant's block takes the base block's tensors where the structure check proves them
-    byte-identical, and reads the rest (the biases the bake writes) from the variant's own files,
-    under the variant's own config.
+    offsets: dict[int, torch.Tensor]
+    dtype: str
+    context_cap: int | None = None
+
+    @classmethod
+    def of(cls, variant: Variant) -> Surgery:
+        return cls(variant.offsets, variant.dtype, variant.surgery.context_cap)
+
+
+class BlockProof:
+    """The proof's block checks of variants of one base: per variant, its proof layers' checks.
+
+    A variant's block is the base block's tensors with the bake's biases laid over them, under the
+    config the bake writes (strictly: a bias that config expects and the bake does not give is an
+    error); `prompt` is the first verification prompt's token ids. The models are built here, in the
+    caller's thread (accelerate's empty-weights context patches torch for the whole process while it
+    builds one), so `run` may go on another thread; it reads each base block once for all variants.
     """
-    weights = weight_dtype(variants[0].dtype)  # the base rounded as the variants' weights were
-    base = BlockModel(base_path, arch, weights)
-    baked = [BlockModel(variant.directory, arch, weights) for variant in variants]
-    inputs = _inputs(base, prompts)
-    site = arch.block_site()
-    wanted = [proof_layers(variant.offsets, base.num_layers) for variant in variants]
-    checks: list[list[BlockCheck]] = [[] for _ in variants]
-    for layer in sorted(set().union(*wanted)):
-        base_block = base.block(layer)
-        written = {name.removeprefix(f"{arch.layers}.{layer}.") for name in arch.bias_names(layer)}
-        shared = {name: value for name, value in base_block.state_dict().items() if name not in written}
-        for k, variant in enumerate(variants):
-            if layer in wanted[k]:
-                checks[k].append(_check_block(base, base_block, baked[k], layer, shared, variant, inputs, site))
-        del base_block, shared
-    return checks
+
+    def __init__(self, base_path, arch: Architecture, surgeries: list[Surgery], prompt: torch.Tensor):
+        weights = weight_dtype(surgeries[0].dtype)  # the base rounded as the variants' weights were
+        self.arch, self.surgeries = arch, surgeries
+        self.base = BlockModel(base_path, arch, weights)
+        self.baked = [
+            BlockModel(
+                base_path,
+                arch,
+                weights,
+                config=arch.config_of_variant(self.base.config, surgery.dtype, surgery.context_cap),
+                overlay=bake(
+                    surgery.offsets, arch, self.base.config, weight_dtype(surgery.dtype), self.base.checkpoint
+                ),
+            )
+            for surgery in surgeries
+        ]
+        self.inputs = _inputs(self.base, prompt)
+        self.cancelled = threading.Event()  # set from another thread: run stops after the block it is on
+
+    def run(self) -> list[list[BlockCheck]]:
+        arch, base = self.arch, self.base
+        site = arch.block_site()
+        wanted = [proof_layers(surgery.offsets, base.num_layers) for surgery in self.surgeries]
+        checks: list[list[BlockCheck]] = [[] for _ in self.surgeries]
+        for layer in sorted(set().union(*wanted)):
+            if self.cancelled.is_set():
+                break
+            base_block = base.block(layer)
+            written = {name.removeprefix(f"{arch.layers}.{layer}.") for name in arch.bias_names(layer)}
+            shared = {name: value for name, value in base_block.state_dict().items() if name not in written}
+            for k, surgery in enumerate(self.surgeries):
+                if layer in wanted[k]:
+                    baked = self.baked[k]
+                    checks[k].append(_check_block(base, base_block, baked, layer, shared, surgery, self.inputs, site))
+            del base_block, shared
+        return checks
 
 
-def _check_block(base, base_block, baked, layer, shared, variant, inputs, site) -> BlockCheck:
-    offset = variant.offsets.get(layer)
+def _check_block(base, base_block, baked, layer, shared, surgery: Surgery, inputs, site) -> BlockCheck:
+    offset = surgery.offsets.get(layer)
     try:
         baked_block = baked.block(layer, shared)
     except PieceError as exc:
@@ -151,11 +190,18 @@ def _check_block(base, base_block, baked, layer, shared, variant, inputs, site) 
 
 
 def prove(
-    variants: list[Variant], base_path, arch: Architecture, sums: list[dict[str, str]], prompts
+    variants: list[Variant],
+    base_path,
+    arch: Architecture,
+    sums: list[dict[str, str]],
+    prompts,
+    blocks: list[list[BlockCheck]] | None = None,
 ) -> list[LocalProof]:
-    """The proof of each variant of one base: structure, then its blocks (base blocks read once)."""
+    """The proof of each variant of one base: structure, then its blocks (base blocks read once), unless
+    `blocks` holds check_blocks' result for these variants' recorded surgeries already."""
     structures = [check_structure(variant, base_path, arch, own) for variant, own in zip(variants, sums)]
-    blocks = check_blocks(variants, base_path, arch, prompts)
+    if blocks is None:
+        blocks = BlockProof(base_path, arch, [Surgery.of(variant) for variant in variants], prompts[0]).run()
     return [
         LocalProof(
             structure=structure,

@@ -49,10 +49,14 @@ def surgery_record(
     )
 
 
+def recorded_offsets(recipe: Recipe, alpha: float, dtype: str) -> dict[int, torch.Tensor]:
+    """The offsets as finsurg_offsets.safetensors records them: rounded to the variant's dtype, held in float32."""
+    return {layer: value.to(weight_dtype(dtype)).float() for layer, value in recipe.offsets(alpha).items()}
+
+
 def assemble(out: Path, recipe: Recipe, record: SurgeryRecord, known: dict[str, str]) -> dict[str, str]:
     """Write the records into `out`, a variant's checkpoint, and seal it; `known` holds the checkpoint's hashes."""
-    dtype = weight_dtype(record.dtype)
-    offsets = {layer: value.to(dtype).float() for layer, value in recipe.offsets(record.alpha).items()}
+    offsets = recorded_offsets(recipe, record.alpha, record.dtype)
     save_file(
         {f"offset.{layer}": value.contiguous() for layer, value in sorted(offsets.items())},
         out / OFFSETS_NAME,
