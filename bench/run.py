@@ -144,26 +144,15 @@ def measure_export_8b(results: dict) -> None:
         shutil.rmtree(work / "copy")
         flush()
         home = {"FINSURG_HOME": str(work / "home")}  # a cold hash cache: the first export hashes every shard
-        export = task(
-            "export_stream",
-            env=home,
-            model=str(SYNTHETIC),
-            recipe="llama-3.1-8b",
-            out=str(work / "export"),
-            variants="one",
-        )
-        shutil.rmtree(work / "export")
-        flush()
-        second = task(
-            "export_stream",
-            env=home,
-            model=str(SYNTHETIC),
-            recipe="llama-3.1-8b",
-            out=str(work / "export"),
-            variants="one",
-        )
-        shutil.rmtree(work / "export")
-        flush()
+        exports = []
+        for _ in range(2):  # the second finds every shard's hash in the cache
+            out = str(work / "export")
+            exports.append(
+                task("export_stream", env=home, model=str(SYNTHETIC), recipe="llama-3.1-8b", out=out, variants="one")
+            )
+            shutil.rmtree(work / "export")
+            flush()
+        export, second = exports
         copy_again = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
     finally:
         shutil.rmtree(work)

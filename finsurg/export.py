@@ -84,7 +84,9 @@ def export_variants(
 
 class _Verifier:
     """Verification of both variants. The proof's block checks need only the base and the offsets, so they
-    start at once, on a thread beside the writing; the rest waits for the written variants."""
+    run at once, on a thread beside the writing; the rest waits for the written variants. The writing
+    builds no torch module, so the thread may build its models (accelerate's empty-weights context patches
+    torch for the whole process while it does); `close` joins it before the export returns."""
 
     def __init__(self, model: ResolvedModel, recipe: Recipe, alpha: float, writer, options, placement):
         self.model, self.options = model, options
@@ -94,22 +96,24 @@ class _Verifier:
             Surgery(recorded_offsets(recipe, sign * abs(alpha), dtype), dtype, writer.context_cap)
             for sign in VARIANT_SIGNS.values()
         ]
-        prompt = encode(load_tokenizer(model.path), Pack.load(recipe.spec.pack).verification_prompts()[0])
+        self._cancelled = threading.Event()
         self._blocks: list = []
-        self._proof = BlockProof(model.path, writer.arch, surgeries, prompt)
-        self._thread = threading.Thread(target=self._run, args=(self._proof,))
+        args = (model.path, writer.arch, surgeries, recipe.spec.pack)
+        self._thread = threading.Thread(target=self._run, args=args)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the block checks after the block they are on (an export that failed or was stopped)."""
-        self._proof.cancelled.set()
-        self._thread.join()
-
-    def _run(self, proof: BlockProof) -> None:
+    def _run(self, base: Path, arch, surgeries: list[Surgery], pack: str) -> None:
         try:
+            prompt = encode(load_tokenizer(base), Pack.load(pack).verification_prompts()[0])
+            proof = BlockProof(base, arch, surgeries, prompt, self._cancelled)
             self._blocks.append(proof.run())
         except BaseException as exc:  # re-raised where the result is read
             self._blocks.append(exc)
+
+    def close(self) -> None:
+        """Stop the block checks after the block they are on (an export that failed or was stopped)."""
+        self._cancelled.set()
+        self._thread.join()
 
     def __call__(self, paths: list[Path], sums: list[dict[str, str]]) -> list[VerificationReport]:
         self._thread.join()

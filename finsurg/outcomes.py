@@ -140,14 +140,18 @@ class ExportOutcome(Outcome):
 
 
 @dataclass
-class UploadOutcome(Outcome):
-    upload: dict
+class Written(Outcome):
+    """An outcome that is one record of what was written (an upload, a GGUF file, a control vector)."""
+
+    written: dict
 
     def payload(self) -> dict:
-        return self.upload
+        return self.written
 
+
+class UploadOutcome(Written):
     def text(self) -> str:
-        return upload_summary(self.upload)
+        return upload_summary(self.written)
 
 
 @dataclass
@@ -168,24 +172,12 @@ class VerifyOutcome(Outcome):
         return 0 if self.report.passed else 1
 
 
-@dataclass
-class GgufOutcome(Outcome):
-    written: dict
-
-    def payload(self) -> dict:
-        return self.written
-
+class GgufOutcome(Written):
     def text(self) -> str:
         return gguf_line(self.written)
 
 
-@dataclass
-class CvectorOutcome(Outcome):
-    written: dict
-
-    def payload(self) -> dict:
-        return self.written
-
+class CvectorOutcome(Written):
     def text(self) -> str:
         written = self.written
         return (

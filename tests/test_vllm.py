@@ -21,33 +21,20 @@ PROMPT_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 1467, 2]  # any ids will do: g
 MAX_TOKENS = 24
 
 
-def verify_vllm(variant, python, *extra):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "finsurg",
-            "verify",
-            "--engine",
-            "vllm",
-            "--vllm-python",
-            python,
-            "--json",
-            "--quiet",
-            str(variant),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return done, (json.loads(done.stdout) if done.stdout.strip() else None)
+def verify_vllm(variant, python, capsys, *extra):
+    """`finsurg verify --engine vllm --json`, in this process (vLLM itself runs in its own)."""
+    from finsurg.cli import main
+
+    capsys.readouterr()
+    code = main(["verify", "--engine", "vllm", "--vllm-python", python, "--json", "--quiet", str(variant), *extra])
+    out, err = capsys.readouterr()
+    return code, err, (json.loads(out) if out.strip() else None)
 
 
-def test_vllm_engine_matches_transformers_and_hooks(default_export, vllm_python):
+def test_vllm_engine_matches_transformers_and_hooks(default_export, vllm_python, capsys):
     variant = default_export["dir"] / "steered"
-    done, report = verify_vllm(variant, vllm_python, "--record")
-    assert done.returncode == 0, done.stderr
+    code, err, report = verify_vllm(variant, vllm_python, capsys, "--record")
+    assert code == 0, err
     assert report["passed"]
     for reference in ("vs_transformers", "vs_hooks"):
         assert report[reference]["identical"]
@@ -55,7 +42,7 @@ def test_vllm_engine_matches_transformers_and_hooks(default_export, vllm_python)
     assert json.loads((variant / "verification_vllm.json").read_text()) == report
 
 
-def test_vllm_engine_catches_biases_that_config_drops(default_export, vllm_python, tmp_path):
+def test_vllm_engine_catches_biases_that_config_drops(default_export, vllm_python, tmp_path, capsys):
     """mlp_bias false: vLLM (and transformers) silently serve the unsteered model; only the hooks tell."""
     variant = tmp_path / "dropped"
     shutil.copytree(default_export["dir"] / "steered", variant)
@@ -63,8 +50,8 @@ def test_vllm_engine_catches_biases_that_config_drops(default_export, vllm_pytho
     config["mlp_bias"] = False
     (variant / "config.json").write_text(json.dumps(config))
     write_sums(variant)
-    done, report = verify_vllm(variant, vllm_python)
-    assert done.returncode == 1
+    code, _, report = verify_vllm(variant, vllm_python, capsys)
+    assert code == 1
     assert not report["passed"] and not report["vs_hooks"]["identical"]
     assert report["vs_transformers"]["identical"]  # both engines drop the biases alike
 
@@ -103,7 +90,7 @@ def test_vllm_missing_is_one_clear_line(default_export, tmp_path):
 
 
 @pytest.mark.parametrize("family", list(ROUTES))
-def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, vllm_python):
+def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, vllm_python, capsys):
     """Token for token against transformers and the hooks on the original architecture."""
     from finsurg.export import export_variants
     from finsurg.models.source import resolve_model
@@ -113,8 +100,8 @@ def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, 
     base = make_family_model(tmp_path / "base", family)
     recipe = tiny_recipe(tmp_path / "recipe", architecture=architecture, site=site)
     export_variants(resolve_model(str(base)), recipe, 3.0, ExportOptions(out=tmp_path / "out", verify=False))
-    done, report = verify_vllm(tmp_path / "out" / "steered", vllm_python)
-    assert report is not None, done.stderr
+    _, err, report = verify_vllm(tmp_path / "out" / "steered", vllm_python, capsys)
+    assert report is not None, err
     assert report["vs_transformers"]["identical"] == report["passed"] == (by_name(architecture).vllm_drops is None)
     assert report["vs_hooks"]["identical"] == report["passed"]
 

@@ -153,19 +153,7 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
             run_sweep(loaded.bridge, loaded.tokenizer, arch, pack, recipe, alphas, options.batch_size) if alphas else {}
         )
     results = {
-        "format": "finsurg.mech_interp/1",
-        "finsurg_version": __version__,
-        "model": model.name,
-        "pack": pack.source,
-        "categories": dict(zip(("positive", "negative", "neutral"), features.names)),
-        "train_prompts": {c.name: len(c.train) for c in pack.categories},
-        "pool": options.pool,
-        "pool_description": POOLS[options.pool],
-        "massive_dims": {str(d): r for d, r in features.massive.items()},
-        "separation_per_layer": [round(float(v), 5) for v in sep],
-        "band_reason": reason,
-        "features": features.table,
-        "heads": {"differential": head_diff.tolist(), "top": heads},
+        **_findings(model, pack, options, features, sep, reason, head_diff, heads),
         "logit_lens": {
             "probes": pack.manifest.probes,
             "alpha": recipe.spec.default_alpha,
@@ -181,6 +169,25 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
     }
     _write(out_dir, recipe, results, features, head_diff, band)
     return Analysis(recipe, results, out_dir)
+
+
+def _findings(model, pack: Pack, options: AnalysisOptions, features: _Features, sep, reason, head_diff, heads):
+    """The results of phases 1-3 and the band, as mech_interp_results.json records them."""
+    return {
+        "format": "finsurg.mech_interp/1",
+        "finsurg_version": __version__,
+        "model": model.name,
+        "pack": pack.source,
+        "categories": dict(zip(("positive", "negative", "neutral"), features.names)),
+        "train_prompts": {c.name: len(c.train) for c in pack.categories},
+        "pool": options.pool,
+        "pool_description": POOLS[options.pool],
+        "massive_dims": {str(d): r for d, r in features.massive.items()},
+        "separation_per_layer": [round(float(v), 5) for v in sep],
+        "band_reason": reason,
+        "features": features.table,
+        "heads": {"differential": head_diff.tolist(), "top": heads},
+    }
 
 
 def _activations(loaded: _Loaded, arch, pack: Pack, options: AnalysisOptions) -> tuple[dict, dict]:

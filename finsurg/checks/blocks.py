@@ -17,17 +17,8 @@ ROWS = 8192  # head rows per matmul in the streamed logits
 class BlockModel(LazyModel):
     """A LazyModel that knows its family's layout: embeddings, blocks, rotary embedding, final norm and head."""
 
-    def __init__(
-        self,
-        path: Path,
-        arch: Architecture,
-        weights: torch.dtype | None = None,
-        dtype: torch.dtype = torch.float32,
-        device="cpu",
-        config: dict | None = None,
-        overlay: dict[str, torch.Tensor] | None = None,
-    ):
-        super().__init__(path, weights, dtype, device, config, overlay)
+    def __init__(self, path: Path, arch: Architecture, weights: torch.dtype | None = None, **options):
+        super().__init__(path, weights, **options)
         self.arch = arch
         self.rotary = self.skeleton.get_submodule(arch.rotary).to(self.device)
 

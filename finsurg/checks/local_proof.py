@@ -95,11 +95,11 @@ def proof_layers(offsets: dict[int, torch.Tensor], num_layers: int) -> list[int]
     return sorted(steered + extra)
 
 
-def _inputs(base: BlockModel, prompt: torch.Tensor) -> list[torch.Tensor]:
-    """The first verification prompt's first tokens, embedded, rescaled to each input RMS."""
+def _inputs(base: BlockModel, prompt: torch.Tensor) -> torch.Tensor:
+    """The first verification prompt's first tokens, embedded, rescaled to each input RMS: one batch row each."""
     embedded = base.embed(prompt[:, :INPUT_TOKENS])
     unit = embedded / embedded.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-    return [unit * rms for rms in INPUT_RMS]
+    return torch.cat([unit * rms for rms in INPUT_RMS])
 
 
 @dataclass(frozen=True)
@@ -120,12 +120,18 @@ class BlockProof:
 
     A variant's block is the base block's tensors with the bake's biases laid over them, under the
     config the bake writes (strictly: a bias that config expects and the bake does not give is an
-    error); `prompt` is the first verification prompt's token ids. The models are built here, in the
-    caller's thread (accelerate's empty-weights context patches torch for the whole process while it
-    builds one), so `run` may go on another thread; it reads each base block once for all variants.
+    error); `prompt` is the first verification prompt's token ids. `run` reads each base block once
+    for all variants.
     """
 
-    def __init__(self, base_path, arch: Architecture, surgeries: list[Surgery], prompt: torch.Tensor):
+    def __init__(
+        self,
+        base_path,
+        arch: Architecture,
+        surgeries: list[Surgery],
+        prompt: torch.Tensor,
+        cancelled: threading.Event | None = None,
+    ):
         weights = weight_dtype(surgeries[0].dtype)  # the base rounded as the variants' weights were
         self.arch, self.surgeries = arch, surgeries
         self.base = BlockModel(base_path, arch, weights)
@@ -142,7 +148,7 @@ class BlockProof:
             for surgery in surgeries
         ]
         self.inputs = _inputs(self.base, prompt)
-        self.cancelled = threading.Event()  # set from another thread: run stops after the block it is on
+        self.cancelled = cancelled or threading.Event()  # set from another thread: run stops after the block in hand
 
     def run(self) -> list[list[BlockCheck]]:
         arch, base = self.arch, self.base
@@ -153,32 +159,33 @@ class BlockProof:
             if self.cancelled.is_set():
                 break
             base_block = base.block(layer)
+            plain = base.run_block(base_block, self.inputs)  # shared by every variant without an offset here
             written = {name.removeprefix(f"{arch.layers}.{layer}.") for name in arch.bias_names(layer)}
             shared = {name: value for name, value in base_block.state_dict().items() if name not in written}
             for k, surgery in enumerate(self.surgeries):
                 if layer in wanted[k]:
-                    baked = self.baked[k]
-                    checks[k].append(_check_block(base, base_block, baked, layer, shared, surgery, self.inputs, site))
-            del base_block, shared
+                    offset = surgery.offsets.get(layer)
+                    if offset is None:
+                        reference = plain
+                    elif not site:  # the block's own output: the hook adds the offset to exactly this
+                        reference = plain + offset.to(plain.device, plain.dtype)
+                    else:
+                        with site_added(base_block, site, offset):
+                            reference = base.run_block(base_block, self.inputs)
+                    checks[k].append(_check_block(self.baked[k], layer, shared, offset, self.inputs, reference))
+            del base_block, shared, plain
         return checks
 
 
-def _check_block(base, base_block, baked, layer, shared, surgery: Surgery, inputs, site) -> BlockCheck:
-    offset = surgery.offsets.get(layer)
+def _check_block(baked, layer, shared, offset, inputs: torch.Tensor, reference: torch.Tensor) -> BlockCheck:
+    """The variant's block on the inputs against the base block's output with the offset at the site."""
     try:
         baked_block = baked.block(layer, shared)
     except PieceError as exc:
         return BlockCheck(layer=layer, steered=offset is not None, problem=str(exc), passed=False)
-    error = tolerance = 0.0
-    for hidden in inputs:
-        if offset is None:
-            reference = base.run_block(base_block, hidden)
-        else:
-            with site_added(base_block, site, offset):
-                reference = base.run_block(base_block, hidden)
-        got = baked.run_block(baked_block, hidden)
-        error = max(error, float((got - reference).abs().max()))
-        tolerance = max(tolerance, RELATIVE_TOLERANCE * (1.0 + float(reference.abs().max())))
+    got = baked.run_block(baked_block, inputs)
+    error = float((got - reference).abs().max())
+    tolerance = RELATIVE_TOLERANCE * (1.0 + float(reference.abs().max()))
     return BlockCheck(
         layer=layer,
         steered=offset is not None,
