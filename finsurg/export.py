@@ -97,7 +97,7 @@ class _Verifier:
             for sign in VARIANT_SIGNS.values()
         ]
         self._cancelled = threading.Event()
-        self._blocks: list = []
+        self._result: list = []
         args = (model.path, writer.arch, surgeries, recipe.spec.pack)
         self._thread = threading.Thread(target=self._run, args=args)
         self._thread.start()
@@ -106,9 +106,9 @@ class _Verifier:
         try:
             prompt = encode(load_tokenizer(base), Pack.load(pack).verification_prompts()[0])
             proof = BlockProof(base, arch, surgeries, prompt, self._cancelled)
-            self._blocks.append(proof.run())
+            self._result.append((surgeries, proof.run()))
         except BaseException as exc:  # re-raised where the result is read
-            self._blocks.append(exc)
+            self._result.append(exc)
 
     def close(self) -> None:
         """Stop the block checks after the block they are on (an export that failed or was stopped)."""
@@ -117,9 +117,9 @@ class _Verifier:
 
     def __call__(self, paths: list[Path], sums: list[dict[str, str]]) -> list[VerificationReport]:
         self._thread.join()
-        blocks = self._blocks[0]
-        if isinstance(blocks, BaseException):
-            raise blocks
+        proven = self._result[0]
+        if isinstance(proven, BaseException):
+            raise proven
         return verify_variants(
             paths,
             self.model.path,
@@ -128,7 +128,7 @@ class _Verifier:
             max_memory=self.placement.max_memory,
             device=self.placement.device,
             sums=sums,
-            blocks=blocks,
+            proven=proven,
         )
 
 

@@ -114,6 +114,14 @@ class Surgery:
     def of(cls, variant: Variant) -> Surgery:
         return cls(variant.offsets, variant.dtype, variant.surgery.context_cap)
 
+    def same_as(self, other: Surgery) -> bool:
+        """Bit for bit the same offsets, dtype and context cap."""
+        return (self.dtype, self.context_cap, sorted(self.offsets)) == (
+            other.dtype,
+            other.context_cap,
+            sorted(other.offsets),
+        ) and all(torch.equal(self.offsets[layer], other.offsets[layer]) for layer in self.offsets)
+
 
 class BlockProof:
     """The proof's block checks of variants of one base: per variant, its proof layers' checks.
@@ -202,13 +210,19 @@ def prove(
     arch: Architecture,
     sums: list[dict[str, str]],
     prompts,
-    blocks: list[list[BlockCheck]] | None = None,
+    proven: tuple[list[Surgery], list[list[BlockCheck]]] | None = None,
 ) -> list[LocalProof]:
-    """The proof of each variant of one base: structure, then its blocks (base blocks read once), unless
-    `blocks` holds check_blocks' result for these variants' recorded surgeries already."""
+    """The proof of each variant of one base: structure, then its blocks (base blocks read once).
+
+    `proven` holds block checks already run (by an export, while it wrote) and the surgeries they ran
+    on; they stand only where those are bit for bit what each variant records, else the blocks run again.
+    """
     structures = [check_structure(variant, base_path, arch, own) for variant, own in zip(variants, sums)]
-    if blocks is None:
-        blocks = BlockProof(base_path, arch, [Surgery.of(variant) for variant in variants], prompts[0]).run()
+    recorded = [Surgery.of(variant) for variant in variants]
+    if proven is not None and len(proven[0]) == len(recorded) and all(map(Surgery.same_as, recorded, proven[0])):
+        blocks = proven[1]
+    else:
+        blocks = BlockProof(base_path, arch, recorded, prompts[0]).run()
     return [
         LocalProof(
             structure=structure,

@@ -231,10 +231,10 @@ def verify_variants(
     max_memory: dict | None = None,
     device: torch.device | None = None,
     sums: list[dict[str, str]] | None = None,
-    blocks: list | None = None,
+    proven: tuple | None = None,
 ) -> list[VerificationReport]:
-    """verify_variant for variants of one base, whose proofs read each base block once; `blocks` holds the
-    proof's block checks where they already ran (an export runs them while it writes)."""
+    """verify_variant for variants of one base, whose proofs read each base block once; `proven` holds the
+    proof's block checks where they already ran, with their surgeries (an export runs them while it writes)."""
     device = device or torch.device("cpu")
     opened = [
         OpenedVariant(directory, base_override, base_trusted, None if sums is None else sums[k])
@@ -242,7 +242,7 @@ def verify_variants(
     ]
     first = opened[0]
     variants = [o.variant for o in opened]
-    proofs = prove(variants, first.base, first.arch, [o.sums for o in opened], first.prompts, blocks)
+    proofs = prove(variants, first.base, first.arch, [o.sums for o in opened], first.prompts, proven)
     mode, note = end_to_end_mode(read_config(first.base), full, device, max_memory)
     return [_report(one, proof, mode, note, new_tokens, device) for one, proof in zip(opened, proofs)]
 
