@@ -26,7 +26,6 @@ from finsurg.settings import (
     AnalyzeSettings,
     CommandSettings,
     CvectorSettings,
-    EvalOptions,
     EvalSettings,
     ExportSettings,
     GgufSettings,
@@ -89,8 +88,10 @@ def export(settings: ExportSettings) -> ExportOutcome:
     if settings.gguf is not None:
         outcome.gguf = _ggufs(settings, paths, recipe, model)
     if settings.eval is not None:
+        from finsurg.checks.evaluation import evaluate as run_eval
+
         outcome.eval = EvalOutcome(
-            _evaluate(paths, settings.eval, settings.out, placement, base_trusted=True), settings.out
+            run_eval(paths, settings.eval, settings.out, placement, base_trusted=True), settings.out
         )
     if namespace is not None and (outcome.eval is None or outcome.eval.report.passed):
         from finsurg.hub.push import default_repo_id
@@ -170,14 +171,10 @@ def evaluate(settings: EvalSettings) -> EvalOutcome:
     out = settings.out
     if out is None and len(settings.variants) == 1 and not (settings.variants[0] / SURGERY_NAME).exists():
         out = settings.variants[0]
-    report = _evaluate(settings.variants, settings, out, _placement(settings), base_override=settings.model)
-    return EvalOutcome(report, out)
-
-
-def _evaluate(paths: list[Path], options: EvalOptions, out: Path | None, placement, **base):
     from finsurg.checks.evaluation import evaluate as run_eval
 
-    return run_eval(paths, options, out, placement, **base)
+    report = run_eval(settings.variants, settings, out, _placement(settings), base_override=settings.model)
+    return EvalOutcome(report, out)
 
 
 def verify(settings: VerifySettings) -> VerifyOutcome:

@@ -61,14 +61,13 @@ def _add_fields(parser: argparse.ArgumentParser, model: type[BaseModel], prefix:
         if annotation is bool:
             kwargs["action"] = "store_false" if field.default else "store_true"
             help_text = f"do not {help_text}" if field.default else help_text
-        elif is_list:
-            kwargs["metavar"] = name.upper()
-            if extra.get("comma"):
-                kwargs["type"] = lambda text: [part.strip() for part in text.split(",") if part.strip()]
-            else:
-                kwargs["action"] = "append"
         else:
             kwargs["metavar"] = name.upper()
+        if is_list and extra.get("comma"):
+            kwargs["type"] = lambda text: [part.strip() for part in text.split(",") if part.strip()]
+        elif is_list:
+            kwargs["action"] = "append"
+        elif annotation is not bool:
             choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
             if choices:
                 kwargs["choices"] = choices
