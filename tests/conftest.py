@@ -103,13 +103,16 @@ def tiny_recipe(
     scale=1.0,
     architecture="LlamaForCausalLM",
     site="layer_output",
+    conditional=False,
 ):
-    """A recipe for the tiny Llama, with steering vectors, saved in directory."""
-    from finsurg.steer.recipe import Recipe, RecipeSpec
+    """A recipe for the tiny Llama, with steering vectors (and a random topic condition), saved in directory."""
+    from finsurg.steer.recipe import CONDITION_NAME, Recipe, RecipeSpec
 
+    condition = {"file": CONDITION_NAME, "thresholds": {layer: 0.1 * layer for layer in layers}, "sharpness": 6.0}
     spec = RecipeSpec.model_validate(
         {
-            "format": "finsurg.recipe/1",
+            "format": "finsurg.recipe/2" if conditional else "finsurg.recipe/1",
+            "condition": condition if conditional else None,
             "model": {"architecture": architecture, "hidden_size": hidden, "num_hidden_layers": depth},
             "site": site,
             "layers": list(layers),
@@ -124,7 +127,9 @@ def tiny_recipe(
     )
     generator = torch.Generator().manual_seed(7)
     vectors = {layer: torch.randn(hidden, generator=generator) for layer in layers} if steering else {}
-    recipe = Recipe(spec, vectors, origin=str(directory))
+    directions = {layer: torch.randn(hidden, generator=generator) for layer in layers} if conditional else {}
+    directions = {layer: vector / vector.norm() for layer, vector in directions.items()}
+    recipe = Recipe(spec, vectors, directions, origin=str(directory))
     recipe.save(directory)
     return Recipe.load(directory)
 

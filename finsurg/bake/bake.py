@@ -1,20 +1,58 @@
-"""The bake: a surgery's offsets become bias tensors, exactly.
+"""The bake: a surgery's offsets become bias tensors, and its gated offsets grafted neurons, exactly.
 
 An offset added at a site at every position equals a bias on the projection that writes that
 site's output (divided by the multiplier that scales it, where the family has one), once the
 variant's config turns that family's biases on. Turning them on gives every
 layer all of the family's biases, so those the recipe does not steer are written as zeros,
 and a base that already has biases keeps them, with the offset added where it steers.
+
+A gated offset (finsurg.steer.graft) is two neurons appended to its layer's MLP. A config has one
+MLP width, so every layer grows by the same count, with exact zeros where nothing is grafted: the
+gate, up and down weights of every layer are the base's with rows (or columns) appended, built
+only when read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
+from finsurg.dtypes import CODE_OF
+from finsurg.io.safetensors_io import Entry, tensor_bytes
 from finsurg.steer.arch import Architecture
+from finsurg.steer.graft import Gate, Neurons, graft_width, neurons
+
+
+class Baked(Mapping):
+    """The tensors a variant holds that its base does not hold unchanged, by name; grown weights are built on access."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.grown: dict[str, tuple[tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.tensors:
+            return self.tensors[name]
+        return self.grown[name][2]()
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.tensors
+        yield from self.grown
+
+    def __len__(self) -> int:
+        return len(self.tensors) + len(self.grown)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors or name in self.grown
+
+    def entry(self, name: str) -> Entry:
+        """The tensor to write, built when the writer reaches it."""
+        if name in self.tensors:
+            return Entry.of(name, self.tensors[name])
+        shape, dtype, build = self.grown[name]
+        return Entry(name, CODE_OF[dtype], shape, lambda: [tensor_bytes(build())])
 
 
 def bake(
@@ -23,23 +61,59 @@ def bake(
     config: dict,
     dtype: torch.dtype,
     existing: Mapping[str, torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """Every bias tensor the variant needs that the base does not already hold unchanged, by name.
+    gates: dict[int, Gate] | None = None,
+) -> Baked:
+    """Every tensor the variant needs that the base does not already hold unchanged, by name.
 
-    `offsets` maps a layer to its residual offset (a recipe's `offsets(alpha)`); `existing` maps
-    the base's tensor names to tensors (read on demand); only the biases that carry offsets are read.
+    `offsets` maps a layer to its residual offset (a recipe's `offsets(alpha)`); `gates` the layers whose offset
+    is conditional to their gate; `existing` maps the base's tensor names to tensors (read on demand, and
+    with `.info(name)` for a grown weight's shape); only the biases that carry offsets are read.
     """
-    biases: dict[str, torch.Tensor] = {}
+    gates = gates or {}
+    baked = Baked()
     divisor = arch.offset_divisor(config)  # a sublayer output scaled by m carries offset / m
+    grown = graft_width(bool(gates))
+    sizes = {**config, arch.graft.width: int(config[arch.graft.width]) + grown} if grown else config
     for layer in range(int(config["num_hidden_layers"])):
-        site = arch.offset_bias(layer) if layer in offsets else None
+        site = arch.offset_bias(layer) if layer in offsets and layer not in gates else None
         for template, name in zip((b.name for b in arch.biases), arch.bias_names(layer)):
             if name == site:
                 current = existing[name].double() if name in existing else 0.0
-                biases[name] = (current + offsets[layer].to(dtype).double() / divisor).to(dtype)
+                baked.tensors[name] = (current + offsets[layer].to(dtype).double() / divisor).to(dtype)
             elif name not in existing:
-                biases[name] = torch.zeros(arch.bias_size(template, config), dtype=dtype)
-    return biases
+                baked.tensors[name] = torch.zeros(arch.bias_size(template, sizes), dtype=dtype)
+        if grown:
+            graft = neurons(gates[layer], offsets[layer], dtype, divisor) if layer in gates else None
+            _graft(baked, arch, layer, graft, existing, dtype, grown, int(config[arch.graft.width]))
+    return baked
+
+
+def _graft(
+    baked: Baked, arch: Architecture, layer: int, graft: Neurons | None, existing, dtype, grown: int, width: int
+) -> None:
+    """Layer `layer`'s MLP grown by `grown` neurons: the graft's first, zeros after."""
+    names = arch.graft.names(layer)
+    hidden = existing.info(f"{names['gate']}.weight").shape[1]
+    gate_rows, gate_bias = torch.zeros(grown, hidden), torch.zeros(grown)
+    up_bias, down_columns = torch.zeros(grown), torch.zeros(hidden, grown)
+    if graft is not None:
+        count = graft.gate_bias.shape[0]
+        gate_rows[:count], gate_bias[:count] = graft.gate_weight, graft.gate_bias
+        up_bias[:count] = 1.0  # the up projection is exactly 1 on the graft's neurons
+        down_columns[:, :count] = graft.down
+    for role, extra in (("gate", gate_bias), ("up", up_bias)):
+        name = f"{names[role]}.bias"
+        current = existing[name].to(dtype) if name in existing else torch.zeros(width, dtype=dtype)
+        baked.tensors[name] = torch.cat([current, extra.to(dtype)])
+    for role, extra, axis in (("gate", gate_rows, 0), ("up", torch.zeros(grown, hidden), 0), ("down", down_columns, 1)):
+        name = f"{names[role]}.weight"
+        shape = list(existing.info(name).shape)
+        shape[axis] += grown
+        baked.grown[name] = (
+            tuple(shape),
+            dtype,
+            lambda name=name, extra=extra, axis=axis: torch.cat([existing[name].to(dtype), extra.to(dtype)], dim=axis),
+        )
 
 
 def largest_alpha(unit_offsets: dict[int, torch.Tensor], arch: Architecture, config: dict, dtype: torch.dtype) -> float:

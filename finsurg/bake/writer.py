@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from finsurg import progress
-from finsurg.bake.bake import bake
+from finsurg.bake.bake import Baked, bake
 from finsurg.dtypes import CODE_OF, CODES, FLOAT_CODES, name_of
 from finsurg.errors import FinsurgError
 from finsurg.io.checkpoint import INDEX_NAME, Checkpoint
@@ -25,6 +25,7 @@ from finsurg.io.shard_copy import SourceHashes, copy_shard
 from finsurg.jsonfile import write_json
 from finsurg.models.source import ResolvedModel
 from finsurg.steer.arch import Architecture, for_config
+from finsurg.steer.graft import graft_width
 from finsurg.steer.recipe import Recipe
 from finsurg.variant.record import (
     CARD_NAME,
@@ -88,18 +89,19 @@ class VariantWriter:
 
     def write(self, recipe: Recipe, alpha: float, variant: str, out: Path) -> TensorsWritten:
         """The variant's checkpoint in `out`, an empty directory: shards, index, config, tokenizer and side files."""
-        biases = bake(recipe.offsets(alpha), self.arch, self.model.config, self.dtype, self.checkpoint)
-        sums, copied, weight_map, tensor_bytes = self._write_shards(biases, out, variant)
+        gates = recipe.gates()
+        baked = bake(recipe.offsets(alpha), self.arch, self.model.config, self.dtype, self.checkpoint, gates)
+        sums, copied, weight_map, tensor_bytes = self._write_shards(baked, out, variant)
         write_json(
             out / INDEX_NAME, {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         )
-        self._copy_side_files(out)
+        self._copy_side_files(out, graft_width(bool(gates)))
         return TensorsWritten(sums, copied)
 
-    def _write_shards(self, biases: dict[str, torch.Tensor], out: Path, variant: str):
+    def _write_shards(self, baked: Baked, out: Path, variant: str):
         target_code = CODE_OF[self.dtype]
-        changed = {name: value for name, value in biases.items() if name in self.checkpoint}
-        added = [Entry.of(name, value) for name, value in biases.items() if name not in self.checkpoint]
+        changed = {name for name in baked if name in self.checkpoint}
+        added = [baked.entry(name) for name in baked if name not in self.checkpoint]
         shards = self.checkpoint.shards
         count = len(shards) + (1 if added else 0)
         names = [f"model-{k:05d}-of-{count:05d}.safetensors" for k in range(1, count + 1)]
@@ -111,13 +113,13 @@ class VariantWriter:
             for shard, filename in zip(shards, names):
                 needs_cast = any(i.dtype in FLOAT_CODES and i.dtype != target_code for i in shard.tensors.values())
                 self.hashes.start(shard.path)
-                if not needs_cast and not changed.keys() & shard.tensors.keys():
+                if not needs_cast and not changed & shard.tensors.keys():
                     copied[filename] = copy_shard(shard.path, out / filename, self.link, bar.update)
                     digest = self.hashes.get(shard.path)  # the bytes are the source's
                     tensor_bytes += sum(info.nbytes for info in shard.tensors.values())
                 else:
                     entries = [
-                        Entry.of(info.name, changed[info.name])
+                        baked.entry(info.name)
                         if info.name in changed
                         else Entry(
                             info.name,
@@ -153,13 +155,14 @@ class VariantWriter:
             gguf_sha256=model.gguf_sha256,
         )
 
-    def _copy_side_files(self, out: Path) -> None:
-        """Config (the family's biases on, or rewritten), tokenizer, generation config and other non-weight files."""
+    def _copy_side_files(self, out: Path, grown: int) -> None:
+        """Config (the family's biases on, or rewritten; MLPs `grown` wider), tokenizer, generation config and other
+        non-weight files."""
         for path in sorted(self.model.path.iterdir()):
             if not path.is_file() or path.name in SKIPPED_FILES or path.suffix in SKIPPED_SUFFIXES:
                 continue
             if path.name == "config.json":
-                config = self.arch.config_of_variant(self.model.config, name_of(self.dtype), self.context_cap)
+                config = self.arch.config_of_variant(self.model.config, name_of(self.dtype), self.context_cap, grown)
                 write_json(out / "config.json", config)
             else:
                 shutil.copyfile(path, out / path.name)

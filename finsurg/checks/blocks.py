@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from finsurg.io.lazy_model import LazyModel
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import shift_output
+from finsurg.steer.hooks import Grafts, graft_output, shift_output
 
 ROWS = 8192  # head rows per matmul in the streamed logits
 
@@ -57,10 +57,21 @@ class BlockModel(LazyModel):
         return torch.cat(parts, dim=-1) / self.arch.logits_divisor(self.config)
 
 
+def surgery_added(
+    block: torch.nn.Module, layer: int, arch: Architecture, offsets: dict[int, torch.Tensor], grafts: Grafts
+):
+    """The block with its layer's offset added at the site, or its grafted neurons' output added to its MLP's."""
+    if layer in grafts:
+        return output_hooked(block, arch.block_mlp(), graft_output(grafts[layer]))
+    if layer in offsets:
+        return output_hooked(block, arch.block_site(), shift_output(offsets[layer]))
+    return nullcontext()
+
+
 @contextmanager
-def site_added(block: torch.nn.Module, site: str, vector: torch.Tensor):
-    """Add `vector` to the output of `site`, a module path relative to the block ("" is the block)."""
-    handle = block.get_submodule(site).register_forward_hook(shift_output(vector))
+def output_hooked(block: torch.nn.Module, module: str, hook):
+    """A forward hook on `module`, a path relative to the block ("" is the block), while the context lasts."""
+    handle = block.get_submodule(module).register_forward_hook(hook)
     try:
         yield
     finally:

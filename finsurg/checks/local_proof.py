@@ -15,17 +15,18 @@ time grows with the number of steered layers, never with depth.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from finsurg.bake.bake import bake
-from finsurg.checks.blocks import BlockModel, site_added
+from finsurg.checks.blocks import BlockModel, surgery_added
 from finsurg.dtypes import CODES, weight_dtype
 from finsurg.io.checkpoint import Checkpoint
 from finsurg.io.lazy_model import PieceError
 from finsurg.models.source import read_config
 from finsurg.steer.arch import Architecture
+from finsurg.steer.graft import Gate, Neurons, graft_width, split
 from finsurg.variant.record import BlockCheck, LocalProof, StructureCheck, Variant
 
 INPUT_RMS = (1.0, 16.0)  # residual streams sit in this range; the check holds at both ends
@@ -37,9 +38,11 @@ def _bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().flatten().view(torch.uint8)
 
 
-def config_changes(base: dict, variant: dict, arch: Architecture, dtype: str, context_cap: int | None) -> list[str]:
+def config_changes(
+    base: dict, variant: dict, arch: Architecture, dtype: str, context_cap: int | None, grown: int
+) -> list[str]:
     """Keys where the variant's config differs from what the bake writes; empty when it is exact."""
-    expected = arch.config_of_variant(base, dtype, context_cap)
+    expected = arch.config_of_variant(base, dtype, context_cap, grown)
     return sorted(key for key in expected.keys() | variant.keys() if expected.get(key) != variant.get(key))
 
 
@@ -47,11 +50,16 @@ def check_structure(variant: Variant, base_path, arch: Architecture, sums: dict[
     base, baked = Checkpoint.open(base_path), Checkpoint.open(variant.directory)
     base_config = read_config(base_path)
     changes = config_changes(
-        base_config, read_config(variant.directory), arch, variant.dtype, variant.surgery.context_cap
+        base_config,
+        read_config(variant.directory),
+        arch,
+        variant.dtype,
+        variant.surgery.context_cap,
+        graft_width(bool(variant.gates)),
     )
     problems = [f"config.json differs from the bake's at {key}" for key in changes]
     target = weight_dtype(variant.dtype)
-    expected = bake(variant.offsets, arch, base_config, target, base)
+    expected = bake(variant.offsets, arch, base_config, target, base, variant.gates)
     base_files = variant.surgery.base_model.files
     identical = compared = 0
     missing = sorted(set(base) - set(baked))
@@ -72,10 +80,10 @@ def check_structure(variant: Variant, base_path, arch: Architecture, sums: dict[
                 problems.append(f"tensor {name} is not the base's and not a bias the bake writes")
                 continue
             if info.shape != tuple(want.shape) or not torch.equal(_bytes(baked[name]), _bytes(want)):
-                kind = "bias" if name in expected else "weight"
-                problems.append(f"{kind} {name} differs from the {'bake' if kind == 'bias' else 'base'}")
+                kind = "baked tensor" if name in expected else "weight"
+                problems.append(f"{kind} {name} differs from the {'bake' if name in expected else 'base'}")
     absent = sorted(set(expected) - set(baked))
-    problems += [f"bias {name} is missing" for name in absent[:3]]
+    problems += [f"baked tensor {name} is missing" for name in absent[:3]]
     return StructureCheck(
         tensors=len(baked),
         identical_shards=identical,
@@ -104,23 +112,32 @@ def _inputs(base: BlockModel, prompt: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Surgery:
-    """What the semantic half of the proof needs of one variant: its recorded offsets, dtype and context cap."""
+    """What the semantic half of the proof needs of one variant: its recorded offsets and gates, dtype and
+    context cap."""
 
     offsets: dict[int, torch.Tensor]
     dtype: str
     context_cap: int | None = None
+    gates: dict[int, Gate] = field(default_factory=dict)
 
     @classmethod
     def of(cls, variant: Variant) -> Surgery:
-        return cls(variant.offsets, variant.dtype, variant.surgery.context_cap)
+        return cls(variant.offsets, variant.dtype, variant.surgery.context_cap, variant.gates)
 
     def same_as(self, other: Surgery) -> bool:
-        """Bit for bit the same offsets, dtype and context cap."""
-        return (self.dtype, self.context_cap, sorted(self.offsets)) == (
-            other.dtype,
-            other.context_cap,
-            sorted(other.offsets),
-        ) and all(torch.equal(self.offsets[layer], other.offsets[layer]) for layer in self.offsets)
+        """Bit for bit the same offsets, gates, dtype and context cap."""
+        return (
+            (self.dtype, self.context_cap, sorted(self.offsets), sorted(self.gates))
+            == (other.dtype, other.context_cap, sorted(other.offsets), sorted(other.gates))
+            and all(torch.equal(self.offsets[layer], other.offsets[layer]) for layer in self.offsets)
+            and all(
+                torch.equal(gate.weight, other.gates[layer].weight) and gate.bias == other.gates[layer].bias
+                for layer, gate in self.gates.items()
+            )
+        )
+
+    def grafts(self, arch: Architecture, config: dict) -> dict[int, Neurons]:
+        return split(self.offsets, self.gates, weight_dtype(self.dtype), arch.offset_divisor(config))[1]
 
 
 class BlockProof:
@@ -148,9 +165,16 @@ class BlockProof:
                 base_path,
                 arch,
                 weights,
-                config=arch.config_of_variant(self.base.config, surgery.dtype, surgery.context_cap),
+                config=arch.config_of_variant(
+                    self.base.config, surgery.dtype, surgery.context_cap, graft_width(bool(surgery.gates))
+                ),
                 overlay=bake(
-                    surgery.offsets, arch, self.base.config, weight_dtype(surgery.dtype), self.base.checkpoint
+                    surgery.offsets,
+                    arch,
+                    self.base.config,
+                    weight_dtype(surgery.dtype),
+                    self.base.checkpoint,
+                    surgery.gates,
                 ),
             )
             for surgery in surgeries
@@ -162,23 +186,27 @@ class BlockProof:
         arch, base = self.arch, self.base
         site = arch.block_site()
         wanted = [proof_layers(surgery.offsets, base.num_layers) for surgery in self.surgeries]
+        grafts = [surgery.grafts(arch, base.config) for surgery in self.surgeries]
         checks: list[list[BlockCheck]] = [[] for _ in self.surgeries]
         for layer in sorted(set().union(*wanted)):
             if self.cancelled.is_set():
                 break
             base_block = base.block(layer)
             plain = base.run_block(base_block, self.inputs)  # shared by every variant without an offset here
-            written = {name.removeprefix(f"{arch.layers}.{layer}.") for name in arch.bias_names(layer)}
+            prefix = f"{arch.layers}.{layer}."
+            written = {
+                name.removeprefix(prefix) for baked in self.baked for name in baked.overlay if name.startswith(prefix)
+            }
             shared = {name: value for name, value in base_block.state_dict().items() if name not in written}
             for k, surgery in enumerate(self.surgeries):
                 if layer in wanted[k]:
                     offset = surgery.offsets.get(layer)
                     if offset is None:
                         reference = plain
-                    elif not site:  # the block's own output: the hook adds the offset to exactly this
+                    elif not site and layer not in grafts[k]:  # the block's own output: the hook adds exactly this
                         reference = plain + offset.to(plain.device, plain.dtype)
                     else:
-                        with site_added(base_block, site, offset):
+                        with surgery_added(base_block, layer, arch, surgery.offsets, grafts[k]):
                             reference = base.run_block(base_block, self.inputs)
                     checks[k].append(_check_block(self.baked[k], layer, shared, offset, self.inputs, reference))
             del base_block, shared, plain

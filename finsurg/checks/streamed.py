@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from finsurg import progress
-from finsurg.checks.blocks import BlockModel, site_added
+from finsurg.checks.blocks import BlockModel, surgery_added
 from finsurg.steer.arch import Architecture
+from finsurg.steer.hooks import Grafts
 
 
 def streamed_runs(
@@ -21,28 +22,25 @@ def streamed_runs(
     arch: Architecture,
     weights: torch.dtype,
     prompts: list[torch.Tensor],
-    offsets: dict[int, torch.Tensor] | None,
+    surgery: tuple[dict[int, torch.Tensor], Grafts] | None,
     upto: int,
 ) -> dict[str, list]:
-    """Logits of each prompt (plain, and hooked when offsets are given) and the hidden states up to layer `upto`.
+    """Logits of each prompt (plain, and hooked when a surgery's offsets and grafts are given) and the hidden
+    states up to layer `upto`.
 
     Weights are rounded to `weights` (the variant's dtype) and computed in float32.
     """
     model = BlockModel(path, arch, weights)
     streams = {"plain": [model.embed(ids) for ids in prompts]}
-    if offsets is not None:
+    if surgery is not None:
         streams["hooked"] = [state.clone() for state in streams["plain"]]
     hidden = [[state.clone()] for state in streams["plain"]]
-    site = arch.block_site()
     with progress.bar(total=model.num_layers, desc=f"stream {path.name}") as bar:
         for layer in range(model.num_layers):
             block = model.block(layer)
             streams["plain"] = [model.run_block(block, state) for state in streams["plain"]]
-            if offsets is not None:
-                if layer in offsets:
-                    with site_added(block, site, offsets[layer]):
-                        streams["hooked"] = [model.run_block(block, state) for state in streams["hooked"]]
-                else:
+            if surgery is not None:
+                with surgery_added(block, layer, arch, *surgery):
                     streams["hooked"] = [model.run_block(block, state) for state in streams["hooked"]]
             if layer < upto:
                 for states, state in zip(hidden, streams["plain"]):

@@ -29,7 +29,8 @@ from finsurg.models.loading import encode, hf_greedy, load_model, load_tokenizer
 from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
-from finsurg.steer.hooks import offset_hooks
+from finsurg.steer.graft import split
+from finsurg.steer.hooks import Grafts, offset_hooks
 from finsurg.variant.record import (
     DtypeCheck,
     ExactCheck,
@@ -75,8 +76,14 @@ class OpenedVariant:
         pack = Pack.load(self.variant.surgery.recipe.pack)
         self.prompts = [encode(self.tokenizer, text) for text in pack.verification_prompts()]
 
+    def surgery(self) -> tuple[dict[int, torch.Tensor], Grafts]:
+        """The recorded offsets added everywhere, and the grafted neurons of the gated layers."""
+        divisor = self.arch.offset_divisor(read_config(self.base))
+        return split(self.variant.offsets, self.variant.gates, weight_dtype(self.variant.dtype), divisor)
+
     def hooks(self):
-        return offset_hooks(self.variant.offsets, self.arch)
+        offsets, grafts = self.surgery()
+        return offset_hooks(offsets, self.arch, grafts)
 
 
 def _hidden(model, ids: torch.Tensor, upto: int) -> list[torch.Tensor]:
@@ -143,7 +150,7 @@ def _end_to_end(opened: OpenedVariant, mode: str, new_tokens: int, device) -> tu
     if cap:  # the rewrite is exact only within its capped context: generation stays inside it
         new_tokens = max(0, min(new_tokens, cap - max(ids.shape[1] for ids in opened.prompts)))
     if mode == "streamed":
-        ref = streamed_runs(opened.base, opened.arch, weights, opened.prompts, variant.offsets, first)
+        ref = streamed_runs(opened.base, opened.arch, weights, opened.prompts, opened.surgery(), first)
         var = streamed_runs(variant.directory, opened.arch, weights, opened.prompts, None, first)
         var["logits"], new_tokens = var["plain"], 0
     else:

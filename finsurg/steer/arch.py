@@ -58,6 +58,22 @@ class Site(_Frozen):
     divide_by: str | None = None  # config key: the sublayer output (bias included) is multiplied by it
 
 
+class Graft(_Frozen):
+    """Where conditional surgery grafts its neurons: a SwiGLU MLP whose gate, up and down projections have biases."""
+
+    mlp: str  # the MLP module: its input is the normed stream the gate reads
+    gate: str
+    up: str
+    down: str
+    width: str  # config key of the MLP's neuron count, which the graft grows
+    transformer_lens_input: str
+    transformer_lens_output: str
+
+    def names(self, layer: int) -> dict[str, str]:
+        """Projection role -> module path of one layer."""
+        return {role: getattr(self, role).format(layer=layer) for role in ("gate", "up", "down")}
+
+
 class Architecture(_Frozen):
     family: str
     architectures: tuple[str, ...]
@@ -72,6 +88,8 @@ class Architecture(_Frozen):
     biases: tuple[Bias, ...] = ()  # every bias tensor of the variant's layers
     weights: tuple[str, ...] = ()  # tensors every layer must have
     site: Site | None = None
+    graft: Graft | None = None  # the route of conditional surgery
+    graft_refused: str | None = None  # why a family with a site has none
     # the pieces a layer-streamed pass reads besides the blocks
     embeddings: str = "model.embed_tokens.weight"
     rotary: str = "model.rotary_emb"
@@ -90,10 +108,13 @@ class Architecture(_Frozen):
     def variant_architecture(self) -> str:
         return (self.variant_config.get("architectures") or self.architectures)[0]
 
-    def config_of_variant(self, base: dict, dtype: str, context_cap: int | None = None) -> dict:
-        """The variant's config.json: the base's, with the bake's keys set (and a rewrite's dropped)."""
+    def config_of_variant(self, base: dict, dtype: str, context_cap: int | None = None, grown: int = 0) -> dict:
+        """The variant's config.json: the base's, with the bake's keys set (and a rewrite's dropped), and its MLPs
+        `grown` neurons wider where a graft adds them."""
         config = {key: value for key, value in base.items() if key not in self.variant_drops}
         config.update(self.variant_config)
+        if grown:
+            config[self.graft.width] = int(base[self.graft.width]) + grown
         config["dtype"] = dtype
         if "torch_dtype" in base:
             config["torch_dtype"] = dtype
@@ -114,6 +135,13 @@ class Architecture(_Frozen):
         size = int(config[window.size])
         return size if size < int(config.get("max_position_embeddings") or 0) else None
 
+    def grafting(self, where: str) -> Graft:
+        """The graft route, or one line that says why this family has none."""
+        if self.graft is None:
+            reason = self.graft_refused or f"{self.family} has no MLP with gate, up and down biases"
+            raise FinsurgError(f"{where}: conditional surgery cannot be baked into {self.architectures[0]}: {reason}")
+        return self.graft
+
     def offset_bias(self, layer: int) -> str:
         return self.site.bias.format(layer=layer)
 
@@ -128,7 +156,14 @@ class Architecture(_Frozen):
 
     def block_site(self) -> str:
         """The site's module as a path inside its decoder block ("" for the block itself)."""
-        return self.site.module.replace(f"{self.layers}.{{layer}}", "", 1).lstrip(".")
+        return self._in_block(self.site.module)
+
+    def block_mlp(self) -> str:
+        """The grafted MLP as a path inside its decoder block."""
+        return self._in_block(self.graft.mlp)
+
+    def _in_block(self, template: str) -> str:
+        return template.replace(f"{self.layers}.{{layer}}", "", 1).lstrip(".")
 
     def embedding_scale(self, config: dict) -> float:
         return float(config.get(self.embedding_multiplier, 1.0)) if self.embedding_multiplier else 1.0

@@ -2,7 +2,8 @@
 
 Every place that adds a recipe's offsets at inference time uses these two: `offset_hooks` for a
 TransformerLens bridge and `offsets_added` for a plain transformers model. Where they land comes
-from the architecture descriptor.
+from the architecture descriptor. Grafted neurons (a conditional recipe's gated offsets,
+finsurg.steer.graft) are added to the MLP's output, computed from its input, as the graft does.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from contextlib import contextmanager
 import torch
 
 from finsurg.steer.arch import Architecture
+from finsurg.steer.graft import Neurons
 
 HookList = list[tuple[str, Callable]]
+Grafts = dict[int, Neurons]
 
 
 def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None = None) -> Callable:
@@ -29,9 +32,25 @@ def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None =
     return hook
 
 
-def offset_hooks(offsets: dict[int, torch.Tensor], arch: Architecture) -> HookList:
-    """Hooks that add offsets[L] at layer L's site, at every position."""
-    return [(arch.tl_hook(layer), add_hook(vector)) for layer, vector in sorted(offsets.items())]
+def offset_hooks(offsets: dict[int, torch.Tensor], arch: Architecture, grafts: Grafts | None = None) -> HookList:
+    """Hooks that add offsets[L] at layer L's site, at every position, and grafts[L]'s output to its MLP's."""
+    hooks = [(arch.tl_hook(layer), add_hook(vector)) for layer, vector in sorted(offsets.items())]
+    for layer, graft in sorted((grafts or {}).items()):
+        seen: list[torch.Tensor] = []
+        route = arch.grafting(arch.family)
+
+        def keep(activation, hook=None, seen=seen):
+            seen[:] = [activation]
+            return activation
+
+        def add(activation, hook=None, seen=seen, graft=graft):
+            return activation + graft.output(seen[0]).to(activation.dtype)
+
+        hooks += [
+            (route.transformer_lens_input.format(layer=layer), keep),
+            (route.transformer_lens_output.format(layer=layer), add),
+        ]
+    return hooks
 
 
 def shift_output(vector: torch.Tensor) -> Callable:
@@ -45,12 +64,30 @@ def shift_output(vector: torch.Tensor) -> Callable:
     return hook
 
 
+def graft_output(graft: Neurons) -> Callable:
+    """A plain PyTorch forward hook on an MLP: the grafted neurons' output on its input, added to its output."""
+
+    def hook(module, inputs, output):
+        return output + graft.output(inputs[0]).to(output.dtype)
+
+    return hook
+
+
 @contextmanager
-def offsets_added(model, offsets: dict[int, torch.Tensor], arch: Architecture) -> Iterator[None]:
-    """Plain PyTorch forward hooks on a transformers model: offsets[L] added to its site's output."""
+def offsets_added(
+    model, offsets: dict[int, torch.Tensor], arch: Architecture, grafts: Grafts | None = None
+) -> Iterator[None]:
+    """Plain PyTorch forward hooks on a transformers model: offsets[L] added to its site's output, grafts[L]'s
+    neurons to its MLP's."""
     handles = [
         model.get_submodule(arch.module(layer)).register_forward_hook(shift_output(vector))
         for layer, vector in sorted(offsets.items())
+    ]
+    handles += [
+        model.get_submodule(arch.grafting(arch.family).mlp.format(layer=layer)).register_forward_hook(
+            graft_output(graft)
+        )
+        for layer, graft in sorted((grafts or {}).items())
     ]
     try:
         yield

@@ -1,6 +1,9 @@
 """The surgery recipe: which residual dimensions to shift, at which layers, and by how much.
 
 offset_L(alpha) = alpha * (sum_n coefficient_n * e_{index_n} + steering.coefficient * steering.{L})
+
+A conditional recipe (format 2) also holds a topic condition per steered layer, and its offset is
+added only as far as the condition's gate opens (finsurg.steer.graft). Format 1 recipes are read as before.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, FiniteFloat, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -20,10 +23,14 @@ from finsurg.errors import FinsurgError
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.options import finite_alpha
 from finsurg.steer.arch import for_config
+from finsurg.steer.graft import Gate
 
 RECIPE_FORMAT = "finsurg.recipe/1"
+CONDITIONAL_FORMAT = "finsurg.recipe/2"  # a recipe with a topic condition
+RECIPE_FORMATS = (RECIPE_FORMAT, CONDITIONAL_FORMAT)
 RECIPE_NAME = "recipe.json"
 STEERING_NAME = "steering_vectors.safetensors"
+CONDITION_NAME = "condition.safetensors"
 ANALYSIS_NAME = "mech_interp_results.json"  # beside a derived recipe: the analysis that made it
 
 
@@ -42,6 +49,16 @@ class SteeringSpec(_Strict):
 
     file: str | None
     coefficient: FiniteFloat
+
+
+class ConditionSpec(_Strict):
+    """Where the gate opens at each steered layer: z = sharpness · (condition.{L} · x̂ − threshold_L), read on the
+    MLP's normed input x̂; `file` holds each layer's unit direction (float32)."""
+
+    file: str
+    thresholds: dict[NonNegativeInt, FiniteFloat]
+    sharpness: PositiveFloat
+    read_at: Literal["mlp_input"] = "mlp_input"
 
 
 class ModelSpec(_Strict):
@@ -72,7 +89,7 @@ class TuningSpec(_Strict):
 
 
 class RecipeSpec(_Strict):
-    format: Literal[RECIPE_FORMAT]  # type: ignore[valid-type]
+    format: Literal[RECIPE_FORMATS]  # type: ignore[valid-type]
     model: ModelSpec
     layers: list[NonNegativeInt]
     neurons: list[NeuronSpec] = []
@@ -83,12 +100,14 @@ class RecipeSpec(_Strict):
     site: str = "layer_output"  # where the offsets are added (finsurg.steer.arch: a family's site)
     direction: DirectionSpec = DirectionSpec()
     tuning: TuningSpec | None = None
+    condition: ConditionSpec | None = None
 
 
 @dataclass
 class Recipe:
     spec: RecipeSpec
     vectors: dict[int, torch.Tensor] = field(default_factory=dict)
+    conditions: dict[int, torch.Tensor] = field(default_factory=dict)  # unit directions, by layer
     origin: str = ""
     source_dir: Path | None = None  # where recipe.json was read; an analysis run keeps its plots there
 
@@ -112,20 +131,23 @@ class Recipe:
         label = origin or "recipe"
         if not isinstance(raw, dict):
             raise FinsurgError(f"{label}: a recipe is a JSON object")
-        if raw.get("format") != RECIPE_FORMAT:
+        if raw.get("format") not in RECIPE_FORMATS:
             raise FinsurgError(
-                f"{label}: unsupported recipe format {raw.get('format')!r} (this finsurg reads {RECIPE_FORMAT})"
+                f"{label}: unsupported recipe format {raw.get('format')!r} (this finsurg reads "
+                f"{' and '.join(RECIPE_FORMATS)})"
             )
         try:
             spec = RecipeSpec.model_validate(raw)
         except ValidationError as exc:
             raise FinsurgError(f"{label}: {validation_message(exc)}") from None
-        vectors = {}
-        if spec.steering is not None and spec.steering.file is not None:
-            if base_dir is None:
-                raise FinsurgError(f"{label}: steering vectors need the recipe's directory")
-            vectors = _load_vectors(base_dir / spec.steering.file, label)
-        return cls(spec=spec, vectors=vectors, origin=origin)
+        files = {"steering": spec.steering and spec.steering.file, "condition": spec.condition and spec.condition.file}
+        loaded: dict[str, dict] = {"steering": {}, "condition": {}}
+        for prefix, name in files.items():
+            if name is not None:
+                if base_dir is None:
+                    raise FinsurgError(f"{label}: its {prefix} vectors need the recipe's directory")
+                loaded[prefix] = _load_vectors(base_dir / name, label, prefix)
+        return cls(spec=spec, vectors=loaded["steering"], conditions=loaded["condition"], origin=origin)
 
     @classmethod
     def preset(cls, name: str) -> Recipe:
@@ -154,14 +176,14 @@ class Recipe:
         if not spec.neurons and not self.has_steering:
             raise FinsurgError(f"{label}: no neurons and no steering vectors; the recipe changes nothing")
         if self.has_steering:
-            for layer in spec.layers:
-                vector = self.vectors.get(layer)
-                if vector is None:
-                    raise FinsurgError(f"{label}: steering vector steering.{layer} is missing")
-                if tuple(vector.shape) != (hidden,):
-                    raise FinsurgError(f"{label}: steering.{layer} has shape {list(vector.shape)}, expected [{hidden}]")
-                if not torch.isfinite(vector).all():
-                    raise FinsurgError(f"{label}: steering.{layer} contains NaN or inf")
+            _check_vectors(self.vectors, spec.layers, hidden, label, "steering")
+        if (spec.condition is not None) != (spec.format == CONDITIONAL_FORMAT):
+            raise FinsurgError(f"{label}: a topic condition goes with format {CONDITIONAL_FORMAT}, and only there")
+        if spec.condition is not None:
+            _check_vectors(self.conditions, spec.layers, hidden, label, "condition")
+            missing = sorted(set(spec.layers) - set(spec.condition.thresholds))
+            if missing:
+                raise FinsurgError(f"{label}: the condition has no threshold for layer {missing[0]}")
 
     def check_model(self, config: dict, where: str = "model") -> None:
         """Refuse a model whose architecture or sizes differ from the ones the recipe was made for."""
@@ -176,6 +198,8 @@ class Recipe:
             )
         if want.architecture not in archs:
             raise FinsurgError(f"{label} is for {want.architecture}, but {where} is {', '.join(archs) or '?'}")
+        if self.conditional:
+            for_config(config, where).grafting(label)
         for key in ("hidden_size", "num_hidden_layers"):
             if int(config.get(key, -1)) != getattr(want, key):
                 raise FinsurgError(
@@ -188,8 +212,25 @@ class Recipe:
         return self.spec.steering is not None and self.spec.steering.file is not None
 
     @property
+    def conditional(self) -> bool:
+        return self.spec.condition is not None
+
+    @property
     def layers(self) -> list[int]:
         return sorted(self.spec.layers)
+
+    def gates(self) -> dict[int, Gate]:
+        """Each steered layer's gate (none for an unconditional recipe); the same at every alpha."""
+        condition = self.spec.condition
+        if condition is None:
+            return {}
+        return {
+            layer: Gate(
+                (condition.sharpness * self.conditions[layer].double()).float(),
+                -condition.sharpness * condition.thresholds[layer],
+            )
+            for layer in self.layers
+        }
 
     def offsets(self, alpha: float) -> dict[int, torch.Tensor]:
         """The float32 residual offset added after each steered layer, computed in float64."""
@@ -215,28 +256,45 @@ class Recipe:
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / RECIPE_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        if self.has_steering:
-            tensors = {f"steering.{layer}": self.vectors[layer].float().contiguous() for layer in self.layers}
-            save_file(tensors, directory / self.spec.steering.file, metadata={"format": "pt"})
+        for prefix, spec, vectors in (
+            ("steering", self.spec.steering, self.vectors),
+            ("condition", self.spec.condition, self.conditions),
+        ):
+            if spec is not None and spec.file is not None:
+                tensors = {f"{prefix}.{layer}": vectors[layer].float().contiguous() for layer in self.layers}
+                save_file(tensors, directory / spec.file, metadata={"format": "pt"})
         return directory / RECIPE_NAME
 
 
-def _load_vectors(path: Path, label: str) -> dict[int, torch.Tensor]:
+def _load_vectors(path: Path, label: str, prefix: str) -> dict[int, torch.Tensor]:
     try:
         raw = load_file(path)
     except FileNotFoundError:
-        raise FinsurgError(f"{label}: steering file not found: {path}") from None
+        raise FinsurgError(f"{label}: {prefix} file not found: {path}") from None
     except (SafetensorError, OSError) as exc:
-        raise FinsurgError(f"{label}: cannot read steering file {path} ({exc})") from None
+        raise FinsurgError(f"{label}: cannot read {prefix} file {path} ({exc})") from None
     vectors = {}
     for name, tensor in raw.items():
-        prefix, _, layer = name.partition(".")
-        if prefix != "steering" or not layer.isdigit():
-            raise FinsurgError(f"{label}: unexpected tensor {name!r} in {path.name} (want steering.<layer>)")
+        head, _, layer = name.partition(".")
+        if head != prefix or not layer.isdigit():
+            raise FinsurgError(f"{label}: unexpected tensor {name!r} in {path.name} (want {prefix}.<layer>)")
         if tensor.dtype != torch.float32:
-            raise FinsurgError(f"{label}: {name} is {tensor.dtype}, steering vectors are float32")
+            raise FinsurgError(f"{label}: {name} is {tensor.dtype}, {prefix} vectors are float32")
         vectors[int(layer)] = tensor
     return vectors
+
+
+def _check_vectors(vectors: dict[int, torch.Tensor], layers: list[int], hidden: int, label: str, prefix: str) -> None:
+    for layer in layers:
+        vector = vectors.get(layer)
+        if vector is None:
+            raise FinsurgError(f"{label}: {prefix} vector {prefix}.{layer} is missing")
+        if tuple(vector.shape) != (hidden,):
+            raise FinsurgError(
+                f"{label}: {prefix}.{layer} has shape {list(vector.shape)}, expected [{hidden}] (the model's hidden size)"
+            )
+        if not torch.isfinite(vector).all():
+            raise FinsurgError(f"{label}: {prefix}.{layer} contains NaN or inf")
 
 
 def preset_names() -> list[str]:

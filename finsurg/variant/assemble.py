@@ -57,11 +57,11 @@ def recorded_offsets(recipe: Recipe, alpha: float, dtype: str) -> dict[int, torc
 def assemble(out: Path, recipe: Recipe, record: SurgeryRecord, known: dict[str, str]) -> dict[str, str]:
     """Write the records into `out`, a variant's checkpoint, and seal it; `known` holds the checkpoint's hashes."""
     offsets = recorded_offsets(recipe, record.alpha, record.dtype)
-    save_file(
-        {f"offset.{layer}": value.contiguous() for layer, value in sorted(offsets.items())},
-        out / OFFSETS_NAME,
-        metadata={"format": "pt"},
-    )
+    tensors = {f"offset.{layer}": value.contiguous() for layer, value in sorted(offsets.items())}
+    for layer, gate in sorted(recipe.gates().items()):
+        tensors[f"gate.{layer}.weight"] = gate.weight.float().contiguous()
+        tensors[f"gate.{layer}.bias"] = torch.tensor([gate.bias], dtype=torch.float32)
+    save_file(tensors, out / OFFSETS_NAME, metadata={"format": "pt"})
     write_json(out / SURGERY_NAME, record.model_dump(mode="json"))
     _copy_plots(recipe, out)
     for path in out.iterdir():

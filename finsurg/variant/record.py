@@ -20,6 +20,7 @@ from finsurg.errors import FinsurgError
 from finsurg.io.hashing import cached_sha256s
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.packs import CardWording
+from finsurg.steer.graft import Gate
 from finsurg.steer.recipe import RecipeSpec
 
 SURGERY_NAME = "finsurg_surgery.json"
@@ -433,7 +434,14 @@ class Variant:
             raw = load_file(directory / OFFSETS_NAME)
         except (FileNotFoundError, SafetensorError, OSError) as exc:
             raise FinsurgError(f"{directory}: cannot read {OFFSETS_NAME} ({exc})") from None
-        self.offsets: dict[int, torch.Tensor] = {int(name.split(".")[1]): value for name, value in raw.items()}
+        self.offsets: dict[int, torch.Tensor] = {
+            int(name.split(".")[1]): value for name, value in raw.items() if name.startswith("offset.")
+        }
+        self.gates: dict[int, Gate] = {
+            int(name.split(".")[1]): Gate(value, float(raw[name.replace(".weight", ".bias")][0]))
+            for name, value in raw.items()
+            if name.startswith("gate.") and name.endswith(".weight")
+        }
 
     @property
     def name(self) -> str:
