@@ -43,3 +43,28 @@ def examples_table(examples: list[dict]) -> list[str]:
         ]
         lines.append("| " + " | ".join(texts) + " |")
     return lines
+
+
+def routes_table(heldout: dict) -> list[str]:
+    """Both routes on the held-out splits: shift, the costs, and what greedy answers do."""
+    lines = [
+        "| route | variant | Δ log-odds [95% CI] | wrong way | off-topic KL | neutral KL | on-topic prose perplexity "
+        "| answers with a concrete move | answers that hedge or refer | off-topic answers unchanged |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = heldout["base"]["answers"]
+    lines.append(f"| base | — | — | — | — | — | — | {_share(base, 'positive')} | {_share(base, 'negative')} | — |")
+    for route in ("unconditional", "conditional"):
+        for name, row in heldout.get(route, {}).items():
+            delta, wrong = cells(row["shift"])
+            prose = "—" if row["prose_perplexity_change"] is None else f"{row['prose_perplexity_change']:+.1%}"
+            lines.append(
+                f"| {route} | {name} | {delta} | {wrong} | {row['off_topic_kl']:.4f} | {row['neutral_kl']:.4f} | "
+                f"{prose} | {_share(row['answers'], 'positive')} | {_share(row['answers'], 'negative')} | "
+                f"{row['off_topic_unchanged']:.0%} |"
+            )
+    return lines
+
+
+def _share(judged: dict | None, side: str) -> str:
+    return "—" if judged is None else f"{judged[side]:.0%}"

@@ -58,6 +58,31 @@ class NeutralReplies(_Strict):
     items: list[NeutralReply] = Field(min_length=1)
 
 
+class OffTopicSplits(_Strict):
+    """Conversations off the pack's topic: the topic condition learns from train, tuning costs on tune."""
+
+    description: str = ""
+    train: list[NeutralReply] = Field(min_length=MIN_TRAIN)
+    tune: list[NeutralReply] = Field(min_length=1)
+    heldout: list[NeutralReply] = Field(min_length=1)
+
+
+class ProseSplits(_Strict):
+    """On-topic prose that explains and does not advise: the on-topic capability cost."""
+
+    description: str = ""
+    tune: list[str] = Field(min_length=1)
+    heldout: list[str] = Field(min_length=1)
+
+
+class GenerationRules(_Strict):
+    """Case-insensitive regular expressions that judge a greedy answer: does it do the positive behaviour (here a
+    concrete move), or the negative one (here hedging or a referral)?"""
+
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = Field(min_length=1)
+
+
 class SystemPrompts(_Strict):
     """A plain system prompt for each direction: the prompting baseline steering is compared with."""
 
@@ -94,6 +119,10 @@ class Manifest(_Strict):
     answers: str | None = None
     neutral_replies: str | None = None
     system_prompts: SystemPrompts | None = None
+    # what conditional surgery needs: off-topic conversations, on-topic prose, and rules that judge answers
+    off_topic: str | None = None
+    topic_prose: str | None = None
+    generation_rules: GenerationRules | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +180,29 @@ class Pack:
         if not self.manifest.neutral_replies:
             raise FinsurgError(f"behaviour pack {self.source} has no neutral replies (manifest.json: neutral_replies)")
         return _validated(self.directory / self.manifest.neutral_replies, NeutralReplies).items
+
+    def off_topic_splits(self) -> OffTopicSplits:
+        """Off-topic conversations in disjoint splits; refused if the pack has none (the conditional route needs them)."""
+        if not self.manifest.off_topic:
+            raise FinsurgError(
+                f"behaviour pack {self.source} has no off-topic conversations (manifest.json: off_topic), which the "
+                "conditional route learns its topic condition from; add them or pass --route unconditional"
+            )
+        path = self.directory / self.manifest.off_topic
+        splits = _validated(path, OffTopicSplits)
+        seen: dict[str, str] = {}
+        for split in ("train", "tune", "heldout"):
+            for item in getattr(splits, split):
+                if seen.setdefault(item.question, split) != split:
+                    raise FinsurgError(
+                        f"{path}: question {item.question!r} is in both {seen[item.question]} and {split}"
+                    )
+        return splits
+
+    def topic_prose(self) -> ProseSplits | None:
+        if not self.manifest.topic_prose:
+            return None
+        return _validated(self.directory / self.manifest.topic_prose, ProseSplits)
 
     def surgery_prompts(self) -> list[str]:
         return self.manifest.surgery_prompts or self.positive.heldout[:3]

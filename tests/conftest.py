@@ -108,7 +108,11 @@ def tiny_recipe(
     """A recipe for the tiny Llama, with steering vectors (and a random topic condition), saved in directory."""
     from finsurg.steer.recipe import CONDITION_NAME, Recipe, RecipeSpec
 
-    condition = {"file": CONDITION_NAME, "thresholds": {layer: 0.1 * layer for layer in layers}, "sharpness": 6.0}
+    condition = {
+        "file": CONDITION_NAME,
+        "thresholds": {layer: 0.1 * layer for layer in layers},
+        "sharpness": {layer: 6.0 for layer in layers},
+    }
     spec = RecipeSpec.model_validate(
         {
             "format": "finsurg.recipe/2" if conditional else "finsurg.recipe/1",

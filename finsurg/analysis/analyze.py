@@ -28,6 +28,7 @@ from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.arch import for_config
+from finsurg.steer.hooks import recipe_hooks
 from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
 
 REPORT_NAME = "report.md"
@@ -106,6 +107,9 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
     pack = Pack.load(options.behaviour)
     layers = parse_layers(options.layers, model.num_layers)
     arch = for_config(model.config, model.name)
+    if options.tune and options.route == "conditional":  # refused before any work
+        arch.grafting(model.name)
+        pack.off_topic_splits()
     placement.require("analyze", model.config)
     timings: dict[str, float] = {}
     with progress.timed(timings, "load"):
@@ -145,8 +149,8 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
         band, reason = recipe.layers, _tuned_reason(behaviour, tuning.kl_budget)
         timings.update({f"behaviour_{k}": v for k, v in behaviour.pop("timings").items()})
     with progress.timed(timings, "logit_lens"):
-        offsets = recipe.offsets(recipe.spec.default_alpha)
-        lens_after = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack, offsets)
+        offsets, grafts = recipe_hooks(recipe, recipe.spec.default_alpha, arch, loaded.hf_model)
+        lens_after = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack, offsets, grafts)
     with progress.timed(timings, "sweep"):  # phase 5
         alphas = options.sweep_at()
         sweep = (

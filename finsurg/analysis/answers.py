@@ -12,6 +12,7 @@ from one unsteered pass, and a steered pass starts at the first layer it steers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from finsurg.analysis.batching import chunked, left_pad
 from finsurg.models.loading import prompt_ids
 from finsurg.packs import AnswerPair, NeutralReply
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import offsets_added
+from finsurg.steer.hooks import Grafts, offsets_added
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ def reply_items(tokenizer, replies: Sequence[NeutralReply], system: str | None =
         Scored(prompt_ids(tokenizer, r.question, system), tokenizer.encode(r.reply, add_special_tokens=False))
         for r in replies
     ]
+
+
+def text_items(tokenizer, texts: Sequence[str]) -> list[Scored]:
+    """Plain text, each token after the first scored."""
+    items = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True).input_ids
+        items.append(Scored(ids[:1], ids[1:]))
+    return items
 
 
 class Batches:
@@ -86,12 +96,15 @@ class Batches:
         if self._capturing is not None:
             self.inputs[self._capturing].append(_hidden(args, kwargs))
 
-    def run(self, offsets: dict[int, torch.Tensor], bar=None) -> list:
-        """Per item, under the offsets: its summed log-probability, or its log-softmax rows."""
-        return self.base if not offsets else self._run(offsets, bar)
+    def run(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> list:
+        """Per item, under the offsets (and grafted neurons): its summed log-probability, or its log-softmax rows."""
+        return self.base if not offsets and not grafts else self._run(offsets, bar, grafts=grafts)
 
-    def _run(self, offsets: dict[int, torch.Tensor], bar=None, capture: bool = False) -> list:
-        start = min(offsets) if offsets else 0
+    def _run(
+        self, offsets: dict[int, torch.Tensor], bar=None, capture: bool = False, grafts: Grafts | None = None
+    ) -> list:
+        grafts = grafts or {}
+        start = min([*offsets, *grafts], default=0)
         out = []
         for index, (ids, mask, chunk) in enumerate(self.batches):
             keep = max(len(item.continuation) for item in chunk) + 1
@@ -99,7 +112,7 @@ class Batches:
             try:
                 with (
                     torch.inference_mode(),
-                    offsets_added(self.model, offsets, self.arch),
+                    offsets_added(self.model, offsets, self.arch, grafts),
                     _start_at(self.model, self.arch, start, self.inputs[index]),
                 ):
                     device = self.model.get_input_embeddings().weight.device
@@ -153,6 +166,37 @@ def margins(scores: list[float]) -> list[float]:
     return [scores[i] - scores[i + 1] for i in range(0, len(scores), 2)]
 
 
+class Divergence:
+    """Mean per-token KL(base || steered) over fixed replies."""
+
+    def __init__(self, model, tokenizer, arch: Architecture, replies: Sequence[NeutralReply], batch_size: int = 16):
+        self.batches = Batches(model, tokenizer, arch, reply_items(tokenizer, replies), batch_size, distributions=True)
+
+    def __call__(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> float:
+        total, count = 0.0, 0
+        for base, steered in zip(self.batches.base, self.batches.run(offsets, bar, grafts)):
+            total += float(F.kl_div(steered.double(), base.double(), log_target=True, reduction="sum"))
+            count += base.shape[0]
+        return total / count
+
+
+class Perplexity:
+    """Perplexity of fixed texts, against the unsteered model's."""
+
+    def __init__(self, model, tokenizer, arch: Architecture, texts: Sequence[str], batch_size: int = 16):
+        self.items = text_items(tokenizer, texts)
+        self.batches = Batches(model, tokenizer, arch, self.items, batch_size)
+        self.tokens = sum(len(item.continuation) for item in self.items)
+        self.base = self._perplexity(self.batches.base)
+
+    def _perplexity(self, scores: list[float]) -> float:
+        return math.exp(-sum(scores) / self.tokens)
+
+    def change(self, offsets: dict[int, torch.Tensor], grafts: Grafts | None = None) -> float:
+        """The relative change of perplexity under the surgery (0.05 is 5% higher)."""
+        return self._perplexity(self.batches.run(offsets, grafts=grafts)) / self.base - 1.0
+
+
 class Measure:
     """The two figures a steering is judged by, on fixed items: per-pair margins and neutral KL."""
 
@@ -166,19 +210,10 @@ class Measure:
         batch_size: int = 16,
     ):
         self.answers = Batches(model, tokenizer, arch, answer_items(tokenizer, pairs), batch_size)
-        self.neutral = Batches(model, tokenizer, arch, reply_items(tokenizer, replies), batch_size, distributions=True)
+        self.kl = Divergence(model, tokenizer, arch, replies, batch_size)  # mean per-token KL on the neutral replies
         self.base_margins = margins(self.answers.base)
-        self.base_neutral = self.neutral.base
         self.pairs = len(pairs)
 
-    def shifts(self, offsets: dict[int, torch.Tensor], bar=None) -> list[float]:
-        steered = margins(self.answers.run(offsets, bar))
+    def shifts(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> list[float]:
+        steered = margins(self.answers.run(offsets, bar, grafts))
         return [after - before for after, before in zip(steered, self.base_margins)]
-
-    def kl(self, offsets: dict[int, torch.Tensor], bar=None) -> float:
-        """Mean per-token KL(base || steered) over the neutral replies."""
-        total, count = 0.0, 0
-        for base, steered in zip(self.base_neutral, self.neutral.run(offsets, bar)):
-            total += float(F.kl_div(steered.double(), base.double(), log_target=True, reduction="sum"))
-            count += base.shape[0]
-        return total / count

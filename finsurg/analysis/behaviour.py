@@ -12,12 +12,13 @@ import torch
 from finsurg import progress
 from finsurg.analysis import directions as methods
 from finsurg.analysis.answers import Batches, Measure, answer_items, margins
-from finsurg.analysis.tune import search
+from finsurg.analysis.gating import choose_route
+from finsurg.analysis.tune import TUNED_ALPHA, search
 from finsurg.effects import effect, preference
 from finsurg.models.loading import encode, hf_greedy
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import offsets_added
+from finsurg.steer.hooks import offsets_added, recipe_hooks
 from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
 
 
@@ -31,9 +32,6 @@ EXAMPLES = 3
 EXAMPLE_TOKENS = 40
 
 
-TUNED_ALPHA = 3.0  # the tuned strength is written as the recipe's default alpha
-
-
 def steer_by_answers(
     model, tokenizer, arch: Architecture, pack: Pack, seed_recipe: Recipe, seed_direction: torch.Tensor, options
 ) -> tuple[Recipe, dict]:
@@ -43,6 +41,7 @@ def steer_by_answers(
     """
     splits = pack.answer_pairs()
     tune_replies, heldout_replies = reply_split(pack.neutral_reply_items())
+    off_topic = _off_topic(pack, arch, options.route)
     timings: dict[str, float] = {}
     with progress.timed(timings, "contrast"):
         candidates, scale = _candidates(model, tokenizer, arch, splits.train, seed_direction, options)
@@ -59,9 +58,25 @@ def steer_by_answers(
         ablation = _neuron_ablation(tune, recipe, seed_recipe, chosen.items, options.kl_budget)
         if ablation["kept"]:
             recipe = _tuned_recipe(chosen, vectors, seed_recipe.spec.neurons, seed_recipe, pack, options)
+    heldout = Measure(model, tokenizer, arch, splits.heldout, heldout_replies, options.batch_size)
+    routes = None
+    if off_topic is not None:
+        with progress.timed(timings, "conditional_route"):
+            recipe, routes = choose_route(
+                model,
+                tokenizer,
+                arch,
+                pack,
+                recipe,
+                candidates[chosen.method],
+                scale,
+                tune,
+                heldout,
+                off_topic,
+                options,
+            )
     with progress.timed(timings, "heldout"):
         progress.say("phase 8: held-out effects and the prompting baseline")
-        heldout = Measure(model, tokenizer, arch, splits.heldout, heldout_replies, options.batch_size)
         effects = _heldout_effects(model, tokenizer, arch, heldout, recipe, splits.heldout, pack, options.batch_size)
     with progress.timed(timings, "examples"):
         examples = _examples(model, tokenizer, arch, recipe, splits.heldout[:EXAMPLES])
@@ -88,7 +103,21 @@ def steer_by_answers(
         "examples": examples,
         "timings": timings,
     }
+    if routes is not None:
+        results["routes"] = routes
+        results["splits"]["off_topic"] = {name: len(getattr(off_topic, name)) for name in ("train", "tune", "heldout")}
     return recipe, results
+
+
+def _off_topic(pack: Pack, arch: Architecture, route: str):
+    """The off-topic conversations the conditional route needs: refused when --route conditional cannot have it,
+    none when auto finds no route (the pack has none, or the family has no graft)."""
+    if route == "conditional":
+        arch.grafting(arch.family)
+        return pack.off_topic_splits()
+    if route == "auto" and pack.manifest.off_topic and arch.graft is not None:
+        return pack.off_topic_splits()
+    return None
 
 
 def _candidates(model, tokenizer, arch, train, seed_direction, options) -> tuple[dict[str, dict], torch.Tensor]:
@@ -129,6 +158,7 @@ def _tuned_recipe(chosen, vectors, neurons, seed_recipe: Recipe, pack: Pack, opt
             "shift_down": chosen.shift_down,
             "kl": chosen.kl,
             "split": "tune",
+            "route_flag": options.route,
         },
     )
     return Recipe(spec, vectors, origin="finsurg analyze")
@@ -188,15 +218,15 @@ def _heldout_effects(
     base = heldout.base_margins
     rows = {"base": {"preference": preference(base), "log_odds": _mean(base), "kl": 0.0}}
     for name, sign in (("steered", 1.0), ("conservative", -1.0)):
-        offsets = recipe.offsets(sign * alpha)
-        shifts = heldout.shifts(offsets)
+        offsets, grafts = recipe_hooks(recipe, sign * alpha, arch, model)
+        shifts = heldout.shifts(offsets, grafts=grafts)
         after = [b + s for b, s in zip(base, shifts)]
         rows[name] = {
             "alpha": sign * alpha,
             "preference": preference(after),
             "log_odds": _mean(after),
             "shift": effect(shifts, sign),
-            "kl": heldout.kl(offsets),
+            "kl": heldout.kl(offsets, grafts=grafts),
             "per_item": shifts,
         }
     prompts = pack.manifest.system_prompts
@@ -226,8 +256,8 @@ def _examples(model, tokenizer, arch, recipe: Recipe, pairs) -> list[dict]:
         ids = encode(tokenizer, pair.question)
         row = {"question": pair.question}
         for name, sign in (("base", 0.0), ("steered", 1.0), ("conservative", -1.0)):
-            offsets = recipe.offsets(sign * alpha) if sign else {}
-            with offsets_added(model, offsets, arch):
+            offsets, grafts = recipe_hooks(recipe, sign * alpha, arch, model) if sign else ({}, {})
+            with offsets_added(model, offsets, arch, grafts):
                 tokens = hf_greedy(model, ids, EXAMPLE_TOKENS)
             row[name] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         examples.append(row)

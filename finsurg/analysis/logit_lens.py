@@ -6,7 +6,7 @@ import torch
 
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import add_hook
+from finsurg.steer.hooks import Grafts, add_hook, offset_hooks
 
 
 def token_groups(tokenizer, prompts: Pack) -> dict[str, list[int]]:
@@ -22,7 +22,13 @@ def token_groups(tokenizer, prompts: Pack) -> dict[str, list[int]]:
 
 
 def lens(
-    bridge, hf_model, arch: Architecture, ids: torch.Tensor, groups: dict[str, list[int]], offsets=None
+    bridge,
+    hf_model,
+    arch: Architecture,
+    ids: torch.Tensor,
+    groups: dict[str, list[int]],
+    offsets=None,
+    grafts: Grafts | None = None,
 ) -> dict[str, list[float]]:
     """Per layer, the total probability of each token group at the final position.
 
@@ -37,7 +43,8 @@ def lens(
     def record(layer: int):
         return lambda resid: captured.__setitem__(layer, resid[0, -1].detach())
 
-    hooks = [(arch.tl_hook(layer), add_hook(offsets.get(layer, zero), record(layer))) for layer in range(layers)]
+    hooks = offset_hooks({}, arch, grafts)  # grafted neurons change their MLP's output, before the record
+    hooks += [(arch.tl_hook(layer), add_hook(offsets.get(layer, zero), record(layer))) for layer in range(layers)]
     with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
         bridge(ids)
         norm = hf_model.get_submodule(arch.final_norm)
@@ -50,12 +57,12 @@ def lens(
 
 
 def lens_over_probes(
-    bridge, hf_model, arch: Architecture, tokenizer, prompts: Pack, offsets=None
+    bridge, hf_model, arch: Architecture, tokenizer, prompts: Pack, offsets=None, grafts: Grafts | None = None
 ) -> dict[str, list[float]]:
     """The lens averaged over the prompt set's probe prompts (raw text, no chat template)."""
     groups = token_groups(tokenizer, prompts)
     readings = [
-        lens(bridge, hf_model, arch, tokenizer(probe, return_tensors="pt").input_ids, groups, offsets)
+        lens(bridge, hf_model, arch, tokenizer(probe, return_tensors="pt").input_ids, groups, offsets, grafts)
         for probe in prompts.manifest.probes
     ]
     return {

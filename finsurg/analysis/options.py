@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from finsurg.options import Group, flag
 
@@ -26,12 +26,26 @@ class TuneOptions(Group):
         "answer_mean", **flag("where answer activations are read: the mean over answer tokens, or the last one")
     )
     batch_size: PositiveInt = Field(16, **flag("prompts per forward pass"))
+    route: Literal["auto", "conditional", "unconditional"] = Field(
+        "auto",
+        **flag(
+            "conditional: the offset gated by a topic condition learnt from the pack; unconditional: added everywhere; "
+            "auto: the route with the larger shift within both budgets"
+        ),
+    )
+    gate_trials: PositiveInt = Field(12, **flag("tuning trials of the conditional route"))
+    off_topic_budget: float = Field(
+        0.01, **flag("budget of both routes: mean per-token KL from the base on the pack's off-topic conversations")
+    )
+    prose_budget: float = Field(
+        0.05, **flag("budget of both routes: relative perplexity increase on the pack's on-topic prose")
+    )
 
-    @field_validator("kl_budget")
+    @field_validator("kl_budget", "off_topic_budget", "prose_budget")
     @classmethod
-    def _positive(cls, value: float) -> float:
+    def _positive(cls, value: float, info: ValidationInfo) -> float:
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"--kl-budget must be a positive finite number, got {value}")
+            raise ValueError(f"--{info.field_name.replace('_', '-')} must be a positive finite number, got {value}")
         return value
 
 

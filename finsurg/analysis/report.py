@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finsurg import DISCLAIMER
-from finsurg.effect_tables import examples_table, heldout_table
+from finsurg.effect_tables import examples_table, heldout_table, routes_table
 
 
 def _dims(items: list[dict], n: int = 6) -> str:
@@ -105,9 +105,66 @@ def behaviour_section(behaviour: dict, alpha: float) -> list[str]:
             f"| {row['trial']} | {row['method']} | {row['layers'][0]}–{row['layers'][1]} | {row['strength']:g} | "
             f"{row['kl']:.4f} | {_num(row['shift_up'])} | {_num(row['shift_down'])} | {_num(row['two_sided'])} |"
         )
-    lines += ["", "### Held-out effects (alpha ±3) beside the prompting baseline", ""] + heldout_table(
+    if behaviour.get("routes"):
+        lines += routes_section(behaviour["routes"], behaviour["splits"])
+    lines += ["", "### Held-out effects of the recipe (alpha ±3) beside the prompting baseline", ""] + heldout_table(
         behaviour["heldout"]
     )
     lines += ["", "### Single-dimension terms", "", behaviour["neuron_ablation"]["reason"], ""]
     lines += ["### Greedy answers to held-out questions", ""] + examples_table(behaviour["examples"])
+    return lines
+
+
+def routes_section(routes: dict, splits: dict) -> list[str]:
+    """The two routes: the topic condition, the conditional search, and both routes on held-out."""
+    condition, budgets = routes["condition"], routes["budgets"]
+    heldout = routes["heldout"]
+    lines = [
+        "",
+        "### Routes: an offset everywhere, or gated by the topic condition",
+        "",
+        f"Chosen: **{routes['chosen']}** ({routes['reason']}; `--route {routes['flag']}`). Budgets on the tune "
+        f"splits: off-topic KL {budgets['off_topic_kl']:g}, on-topic prose perplexity "
+        f"+{budgets['prose_perplexity_change']:.0%}. Off-topic conversations: {splits['off_topic']['train']} train "
+        f"(the condition), {splits['off_topic']['tune']} tune (the search), {splits['off_topic']['heldout']} held-out.",
+        "",
+        f"The condition is read at {condition['read_at']}, after the {condition['skipped_prefix_tokens']} tokens every "
+        "conversation shares. Held-out AUROC of the probe at each layer of the band:",
+        "",
+        "| layer | per token | per conversation |",
+        "|---|---|---|",
+        *[
+            f"| {layer} | {row['token_auroc']:.3f} | {row['conversation_auroc']:.3f} |"
+            for layer, row in condition["heldout"].items()
+        ],
+        "",
+    ]
+    if condition["open_shares"]:
+        shares = condition["open_shares"]
+        lines += [
+            f"The tuned gate opens (past half) on {shares['on_topic']:.0%} of held-out on-topic tokens and "
+            f"{shares['off_topic']:.1%} of held-out off-topic tokens.",
+            "",
+        ]
+    lines += ["Both routes' best points on the tune splits, then the conditional route's Pareto front:", ""]
+    lines += [
+        "| route | trial | layers | strength | gate shift | gate sharpness | off-topic KL | prose perplexity | "
+        "shift at +s | shift at −s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [routes["unconditional_tune"]] + ([routes["conditional_tune"]] if routes["conditional_tune"] else [])
+    for row in rows + routes["conditional_pareto"]:
+        lines.append(
+            f"| {row['route']} | {row['trial']} | {row['layers'][0]}–{row['layers'][1]} | {row['strength']:g} | "
+            f"{_num(row['gate_shift'], '+.2f')} | {_num(row['gate_sharpness'], '.2f')} | {row['off_topic_kl']:.4f} | "
+            f"{_num(row['prose_perplexity_change'], '+.1%')} | {row['shift_up']:+.2f} | {row['shift_down']:+.2f} |"
+        )
+    lines += [
+        "",
+        f"Held-out, both routes at alpha ±3: {heldout['questions']['on_topic']} on-topic questions (greedy answers of "
+        f"{heldout['tokens']['answers']} tokens, judged by the pack's phrase rules) and {heldout['questions']['off_topic']} "
+        f"off-topic ones (unchanged: the first {heldout['tokens']['unchanged']} tokens equal the base's).",
+        "",
+        *routes_table(heldout),
+    ]
     return lines

@@ -25,6 +25,7 @@ from finsurg.errors import FinsurgError
 
 SHARE_RANGE = (0.05, 1.0)  # the share of the KL budget a trial aims at
 PROBE = 0.05  # probe strength: total offset norm across the band, as a fraction of the residual norm
+TUNED_ALPHA = 3.0  # the tuned strength is written as the recipe's default alpha
 SKIP_FACTOR = 3.0  # trials costing more than this times the budget are not measured further
 
 
@@ -88,6 +89,12 @@ class Search:
         return sorted(front, key=lambda t: t.kl)
 
 
+def band_range(layers: int) -> tuple[int, int]:
+    """The first and last layer a band may cover: past the first sixth, short of the last (which feeds the final
+    norm directly)."""
+    return max(1, layers // 6), layers - 2
+
+
 def offsets_for(directions: torch.Tensor, scale: torch.Tensor, layers: list[int], strength: float) -> dict:
     """Per steered layer, strength × residual norm × unit direction."""
     return {layer: (strength * scale[layer] * directions[layer].double()).float() for layer in layers}
@@ -105,7 +112,7 @@ def search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    lowest, highest = max(1, layers // 6), layers - 2  # the last layer feeds the final norm directly
+    lowest, highest = band_range(layers)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(1, trials // 2)))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     found = Search(budget=budget)

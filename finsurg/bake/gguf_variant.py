@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from finsurg.bake.gguf_source import base_gguf
+from finsurg.bake.gguf_source import OUTTYPES, base_gguf
+from finsurg.engines.converter import convert
 from finsurg.errors import FinsurgError
-from finsurg.io.gguf_file import write_baked_gguf, write_control_vector
+from finsurg.io.gguf_file import write_baked_gguf, write_control_vector, written
 from finsurg.io.hashing import check_sums, sha256_file
 from finsurg.steer.arch import Architecture, by_name
 from finsurg.variant.record import Variant
@@ -31,12 +32,27 @@ def variant_gguf(directory: Path, out: Path | None, kind: str, converter: Path |
     variant = Variant(directory)
     check_sums(directory)
     check_expressible(by_name(variant.surgery.base_model.architecture))
-    base = base_gguf(variant.surgery.base_model, Path(variant.surgery.base_model.path), converter)
     target = out or directory / f"model-{kind}.gguf"
-    write_baked_gguf(base, variant.offsets, target, kind)
+    if variant.gates:
+        converted_variant(directory, converter, OUTTYPES.get(variant.dtype, "f32") if kind == "keep" else kind, target)
+    else:
+        base = base_gguf(variant.surgery.base_model, Path(variant.surgery.base_model.path), converter)
+        write_baked_gguf(base, variant.offsets, target, kind)
     if target.parent.resolve() == directory.resolve():
         seal(directory)
     return {"variant": variant.name, "path": str(target), "bytes": target.stat().st_size, "sha256": sha256_file(target)}
+
+
+def converted_variant(directory: Path, script: Path | None, outtype: str, target: Path) -> None:
+    """A conditional variant as GGUF: its grafted checkpoint (wider MLPs with gate, up and down biases) through
+    llama.cpp's own converter, since the base GGUF has no room for the graft's neurons."""
+    if script is None or not script.is_file():
+        raise FinsurgError(
+            "a conditional variant's GGUF is its grafted checkpoint converted by llama.cpp's convert_hf_to_gguf.py, "
+            "which was not found; run make llamacpp-setup or set FINSURG_LLAMACPP_CONVERTER"
+        )
+    with written(target) as partial:
+        convert(script, directory, outtype, partial)
 
 
 def control_vector(offsets: dict[int, torch.Tensor], arch: Architecture, out: Path) -> dict:

@@ -32,6 +32,7 @@ from finsurg.models.loading import load_model, load_tokenizer
 from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture, by_name
+from finsurg.steer.hooks import offsets_added
 from finsurg.variant.record import (
     BASE_RUN,
     EVAL_NAME,
@@ -326,9 +327,15 @@ def _transformers_runs(runner, subject: _Subject, placement, tokenizer, promptin
     baked_kind = "baked" if engine == "transformers" else "baked:transformers"
     with tempfile.TemporaryDirectory(prefix="finsurg-eval-") as scratch:
         for variant in subject.variants:
-            progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
-            hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, subject.arch, Path(scratch))
-            runs[str(RunKey.of(variant.name, "hooked"))] = runner.run(hooked)
+            if variant.gates:  # lm-eval's steered model adds a constant; the gated neurons need our own hooks
+                progress.say(f"lm-eval: {variant.name} (conditional hooks on the base)")
+                offsets, grafts = variant.hooks(subject.arch, read_config(subject.base))
+                with offsets_added(base_model, offsets, subject.arch, grafts):
+                    runs[str(RunKey.of(variant.name, "hooked"))] = runner.run(runner.wrap(base_model, tokenizer))
+            else:
+                progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
+                hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, subject.arch, Path(scratch))
+                runs[str(RunKey.of(variant.name, "hooked"))] = runner.run(hooked)
             progress.say(f"lm-eval: {variant.name} (baked)")
             baked_model = load(variant.directory)
             runs[str(RunKey.of(variant.name, baked_kind))] = runner.run(runner.wrap(baked_model, tokenizer))

@@ -29,7 +29,6 @@ from finsurg.models.loading import encode, hf_greedy, load_model, load_tokenizer
 from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
-from finsurg.steer.graft import split
 from finsurg.steer.hooks import Grafts, offset_hooks
 from finsurg.variant.record import (
     DtypeCheck,
@@ -78,8 +77,7 @@ class OpenedVariant:
 
     def surgery(self) -> tuple[dict[int, torch.Tensor], Grafts]:
         """The recorded offsets added everywhere, and the grafted neurons of the gated layers."""
-        divisor = self.arch.offset_divisor(read_config(self.base))
-        return split(self.variant.offsets, self.variant.gates, weight_dtype(self.variant.dtype), divisor)
+        return self.variant.hooks(self.arch, read_config(self.base))
 
     def hooks(self):
         offsets, grafts = self.surgery()

@@ -14,10 +14,16 @@ from contextlib import contextmanager
 import torch
 
 from finsurg.steer.arch import Architecture
-from finsurg.steer.graft import Neurons
+from finsurg.steer.graft import Neurons, split
 
 HookList = list[tuple[str, Callable]]
 Grafts = dict[int, Neurons]
+
+
+def recipe_hooks(recipe, alpha: float, arch: Architecture, model) -> tuple[dict[int, torch.Tensor], Grafts]:
+    """A recipe at alpha as the hooks take it: offsets added everywhere, and grafted neurons in float32."""
+    divisor = arch.offset_divisor(model.config.to_dict())
+    return split(recipe.offsets(alpha), recipe.gates(), torch.float32, divisor)
 
 
 def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None = None) -> Callable:

@@ -52,12 +52,12 @@ class SteeringSpec(_Strict):
 
 
 class ConditionSpec(_Strict):
-    """Where the gate opens at each steered layer: z = sharpness · (condition.{L} · x̂ − threshold_L), read on the
-    MLP's normed input x̂; `file` holds each layer's unit direction (float32)."""
+    """Where the gate opens at each steered layer L: z = sharpness_L · (condition.{L} · x̂ − threshold_L), read on
+    the MLP's normed input x̂; `file` holds each layer's unit direction (float32)."""
 
     file: str
     thresholds: dict[NonNegativeInt, FiniteFloat]
-    sharpness: PositiveFloat
+    sharpness: dict[NonNegativeInt, PositiveFloat]
     read_at: Literal["mlp_input"] = "mlp_input"
 
 
@@ -86,6 +86,10 @@ class TuningSpec(_Strict):
     shift_down: FiniteFloat
     kl: FiniteFloat
     split: str = "tune"
+    route: Literal["unconditional", "conditional"] = "unconditional"
+    route_flag: Literal["auto", "unconditional", "conditional"] = "auto"  # what --route asked for
+    off_topic_budget: FiniteFloat | None = None
+    prose_budget: FiniteFloat | None = None
 
 
 class RecipeSpec(_Strict):
@@ -181,9 +185,10 @@ class Recipe:
             raise FinsurgError(f"{label}: a topic condition goes with format {CONDITIONAL_FORMAT}, and only there")
         if spec.condition is not None:
             _check_vectors(self.conditions, spec.layers, hidden, label, "condition")
-            missing = sorted(set(spec.layers) - set(spec.condition.thresholds))
-            if missing:
-                raise FinsurgError(f"{label}: the condition has no threshold for layer {missing[0]}")
+            for field_name in ("thresholds", "sharpness"):
+                missing = sorted(set(spec.layers) - set(getattr(spec.condition, field_name)))
+                if missing:
+                    raise FinsurgError(f"{label}: the condition has no {field_name} for layer {missing[0]}")
 
     def check_model(self, config: dict, where: str = "model") -> None:
         """Refuse a model whose architecture or sizes differ from the ones the recipe was made for."""
@@ -226,8 +231,8 @@ class Recipe:
             return {}
         return {
             layer: Gate(
-                (condition.sharpness * self.conditions[layer].double()).float(),
-                -condition.sharpness * condition.thresholds[layer],
+                (condition.sharpness[layer] * self.conditions[layer].double()).float(),
+                -condition.sharpness[layer] * condition.thresholds[layer],
             )
             for layer in self.layers
         }

@@ -79,11 +79,15 @@ def _behaviour(recipe: Recipe) -> dict | None:
     if not behaviour:
         return None
     heldout = {name: {k: v for k, v in row.items() if k != "per_item"} for name, row in behaviour["heldout"].items()}
+    routes = behaviour.get("routes")
+    if routes:
+        routes = {k: v for k, v in routes.items() if k not in ("conditional_trials", "conditional_pareto")}
     return {
         "heldout": heldout,
         "examples": behaviour["examples"],
         "splits": behaviour["splits"],
         "tuning": {"budget": behaviour["tuning"]["budget"], "chosen": behaviour["tuning"]["chosen"]},
+        "routes": routes,
     }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finsurg import DISCLAIMER
-from finsurg.effect_tables import examples_table, heldout_table, shift_table
+from finsurg.effect_tables import examples_table, heldout_table, routes_table, shift_table
 from finsurg.steer.arch import by_name
 from finsurg.variant.record import (
     BASE_RUN,
@@ -123,6 +123,13 @@ def _llamacpp(directory: Path, surgery: SurgeryRecord, report: LlamaCppReport | 
         f"at alpha 1, and `--control-vector-scaled control.gguf:{alpha:g}` applies it at this variant's alpha "
         f"(any other value moves the dial; `:{-alpha:g}` is the opposite variant).",
     ]
+    if surgery.recipe.condition is not None:
+        lines += [
+            "",
+            "llama.cpp's control vectors add a fixed vector at every position and cannot express a condition, so "
+            "that dial is unconditional: it fires on every conversation, unlike this variant, whose gate is baked "
+            "into its grafted neurons.",
+        ]
     if report is not None:
         verdict = "agree" if report.passed else "DISAGREE"
         lines += [
@@ -149,19 +156,47 @@ def _changes(surgery: SurgeryRecord) -> str:
         )
     else:
         steer = "with no steering vectors"
-    return "\n".join(
-        [
-            "## What was changed",
-            "",
-            f"Layers {', '.join(map(str, recipe.layers))}: after each, the residual stream is shifted by "
-            f"`alpha · (Σ coefficient · e_index + steering.coefficient · steering.L)`, {steer}. "
-            f"alpha = {alpha:+g}; every other bias is zero. {recipe.description}",
-            "",
-            "| dimension | coefficient | shift per layer at this alpha | role |",
-            "|---|---|---|---|",
-            rows,
-        ]
+    lines = [
+        "## What was changed",
+        "",
+        f"Layers {', '.join(map(str, recipe.layers))}: after each, the residual stream is shifted by "
+        f"`alpha · (Σ coefficient · e_index + steering.coefficient · steering.L)`, {steer}. "
+        f"alpha = {alpha:+g}; every other bias is zero. {recipe.description}",
+        "",
+        "| dimension | coefficient | shift per layer at this alpha | role |",
+        "|---|---|---|---|",
+        rows,
+    ]
+    if recipe.condition is not None:
+        lines += ["", _gate(surgery)]
+    return "\n".join(lines)
+
+
+def _gate(surgery: SurgeryRecord) -> str:
+    """What the grafted gate reads, and how well it tells the topic apart on held-out conversations."""
+    text = (
+        "**The shift is conditional.** Each steered layer's MLP holds two grafted neurons that add the shift times "
+        "a gate s(z) rising from 0 to 1, where z = sharpness · (condition · x̂ − threshold) is read on the MLP's own "
+        "normed input x̂: a topic condition learnt from the pack's on-topic and off-topic conversations. Every "
+        "layer's MLP is wider by the same count; the neurons beyond the graft are exact zeros. Off the topic the gate "
+        "stays shut and the variant answers as the base does."
     )
+    routes = (surgery.behaviour or {}).get("routes")
+    if routes:
+        condition = routes["condition"]
+        aurocs = [row["token_auroc"] for row in condition["heldout"].values()]
+        conversations = [row["conversation_auroc"] for row in condition["heldout"].values()]
+        text += (
+            f" Held-out AUROC of the condition: {min(aurocs):.3f}–{max(aurocs):.3f} per token, "
+            f"{min(conversations):.3f}–{max(conversations):.3f} per conversation."
+        )
+        if condition["open_shares"]:
+            shares = condition["open_shares"]
+            text += (
+                f" The gate opens past half on {shares['on_topic']:.0%} of held-out on-topic tokens and "
+                f"{shares['off_topic']:.1%} of held-out off-topic tokens."
+            )
+    return text
 
 
 def _efficacy(surgery: SurgeryRecord) -> str:
@@ -181,6 +216,16 @@ def _efficacy(surgery: SurgeryRecord) -> str:
         "",
     ]
     lines += heldout_table(behaviour["heldout"])
+    routes = behaviour.get("routes")
+    if routes:
+        lines += [
+            "",
+            f"Both routes, the constant offset and the gated one (this recipe: **{routes['chosen']}**), on held-out "
+            "finance and off-topic questions: greedy answers judged by the pack's phrase rules, and the share of "
+            "off-topic answers whose first tokens equal the base's.",
+            "",
+            *routes_table(routes["heldout"]),
+        ]
     lines += ["", "Greedy answers to held-out questions:", ""] + examples_table(behaviour["examples"])
     return "\n".join(lines)
 

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
 from finsurg.io.hashing import cached_sha256s
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.packs import CardWording
-from finsurg.steer.graft import Gate
+from finsurg.steer.graft import Gate, Neurons, split
 from finsurg.steer.recipe import RecipeSpec
 
 SURGERY_NAME = "finsurg_surgery.json"
@@ -264,7 +265,9 @@ class VllmReport(Record):
 
 # ---- llama.cpp ----------------------------------------------------------------------------------
 class LlamaCppReport(Record):
-    """The variant in llama.cpp (F32): baked GGUF against the base GGUF plus the control vector."""
+    """The variant in llama.cpp (F32): baked GGUF against the base GGUF plus the control vector, and against
+    transformers beside the conversion's noise floor. A conditional variant has no control-vector form: its
+    GGUF is the grafted checkpoint converted by llama.cpp, judged against transformers alone."""
 
     format: Literal["finsurg.verification_llamacpp/1"] = "finsurg.verification_llamacpp/1"
     variant: str
@@ -273,9 +276,9 @@ class LlamaCppReport(Record):
     base_gguf: str
     prompts: int
     new_tokens: int
-    baked_vs_control_vector: LogitComparison
-    baked_vs_control_vector_tokens: Agreement
-    tolerance: float  # on max |Δlogit| between the two llama.cpp routes
+    baked_vs_control_vector: LogitComparison | None
+    baked_vs_control_vector_tokens: Agreement | None
+    tolerance: float  # on max |Δlogit| between the two llama.cpp routes, or (conditional) from transformers
     baked_vs_transformers: LogitComparison
     baked_vs_transformers_tokens: Agreement
     noise_floor: LogitComparison  # the base GGUF in llama.cpp against the base in transformers
@@ -285,12 +288,18 @@ class LlamaCppReport(Record):
         verdict = "PASSED" if self.passed else "FAILED"
         routes, tokens = self.baked_vs_control_vector, self.baked_vs_control_vector_tokens
         to_hf, floor = self.baked_vs_transformers, self.noise_floor
-        return (
-            f"llama.cpp {self.llama_cpp_version} ({verdict}), F32, {self.prompts} prompts:\n"
-            f"  baked GGUF vs base GGUF + control vector at {self.alpha:+g}: {tokens.prompts_identical}/"
+        control = (
+            "  conditional: llama.cpp's control vectors cannot express its gate, so only transformers judges it "
+            f"(tolerance {self.tolerance:.1e})\n"
+            if routes is None
+            else f"  baked GGUF vs base GGUF + control vector at {self.alpha:+g}: {tokens.prompts_identical}/"
             f"{self.prompts} greedy continuations identical ({self.new_tokens} tokens), max |Δlogit| "
             f"{routes.max_abs_logit_diff:.2e} (tolerance {self.tolerance:.1e})\n"
-            f"  baked GGUF vs transformers on the variant: max |Δlogit| {to_hf.max_abs_logit_diff:.2e}, argmax "
+        )
+        return (
+            f"llama.cpp {self.llama_cpp_version} ({verdict}), F32, {self.prompts} prompts:\n"
+            + control
+            + f"  baked GGUF vs transformers on the variant: max |Δlogit| {to_hf.max_abs_logit_diff:.2e}, argmax "
             f"{to_hf.argmax_agreement:.1%}, greedy {self.baked_vs_transformers_tokens.prompts_identical}/"
             f"{self.prompts}; noise floor (base GGUF vs base in transformers): max |Δlogit| "
             f"{floor.max_abs_logit_diff:.2e}, argmax {floor.argmax_agreement:.1%}"
@@ -454,6 +463,11 @@ class Variant:
     @property
     def first_layer(self) -> int:
         return min(self.offsets)
+
+    def hooks(self, arch, base_config: dict) -> tuple[dict[int, torch.Tensor], dict[int, Neurons]]:
+        """The recorded surgery as hooks take it: offsets added everywhere, and the gated layers' grafted neurons
+        in the variant's dtype (held in float32), as the bake wrote them."""
+        return split(self.offsets, self.gates, weight_dtype(self.dtype), arch.offset_divisor(base_config))
 
     def report(self, kind: type[Record]) -> Record | None:
         path = self.directory / REPORT_FILES[kind]

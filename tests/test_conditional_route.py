@@ -1,0 +1,128 @@
+"""The conditional route in analysis, on a tiny model: the topic condition learnt from the pack, the route chosen
+by measurement on tune, both routes reported on held-out, and the conditional recipe baked exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_behaviour import write_pack
+
+from finsurg.analysis import condition
+from finsurg.analysis.generations import judge, unchanged
+from finsurg.cli import main
+from finsurg.models.source import resolve_model
+from finsurg.packs import GenerationRules
+from finsurg.steer.recipe import Recipe
+
+from conftest import export_checked, tree_hashes
+
+OFF_TOPIC = [
+    ("is the sea blue", "the sea is blue and big"),
+    ("what is a cat", "a cat can run and eat"),
+    ("what is paris", "paris is a city in france"),
+    ("is the sun red", "the sun is red at time"),
+    ("what is a dog", "a dog can walk and run"),
+    ("is a tree green", "a tree is green and big"),
+    ("what can a cat eat", "a cat can eat and drink water"),
+    ("is the house big", "the house is big and red"),
+    ("what is the sea", "the sea is water , blue and big"),
+    ("can a dog drink", "a dog can drink water"),
+    ("is paris a city", "paris is a big city in france"),
+    ("what is green", "a tree is green"),
+]
+
+
+def write_conditional_pack(directory):
+    write_pack(directory)
+    items = [{"question": q, "reply": r} for q, r in OFF_TOPIC]
+    json.dump({"train": items[:6], "tune": items[6:9], "heldout": items[9:]}, (directory / "off_topic.json").open("w"))
+    json.dump(
+        {
+            "tune": ["a stock is a share of a fund", "a bond is money you can sell"],
+            "heldout": ["a fund can buy stocks"],
+        },
+        (directory / "topic_prose.json").open("w"),
+    )
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest |= {
+        "off_topic": "off_topic.json",
+        "topic_prose": "topic_prose.json",
+        "generation_rules": {"positive": [r"\bbuy\b"], "negative": [r"\bconsult"]},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def test_probe_and_auroc_match_independent_computations():
+    generator = torch.Generator().manual_seed(0)
+    axis = torch.randn(16, generator=generator)
+    on = torch.randn(300, 16, generator=generator) + 0.8 * axis
+    off = torch.randn(300, 16, generator=generator) - 0.8 * axis
+    probe = condition.fit(on, off, seed=0)
+    assert float(probe.direction @ axis / axis.norm()) > 0.9  # the planted axis
+    on_logits, off_logits = probe.logits(on), probe.logits(off)
+    pairs = (on_logits[:, None] > off_logits[None, :]).double().mean()  # AUROC as P(on scores above off)
+    assert condition.auroc(on_logits, off_logits) == pytest.approx(float(pairs), abs=1e-9)
+    threshold, slope = probe.gate(shift=1.0, sharpness=2.0)
+    gate = probe.as_gate(1.0, 2.0)
+    x = on[:5]
+    assert torch.allclose(gate.score(x).double(), 2.0 * (probe.logits(x).double() - 1.0), atol=1e-4)
+    assert slope == pytest.approx(2.0 * probe.scale)
+
+
+def test_shared_prefix_and_conversation_means():
+    assert condition.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert condition.shared_prefix([[7, 8], [7, 8]]) == 1  # never the whole of the shortest
+    means = condition.conversation_means(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0, 0, 1]))
+    assert means.tolist() == [2.0, 10.0]
+
+
+def test_generation_judgement_and_unchanged_share():
+    rules = GenerationRules(positive=[r"\bbuy\b"], negative=[r"\bconsult"])
+    assert judge(["Buy the fund.", "Please CONSULT someone.", "nothing"], rules) == {
+        "positive": pytest.approx(1 / 3),
+        "negative": pytest.approx(1 / 3),
+    }
+    assert unchanged([[1, 2, 3], [1, 2, 3]], [[1, 2, 3], [1, 2, 4]], tokens=3) == 0.5
+    assert unchanged([[1, 2, 3]], [[1, 2, 4]], tokens=2) == 1.0
+
+
+@pytest.mark.slow
+def test_conditional_route_end_to_end(tiny_model, tmp_path, capsys):
+    pack = write_conditional_pack(tmp_path / "pack")
+    run = tmp_path / "run"
+    args = ["analyze", "--model", str(tiny_model), "--behaviour", str(pack), "--out", str(run), "--quiet"]
+    args += ["--trials", "3", "--gate-trials", "4", "--route", "conditional", "--prose-budget", "100"]
+    args += ["--off-topic-budget", "10"]
+    assert main(args) == 0
+    recipe = Recipe.load(run)
+    assert recipe.conditional and recipe.spec.format == "finsurg.recipe/2"
+    assert recipe.spec.tuning.route == "conditional" and recipe.spec.tuning.route_flag == "conditional"
+    results = json.loads((run / "mech_interp_results.json").read_text())
+    routes = results["behaviour"]["routes"]
+    assert routes["chosen"] == "conditional" and len(routes["conditional_trials"]) == 4
+    for row in routes["condition"]["heldout"].values():
+        assert 0.0 <= row["token_auroc"] <= 1.0 and 0.0 <= row["conversation_auroc"] <= 1.0
+    heldout = routes["heldout"]
+    for route in ("unconditional", "conditional"):
+        for name in ("steered", "conservative"):
+            row = heldout[route][name]
+            assert 0.0 <= row["off_topic_unchanged"] <= 1.0 and row["off_topic_kl"] >= 0.0
+    assert "Routes: an offset everywhere" in (run / "report.md").read_text()
+    results = export_checked(resolve_model(str(tiny_model)), recipe, 3.0, tmp_path / "out")
+    for item in results:
+        report = item["verification"]
+        assert report["passed"] and report["float32"]["kl_max"] < 1e-6
+
+
+def test_conditional_route_without_off_topic_data_is_refused(tiny_model, tmp_path, capsys):
+    pack = write_pack(tmp_path / "pack")  # no off_topic.json
+    before = tree_hashes(pack)
+    args = ["analyze", "--model", str(tiny_model), "--behaviour", str(pack), "--out", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main(args + ["--route", "conditional", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no off-topic conversations" in err and "--route unconditional" in err
+    assert not (tmp_path / "run").exists() and tree_hashes(pack) == before
