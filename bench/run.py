@@ -69,14 +69,19 @@ def measure_export_default(results: dict) -> None:
             try:
                 if name == "naive":
                     runs[name].append(
-                        task("export_naive", model="smollm2-135m", recipe="smollm2-135m", out=str(work / "out"))
+                        task(
+                            "export_naive",
+                            model="smollm2-135m",
+                            recipe="smollm2-135m-unconditional",
+                            out=str(work / "out"),
+                        )
                     )
                 else:
                     runs[name].append(
                         task(
                             "export_stream",
                             model="smollm2-135m",
-                            recipe="smollm2-135m",
+                            recipe="smollm2-135m-unconditional",  # the naive route cannot graft
                             out=str(work / "out"),
                             link=name,
                         )
@@ -206,6 +211,68 @@ def measure_verify_8b(results: dict) -> None:
         "verify_default": proof,
         "verify_full": full,
     }
+
+
+def measure_graft_8b(results: dict) -> None:
+    """Both variants of a conditional recipe (every layer's MLP rewritten, grown by the graft), verified, against
+    a plain copy of the same shards."""
+    if not (SYNTHETIC / "config.json").is_file():
+        measure_export_8b(results)
+    work = scratch_dir(CACHE)
+    home = {"FINSURG_HOME": str(work / "home")}
+    try:
+        task("conditional_recipe", recipe="llama-3.1-8b", out=str(work / "recipe"))
+        flush()
+        copy = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
+        shutil.rmtree(work / "copy")
+        flush()
+        one = task(
+            "export_stream",
+            env=home,
+            model=str(SYNTHETIC),
+            recipe=str(work / "recipe"),
+            out=str(work / "one"),
+            variants="one",
+        )
+        shutil.rmtree(work / "one")
+        flush()
+        verified = task(
+            "export_stream",
+            env=home,
+            model=str(SYNTHETIC),
+            recipe=str(work / "recipe"),
+            out=str(work / "out"),
+            verify=True,
+        )
+        shutil.rmtree(work / "out")
+    finally:
+        shutil.rmtree(work)
+    results["graft_8b_shapes"] = {
+        "what": "a conditional recipe (layers 25-30 gated, every layer's MLP grown by 32 neurons) against a plain copy",
+        "plain_copy": copy,
+        "one_variant": one,
+        "one_variant_time_vs_copy": one["seconds"] / copy["seconds"],
+        "both_verified": verified,
+        "both_verified_time_vs_copy": verified["seconds"] / copy["seconds"],
+    }
+
+
+def render_graft_8b(g: dict) -> list[str]:
+    one, both, copy = g["one_variant"], g["both_verified"], g["plain_copy"]
+    return [
+        "## Conditional surgery at 8B shapes (every layer's MLP grown by the graft)",
+        "",
+        f"{g['what']}.",
+        "",
+        "| figure | finsurg | baseline (plain copy, same run) | ratio |",
+        "|---|---|---|---|",
+        f"| one variant, no verification: wall time | {one['seconds']:.1f} s | {copy['seconds']:.1f} s | "
+        f"{g['one_variant_time_vs_copy']:.2f}× |",
+        f"| both variants, verified: wall time | {both['seconds']:.1f} s | {copy['seconds']:.1f} s | "
+        f"{g['both_verified_time_vs_copy']:.2f}× |",
+        f"| peak RSS, one variant / both verified | {one['peak_rss_mb']:.0f} / {both['peak_rss_mb']:.0f} MB | "
+        f"{copy['peak_rss_mb']:.0f} MB | |",
+    ]
 
 
 def measure_gguf(results: dict) -> None:
@@ -452,6 +519,8 @@ def render(results: dict) -> str:
         )
     if "verify_8b_shapes" in results:
         lines += [""] + render_verify_8b(results["verify_8b_shapes"])
+    if "graft_8b_shapes" in results:
+        lines += [""] + render_graft_8b(results["graft_8b_shapes"])
     if "families" in results:
         lines += [""] + render_families(results["families"])
     if "gguf_default_model" in results:
@@ -512,6 +581,7 @@ def main() -> None:
         measure_export_default,
         measure_export_8b,
         measure_verify_8b,
+        measure_graft_8b,
         measure_gguf,
         measure_families,
         measure_inference,

@@ -56,6 +56,29 @@ def export_stream(
     return timed(run)
 
 
+def conditional_recipe(recipe: str, out: str) -> dict:
+    """A preset made conditional: a random unit topic condition at each steered layer (the bake's cost does not
+    depend on what the condition reads)."""
+    import torch
+
+    from finsurg.steer.recipe import CONDITION_NAME, CONDITIONAL_FORMAT, Recipe, RecipeSpec
+
+    plain = Recipe.preset(recipe)
+    generator = torch.Generator().manual_seed(0)
+    directions = {}
+    for layer in plain.layers:
+        vector = torch.randn(plain.spec.model.hidden_size, generator=generator)
+        directions[layer] = vector / vector.norm()
+    condition = {
+        "file": CONDITION_NAME,
+        "thresholds": {layer: 0.5 for layer in plain.layers},
+        "sharpness": {layer: 8.0 for layer in plain.layers},
+    }
+    spec = RecipeSpec.model_validate(plain.to_dict() | {"format": CONDITIONAL_FORMAT, "condition": condition})
+    Recipe(spec, plain.vectors, directions).save(Path(out))
+    return {"recipe": out, "layers": plain.layers}
+
+
 def verify(variant: str, full: bool = False) -> dict:
     """`finsurg verify` of one variant: the layer-local proof, and the end-to-end check with `full`."""
     from finsurg import progress
@@ -490,6 +513,7 @@ def export_eval(recipe: str, out: str) -> dict:
 TASKS = {
     f.__name__: f
     for f in (
+        conditional_recipe,
         export_stream,
         verify,
         family_route,

@@ -38,7 +38,7 @@ class AnalyzeOutcome(Outcome):
         return {k: v for k, v in results.items() if k not in ("features", "heads")} | {"out": str(self.analysis.out)}
 
     def text(self) -> str:
-        from finsurg.effect_tables import heldout_table
+        from finsurg.effect_tables import heldout_table, routes_table
 
         results, recipe = self.analysis.results, self.analysis.recipe
         massive = list(results["massive_dims"]) or "none"
@@ -57,7 +57,14 @@ class AnalyzeOutcome(Outcome):
                 f"{chosen['layers'][0]}-{chosen['layers'][1]}, strength {chosen['strength']:g} = alpha "
                 f"{recipe.spec.default_alpha:g} (KL {chosen['kl']:.3f} within {behaviour['tuning']['budget']:g})"
             )
-            lines.append(f"Held-out effects ({behaviour['splits']['heldout']} questions):")
+            routes = behaviour.get("routes")
+            if routes:
+                lines.append(
+                    f"Route: {routes['chosen']} ({routes['reason']}). Both routes on held-out finance and off-topic "
+                    "questions, with greedy answers:"
+                )
+                lines += ["  " + line for line in routes_table(routes["heldout"])]
+            lines.append(f"Held-out effects of the recipe ({behaviour['splits']['heldout']} questions):")
             lines += ["  " + line for line in heldout_table(behaviour["heldout"])]
             lines.append("  " + behaviour["neuron_ablation"]["reason"])
         lines.append(f"Wrote {self.analysis.out}/recipe.json, mech_interp_results.json, report.md and plots/")

@@ -80,6 +80,22 @@ def test_baked_and_hooked_agree_item_by_item(export_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_conditional_variants_keep_parity_with_their_gated_hooks(tiny_model, tmp_path):
+    recipe = tiny_recipe(tmp_path / "recipe", scale=4.0, conditional=True)
+    export_checked(resolve_model(str(tiny_model)), recipe, 3.0, tmp_path / "out", verify=False)
+    report = evaluate([tmp_path / "out"], EvalOptions(limit=LIMIT, eval_batch_size=4), out_dir=tmp_path / "eval")
+    report = report.model_dump()
+    assert report["passed"]
+    metrics = report["metrics"]
+    for name in ("steered", "conservative"):
+        parity = report["variants"][name]["parity"]
+        assert parity["passed"] and parity["worst"] < 1e-3
+        assert (  # the gate opens somewhere: the variant is not the base
+            metrics[f"{name}/baked"]["finsurg_advice"]["log_odds"] != metrics["base"]["finsurg_advice"]["log_odds"]
+        )
+
+
+@pytest.mark.slow
 def test_wrong_bias_fails_parity(export_dir, tmp_path, capsys):
     variant = tmp_path / "steered"
     variant.mkdir()

@@ -137,3 +137,18 @@ def _tensors(directory) -> dict[str, torch.Tensor]:
         if shard.name.startswith("model"):
             tensors.update(load_file(shard))
     return tensors
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_vllm_serves_the_graft_like_the_conditional_hooks(family, tmp_path, vllm_python, capsys):
+    from finsurg.export import export_variants
+    from finsurg.settings import ExportOptions
+
+    from test_vllm import verify_vllm
+
+    base = make_family_model(tmp_path / "base", family)
+    recipe = tiny_recipe(tmp_path / "recipe", architecture=GRAFT_FAMILIES[family], conditional=True)
+    export_variants(resolve_model(str(base)), recipe, 3.0, ExportOptions(out=tmp_path / "out", verify=False))
+    code, err, report = verify_vllm(tmp_path / "out" / "steered", vllm_python, capsys)
+    assert code == 0 and report["passed"], err
+    assert report["vs_hooks"]["identical"] and report["vs_transformers"]["identical"]

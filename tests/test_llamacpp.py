@@ -19,9 +19,23 @@ from conftest import tree_hashes
 
 
 @pytest.fixture(scope="module")
-def steered(default_export, tmp_path_factory):
-    """A copy of the default model's steered variant (the GGUF goes inside it)."""
-    target = tmp_path_factory.mktemp("gguf") / "steered"
+def steered(default_model, tmp_path_factory):
+    """The default model's steered variant of the unconditional preset (its GGUF goes inside it)."""
+    from finsurg.export import export_variants
+    from finsurg.settings import ExportOptions
+    from finsurg.steer.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("gguf")
+    export_variants(
+        default_model, Recipe.preset("smollm2-135m-unconditional"), 3.0, ExportOptions(out=out, verify=False)
+    )
+    return out / "steered"
+
+
+@pytest.fixture(scope="module")
+def conditional(default_export, tmp_path_factory):
+    """A copy of the default export's steered variant: the shipped recipe, conditional."""
+    target = tmp_path_factory.mktemp("gguf-conditional") / "steered"
     shutil.copytree(default_export["dir"] / "steered", target)
     return target
 
@@ -83,6 +97,39 @@ def test_control_vector_gguf(tmp_path, capsys):
         assert np.array_equal(np.asarray(tensor.data), offsets[int(tensor.name.split(".")[1])].numpy())
 
 
+def test_conditional_variant_is_its_grafted_checkpoint_in_llamacpp(conditional, llamacpp_python, capsys, monkeypatch):
+    monkeypatch.setenv("FINSURG_LLAMACPP_PYTHON", llamacpp_python)
+    variant = Variant(conditional)
+    assert variant.gates  # the shipped recipe is conditional
+    code, out = _run(["gguf", str(conditional), "--type", "f32", "--json", "--quiet"], capsys)
+    assert code == 0, out.err
+    baked = open_gguf(conditional / "model-f32.gguf")
+    config = json.loads((conditional / "config.json").read_text())
+    assert baked.get_field("llama.feed_forward_length").contents() == config["intermediate_size"] == 1536 + 32
+    names = {t.name for t in baked.tensors}
+    for layer in variant.gates:
+        assert {f"blk.{layer}.ffn_gate.bias", f"blk.{layer}.ffn_up.bias", f"blk.{layer}.ffn_down.bias"} <= names
+    code, out = _run(
+        [
+            "verify",
+            str(conditional),
+            "--engine",
+            "llama.cpp",
+            "--llamacpp-python",
+            llamacpp_python,
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+    )
+    report = json.loads(out.out)
+    assert code == 0 and report["passed"], out.err
+    assert report["baked_vs_control_vector"] is None  # a control vector cannot express the gate
+    assert report["baked_vs_transformers"]["max_abs_logit_diff"] <= report["tolerance"]
+    assert report["baked_vs_transformers"]["argmax_agreement"] >= report["noise_floor"]["argmax_agreement"] - 0.02
+    print(json.dumps({k: report[k] for k in ("baked_vs_transformers", "noise_floor", "tolerance")}))
+
+
 def test_llamacpp_routes_agree(steered, llamacpp_python, capsys):
     before = tree_hashes(steered)
     code, out = _run(
@@ -120,7 +167,7 @@ def test_safetensors_base_goes_through_llamacpps_converter(
             "--model",
             str(local),
             "--recipe",
-            "smollm2-135m",
+            "smollm2-135m-unconditional",
             "--out",
             str(tmp_path / "out"),
             "--no-verify",

@@ -3,8 +3,10 @@ conversations (the pack's questions with their paired answers) from those of off
 
 The graft's gate reads exactly this input (finsurg.steer.graft), so a probe is a gate once its threshold and
 sharpness are set: gate z = m · (probe logit − δ), tuned on the tune split. Probes learn from the train
-splits and are judged on held-out, per token and per conversation (the mean logit over its tokens).
-Tokens every conversation shares (the chat template's opening) carry no topic and are left out.
+splits (the pack's on-topic questions, alone and with their answers, against its off-topic conversations and
+neutral questions) and are judged on held-out, per token and per conversation (the mean logit over its tokens).
+The tokens every conversation shares (the chat template's opening) carry no topic: the gate must stay shut
+there, so they are negatives, weighted as one conversation's worth of tokens each.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def off_topic(tokenizer, items: Sequence[NeutralReply]) -> list[list[int]]:
     return [
         prompt_ids(tokenizer, item.question) + tokenizer.encode(item.reply, add_special_tokens=False) for item in items
     ]
+
+
+def user_turns(tokenizer, questions: Sequence[str]) -> list[list[int]]:
+    """Questions alone, as rendered for the model to answer."""
+    return [prompt_ids(tokenizer, question) for question in questions]
 
 
 def shared_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -141,14 +148,16 @@ def conversation_means(logits: torch.Tensor, conversation: torch.Tensor) -> torc
 
 
 class Probes(dict):
-    """Each layer's probe, fitted on the train tokens when first asked for."""
+    """Each layer's probe, fitted on the train tokens when first asked for; `prefix` holds the shared opening."""
 
-    def __init__(self, on: Tokens, off: Tokens, seed: int):
+    def __init__(self, on: Tokens, off: Tokens, prefix: Tokens, seed: int):
         super().__init__()
-        self.on, self.off, self.seed = on, off, seed
+        self.on, self.off, self.prefix, self.seed = on, off, prefix, seed
+        self.repeats = max(1, int(off.conversation.max()) + 1) // 4  # the opening: a quarter of the conversations
 
     def __missing__(self, layer: int) -> Probe:
-        probe = self[layer] = fit(self.on.features[layer], self.off.features[layer], self.seed)
+        negatives = torch.cat([self.off.features[layer], self.prefix.features[layer].repeat(self.repeats, 1)])
+        probe = self[layer] = fit(self.on.features[layer], negatives, self.seed)
         return probe
 
 

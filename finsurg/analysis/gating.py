@@ -13,7 +13,7 @@ from finsurg import progress
 from finsurg.analysis import condition
 from finsurg.analysis.answers import Divergence, Measure, Perplexity
 from finsurg.analysis.generations import ANSWER_TOKENS, UNCHANGED_TOKENS, greedy_answers, judge, unchanged
-from finsurg.analysis.route import Costs, Point, gated_offsets, pareto, search_gated, winner
+from finsurg.analysis.route import Costs, Point, gated_offsets, pareto, reach, search_gated, winner
 from finsurg.analysis.tune import TUNED_ALPHA, band_range
 from finsurg.effects import effect
 from finsurg.errors import FinsurgError
@@ -41,11 +41,13 @@ def choose_route(
     splits = pack.answer_pairs()
     prose = pack.topic_prose()
     depth = model.config.num_hidden_layers
-    lowest, highest = band_range(depth)
+    lowest, highest = reach(plain.layers, band_range(depth))
     layers = list(range(lowest, highest + 1))
     sequences = {
-        "train_on": condition.on_topic(tokenizer, splits.train),
-        "train_off": condition.off_topic(tokenizer, off_topic.train),
+        "train_on": condition.on_topic(tokenizer, splits.train)
+        + condition.user_turns(tokenizer, pack.positive.train + pack.negative.train),
+        "train_off": condition.off_topic(tokenizer, off_topic.train)
+        + condition.user_turns(tokenizer, pack.neutral.train),
         "heldout_on": condition.on_topic(tokenizer, splits.heldout),
         "heldout_off": condition.off_topic(tokenizer, off_topic.heldout),
     }
@@ -55,7 +57,10 @@ def choose_route(
         for name, group in sequences.items():
             tokens[name] = condition.mlp_inputs(model, tokenizer, arch, group, layers, skip, options.batch_size)
             bar.update()
-    probes = condition.Probes(tokens["train_on"], tokens["train_off"], options.seed)
+    opening = condition.mlp_inputs(
+        model, tokenizer, arch, [sequences["train_on"][0][:skip]], layers, 0, options.batch_size
+    )
+    probes = condition.Probes(tokens["train_on"], tokens["train_off"], opening, options.seed)
     costs = Costs(
         tune,
         Divergence(model, tokenizer, arch, off_topic.tune, options.batch_size),
@@ -68,7 +73,7 @@ def choose_route(
         "unconditional", tuning.trial, plain.layers, tuning.strength, plain.offsets(alpha), plain.offsets(-alpha)
     )
     points = search_gated(
-        costs, direction, scale, probes, (lowest, highest), options.gate_trials, budgets, options.seed
+        costs, direction, scale, probes, (lowest, highest), options.gate_trials, budgets, options.seed, plain.layers
     )
     gated = winner(points, budgets)
     route, reason = _route(options.route, unconditional, gated, budgets)

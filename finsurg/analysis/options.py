@@ -33,12 +33,12 @@ class TuneOptions(Group):
             "auto: the route with the larger shift within both budgets"
         ),
     )
-    gate_trials: PositiveInt = Field(12, **flag("tuning trials of the conditional route"))
+    gate_trials: PositiveInt = Field(8, **flag("tuning trials of the conditional route"))
     off_topic_budget: float = Field(
-        0.01, **flag("budget of both routes: mean per-token KL from the base on the pack's off-topic conversations")
+        0.0001, **flag("budget of both routes: mean per-token KL from the base on the pack's off-topic conversations")
     )
     prose_budget: float = Field(
-        0.05, **flag("budget of both routes: relative perplexity increase on the pack's on-topic prose")
+        0.35, **flag("budget of both routes: relative perplexity increase on the pack's on-topic prose")
     )
 
     @field_validator("kl_budget", "off_topic_budget", "prose_budget")

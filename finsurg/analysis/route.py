@@ -10,6 +10,7 @@ unconditional route's tuned point is measured on the same objectives, and the ro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -19,9 +20,13 @@ from finsurg.analysis.answers import Divergence, Measure, Perplexity
 from finsurg.analysis.condition import Probe
 from finsurg.steer.graft import Gate, split
 
-STRENGTH_RANGE = (0.02, 0.5)  # offset norm per layer, as a fraction of the residual norm there
-SHIFT_RANGE = (-3.0, 6.0)  # probe-logit units
-SHARPNESS_RANGE = (0.25, 4.0)
+STRENGTH_RANGE = (0.0, 0.5)  # offset norm per layer, as a fraction of the residual norm there
+PROBE_STRENGTH = 0.03
+SHARE_RANGE = (0.3, 1.0)  # the share of the binding budget a trial aims at
+SHIFT_RANGE = (-2.0, 12.0)  # probe-logit units
+SHARPNESS_RANGE = (1.0, 32.0)
+STARTS = ((4.0, 8.0), (6.0, 16.0), (8.0, 16.0))  # (shift, sharpness) tried first
+BAND_REACH = 2  # the conditional band starts within this many layers of the unconditional one
 
 
 @dataclass
@@ -71,6 +76,14 @@ class Costs:
     off_topic: Divergence
     prose: Perplexity | None
 
+    def binding(self, up: dict[int, torch.Tensor], gates: dict[int, Gate]) -> float:
+        """The cost that bounds a gated strength: on-topic prose perplexity, else off-topic KL (both directions)."""
+        down = {layer: -vector for layer, vector in up.items()}
+        grafts = (grafts_of(up, gates), grafts_of(down, gates))
+        if self.prose is not None:
+            return max(self.prose.change({}, graft) for graft in grafts)
+        return max(self.off_topic({}, grafts=graft) for graft in grafts)
+
     def point(self, route, number, layers, strength, up, down, up_grafts=None, down_grafts=None, **gate) -> Point:
         items = {1.0: self.answers.shifts(up, grafts=up_grafts), -1.0: self.answers.shifts(down, grafts=down_grafts)}
         prose = None
@@ -102,27 +115,54 @@ def grafts_of(offsets: dict[int, torch.Tensor], gates: dict[int, Gate]):
     return split(offsets, gates, torch.float32)[1]
 
 
+def reach(first: list[int], band_range: tuple[int, int]) -> tuple[int, int]:
+    """The layers a conditional band may cover: near the unconditional route's band."""
+    return max(band_range[0], first[0] - BAND_REACH), min(band_range[1], first[-1] + BAND_REACH)
+
+
 def search_gated(
-    costs: Costs, direction, scale, probes, band_range: tuple[int, int], trials: int, budgets, seed: int
+    costs: Costs, direction, scale, probes, band_range: tuple[int, int], trials: int, budgets, seed: int, first
 ) -> list[Point]:
-    """The conditional route's trials; `budgets` is (off-topic KL, prose perplexity change), `probes` maps a layer
-    in `band_range` to its probe."""
+    """The conditional route's trials. `budgets` is (off-topic KL, prose perplexity change), `probes` maps a layer
+    in `band_range` to its probe, and `first` is the band the search starts from (the unconditional route's, whose
+    direction it gates).
+
+    A trial's strength is found as the share of the binding budget it aims to spend (the prose budget, or the
+    off-topic one for a pack without prose): that cost grows about as the square of the strength, so one reading
+    at a probe strength tells which strength spends the share, with one correction where it grew faster.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lowest, highest = band_range
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(1, trials // 2)))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(6, max(1, trials // 2)))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for shift, sharpness in STARTS:  # the unconditional band, with gates from loose to tight
+        study.enqueue_trial(
+            {
+                "start": first[0],
+                "width": len(first),
+                "gate_shift": shift,
+                "gate_sharpness": sharpness,
+                "budget_share": 0.9,
+            }
+        )
+    budget = budgets[1] if costs.prose is not None else budgets[0]
     points = []
     with progress.bar(total=trials, desc="tuning the conditional route (Optuna TPE)") as bar:
         for _ in range(trials):
             trial = study.ask()
             start = trial.suggest_int("start", lowest, highest)
-            width = trial.suggest_int("width", 1, max(2, (highest + 2) // 3))
-            strength = trial.suggest_float("strength", *STRENGTH_RANGE, log=True)
+            width = trial.suggest_int("width", 1, 2 * len(first))
             shift = trial.suggest_float("gate_shift", *SHIFT_RANGE)
             sharpness = trial.suggest_float("gate_sharpness", *SHARPNESS_RANGE, log=True)
+            share = trial.suggest_float("budget_share", *SHARE_RANGE, log=True)
             band = list(range(start, min(start + width, highest + 1)))
+            strength = PROBE_STRENGTH
+            for _attempt in range(2):  # the probe reading, then one correction
+                up, gates = gated_offsets(direction, scale, probes, band, strength, shift, sharpness)
+                cost = costs.binding(up, gates)
+                strength = min(strength * math.sqrt(share * budget / max(cost, 1e-12)), STRENGTH_RANGE[1])
             up, gates = gated_offsets(direction, scale, probes, band, strength, shift, sharpness)
             down = {layer: -vector for layer, vector in up.items()}
             point = costs.point(
@@ -137,6 +177,7 @@ def search_gated(
                 shift=shift,
                 sharpness=sharpness,
             )
+            trial.set_user_attr("strength", strength)
             points.append(point)
             feasible = point.within(*budgets)
             study.tell(trial, [point.two_sided if feasible else min(point.two_sided, 0.0), point.off_topic_kl])
