@@ -48,7 +48,8 @@ def test_graft_equals_the_conditional_hooks(family, tmp_path):
         exact = report["float32"]
         assert report["passed"] and report["proof"]["passed"], item["variant"]
         assert exact["kl_max"] < 1e-6 and exact["greedy_identical"] and exact["argmax_agreement"] == 1.0
-        assert exact["prefix_layers_bit_identical"] and exact["steering_effect"]["live"]
+        assert exact["prefix_layers_within_noise"] and exact["prefix_layers_max_abs_diff"] < 1e-5
+        assert exact["steering_effect"]["live"]
     config = json.loads((tmp_path / "out" / "steered" / "config.json").read_text())
     assert config["intermediate_size"] == 96 + ALIGN and config["mlp_bias"]
 
@@ -141,10 +142,10 @@ def _tensors(directory) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_vllm_serves_the_graft_like_the_conditional_hooks(family, tmp_path, vllm_python, capsys):
+    from test_vllm import verify_vllm
+
     from finsurg.export import export_variants
     from finsurg.settings import ExportOptions
-
-    from test_vllm import verify_vllm
 
     base = make_family_model(tmp_path / "base", family)
     recipe = tiny_recipe(tmp_path / "recipe", architecture=GRAFT_FAMILIES[family], conditional=True)

@@ -150,13 +150,15 @@ def conversation_means(logits: torch.Tensor, conversation: torch.Tensor) -> torc
 class Probes(dict):
     """Each layer's probe, fitted on the train tokens when first asked for; `prefix` holds the shared opening."""
 
-    def __init__(self, on: Tokens, off: Tokens, prefix: Tokens, seed: int):
+    def __init__(self, on: Tokens, off: Tokens, prefix: Tokens | None, seed: int):
         super().__init__()
         self.on, self.off, self.prefix, self.seed = on, off, prefix, seed
         self.repeats = max(1, int(off.conversation.max()) + 1) // 4  # the opening: a quarter of the conversations
 
     def __missing__(self, layer: int) -> Probe:
-        negatives = torch.cat([self.off.features[layer], self.prefix.features[layer].repeat(self.repeats, 1)])
+        negatives = self.off.features[layer]
+        if self.prefix is not None:
+            negatives = torch.cat([negatives, self.prefix.features[layer].repeat(self.repeats, 1)])
         probe = self[layer] = fit(self.on.features[layer], negatives, self.seed)
         return probe
 

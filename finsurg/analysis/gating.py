@@ -57,8 +57,10 @@ def choose_route(
         for name, group in sequences.items():
             tokens[name] = condition.mlp_inputs(model, tokenizer, arch, group, layers, skip, options.batch_size)
             bar.update()
-    opening = condition.mlp_inputs(
-        model, tokenizer, arch, [sequences["train_on"][0][:skip]], layers, 0, options.batch_size
+    opening = (  # none where a tokenizer without a chat template leaves nothing shared
+        condition.mlp_inputs(model, tokenizer, arch, [sequences["train_on"][0][:skip]], layers, 0, options.batch_size)
+        if skip
+        else None
     )
     probes = condition.Probes(tokens["train_on"], tokens["train_off"], opening, options.seed)
     costs = Costs(

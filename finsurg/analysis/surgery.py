@@ -64,7 +64,7 @@ def run_surgery(
             "probes": pack.manifest.probes,
             "before": before,
             "after": after,
-            "unchanged_before_first_steered_layer": unchanged_before(before, after, min(offsets)),
+            "unchanged_before_first_steered_layer": unchanged_before(before, after, min(recipe.layers)),
         },
         "disclaimer": DISCLAIMER,
     }

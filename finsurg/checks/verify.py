@@ -84,6 +84,9 @@ class OpenedVariant:
         return offset_hooks(offsets, self.arch, grafts)
 
 
+PREFIX_TOLERANCE = 1e-5  # of the largest hidden value: float32 rounding of a reordered sum
+
+
 def _hidden(model, ids: torch.Tensor, upto: int) -> list[torch.Tensor]:
     with torch.no_grad():
         states = model(ids.to(model.device), output_hidden_states=True).hidden_states
@@ -158,20 +161,25 @@ def _end_to_end(opened: OpenedVariant, mode: str, new_tokens: int, device) -> tu
     comparison = compare_logits(ref["hooked"], var["logits"])
     effect = _steering_effect(ref["plain"], ref["hooked"], var["logits"])
     greedy_same = ref["greedy"] == var["greedy"] if new_tokens else None
-    prefix_same = all(
-        torch.equal(a, b)
-        for base_states, var_states in zip(ref["hidden"], var["hidden"])
-        for a, b in zip(base_states, var_states)
-    )
+    pairs = [
+        (a, b) for base_states, var_states in zip(ref["hidden"], var["hidden"]) for a, b in zip(base_states, var_states)
+    ]
+    prefix_same = all(torch.equal(a, b) for a, b in pairs)
+    prefix_diff = max((float((a - b).abs().max()) for a, b in pairs), default=0.0)
+    prefix_scale = max((float(a.abs().max()) for a, _ in pairs), default=0.0)
+    # a graft widens every MLP by zero neurons: the same sums in another order, equal up to float32 rounding
+    prefix_ok = prefix_same or (bool(variant.gates) and prefix_diff <= PREFIX_TOLERANCE * (1.0 + prefix_scale))
     exact = ExactCheck(
         **comparison.model_dump(),
         mode=mode,
         greedy_identical=greedy_same,
         greedy_prompts_identical=sum(a == b for a, b in zip(ref["greedy"], var["greedy"])) if new_tokens else None,
         prefix_layers_bit_identical=prefix_same,
+        prefix_layers_max_abs_diff=prefix_diff,
+        prefix_layers_within_noise=prefix_ok,
         prefix_layers_checked=first,
         steering_effect=effect,
-        passed=bool(comparison.kl_max < KL_LIMIT and greedy_same is not False and prefix_same and effect.live),
+        passed=bool(comparison.kl_max < KL_LIMIT and greedy_same is not False and prefix_ok and effect.live),
     )
     return exact, (ref if mode == "in_memory" else None)
 

@@ -25,7 +25,10 @@ class Gate:
     """One layer's condition, as the gate neurons read it: z = weight · x̂ + bias."""
 
     weight: torch.Tensor  # [hidden] float32
-    bias: float
+    bias: float  # a float32 value: what a variant records is what it baked
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bias", float(torch.tensor(self.bias, dtype=torch.float32)))
 
     def score(self, normed: torch.Tensor) -> torch.Tensor:
         return normed.float() @ self.weight + self.bias

@@ -93,6 +93,8 @@ class ExactCheck(LogitComparison):
     greedy_identical: bool | None
     greedy_prompts_identical: int | None
     prefix_layers_bit_identical: bool
+    prefix_layers_max_abs_diff: float = 0.0
+    prefix_layers_within_noise: bool = True  # bit-identical, or (a graft's wider MLPs) within float32 rounding
     prefix_layers_checked: int
     steering_effect: SteeringEffect
     passed: bool
@@ -189,8 +191,12 @@ class VerificationReport(Record):
             )
         rows += [
             (
-                f"hidden states before layer {exact.prefix_layers_checked} bit-identical to the base",
-                str(exact.prefix_layers_bit_identical),
+                f"hidden states before layer {exact.prefix_layers_checked} equal to the base's",
+                "bit-identical"
+                if exact.prefix_layers_bit_identical
+                else f"within float32 rounding (max |Δ| {exact.prefix_layers_max_abs_diff:.1e})"
+                if exact.prefix_layers_within_noise
+                else f"NO (max |Δ| {exact.prefix_layers_max_abs_diff:.1e})",
             ),
             (
                 "moves like the hooks (cosine of logit change)",
