@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from finsurg.io.hashing import write_sums
-from finsurg.models.loading import hf_greedy, load_model
+from finsurg.models.loading import hf_greedy, load_model, load_tokenizer, prompt_ids
 from finsurg.settings import ExportOptions
 
 from conftest import ROUTES, make_family_model, tiny_recipe
 from vllm_server import OpenAIServer
 
 pytestmark = [pytest.mark.default_model, pytest.mark.vllm]
-PROMPT_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 1467, 2]  # any ids will do: greedy must agree from the first
+QUESTION = "I have $10,000 in savings. What should I do with it?"  # on topic: the conditional variants differ
 MAX_TOKENS = 24
 
 
@@ -60,9 +60,10 @@ def test_openai_server_serves_each_variant_like_transformers(default_export, vll
     served = {}
     for name in ("steered", "conservative"):
         variant = default_export["dir"] / name
-        expected = hf_greedy(load_model(variant), torch.tensor([PROMPT_IDS]), MAX_TOKENS)
+        ids = prompt_ids(load_tokenizer(variant), QUESTION)
+        expected = hf_greedy(load_model(variant), torch.tensor([ids]), MAX_TOKENS)
         with OpenAIServer(vllm_python, variant, tmp_path / f"{name}.log") as server:
-            served[name] = server.complete(PROMPT_IDS, MAX_TOKENS)
+            served[name] = server.complete(ids, MAX_TOKENS)
         assert server.stopped
         assert served[name] == expected, name
     assert served["steered"] != served["conservative"]  # two different models were served
