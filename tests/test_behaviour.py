@@ -103,6 +103,24 @@ def test_batched_scores_match_one_at_a_time(tiny, tmp_path):
         assert got == pytest.approx(_score(model, tokenizer, item.context, item.continuation, {}), abs=1e-4)
 
 
+def test_the_stream_cache_lives_in_files_not_memory(tiny, tmp_path):
+    import gc
+    from pathlib import Path
+
+    tokenizer, model = tiny
+    items = answer_items(tokenizer, Pack.load(write_pack(tmp_path / "pack")).answer_pairs().train)
+    batches = Batches(model, tokenizer, LLAMA, items, batch_size=4)
+    scratch = Path(batches.streams.scratch.name)
+    assert len(list(scratch.glob("*.pt"))) == len(batches.batches) * model.config.num_hidden_layers
+    ids, mask, _ = batches.batches[0]
+    with torch.no_grad():
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert torch.equal(batches.streams.entering(0, 2), states[2])  # what enters layer 2, read back from its file
+    del batches
+    gc.collect()
+    assert not scratch.exists()  # removed with the cache
+
+
 def test_direction_methods_match_independent_computations(tiny, tmp_path):
     tokenizer, model = tiny
     pairs = Pack.load(write_pack(tmp_path / "pack")).answer_pairs().train

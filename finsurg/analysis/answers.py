@@ -13,9 +13,11 @@ from one unsteered pass, and a steered pass starts at the first layer it steers.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +63,23 @@ def text_items(tokenizer, texts: Sequence[str]) -> list[Scored]:
     return items
 
 
+class Streams:
+    """The unsteered stream entering each layer of each batch, kept in files of a scratch directory rather than in
+    memory, so a search's memory does not grow with its items (the page cache keeps what is read often)."""
+
+    def __init__(self) -> None:
+        self.scratch = tempfile.TemporaryDirectory(prefix="finsurg-streams-")  # removed with this object
+        self.layers: dict[int, int] = {}  # batch -> layers kept
+
+    def keep(self, batch: int, state: torch.Tensor) -> None:
+        layer = self.layers.get(batch, 0)
+        torch.save(state.contiguous().cpu(), Path(self.scratch.name) / f"{batch}-{layer}.pt")
+        self.layers[batch] = layer + 1
+
+    def entering(self, batch: int, layer: int) -> torch.Tensor:
+        return torch.load(Path(self.scratch.name) / f"{batch}-{layer}.pt")
+
+
 class Batches:
     """Fixed left-padded batches of items, with the stream entering every layer on the unsteered model.
 
@@ -82,7 +101,7 @@ class Batches:
         for chunk in chunked(items, batch_size):
             ids, mask = left_pad(tokenizer, [item.context + item.continuation for item in chunk])
             self.batches.append((ids, mask, chunk))
-        self.inputs: list[list[torch.Tensor]] = [[] for _ in self.batches]
+        self.streams = Streams()
         self._capturing: int | None = None
         layers = model.get_submodule(arch.layers)
         handles = [layer.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
@@ -94,7 +113,7 @@ class Batches:
 
     def _capture(self, module, args, kwargs):
         if self._capturing is not None:
-            self.inputs[self._capturing].append(_hidden(args, kwargs))
+            self.streams.keep(self._capturing, _hidden(args, kwargs))
 
     def run(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> list:
         """Per item, under the offsets (and grafted neurons): its summed log-probability, or its log-softmax rows."""
@@ -113,7 +132,12 @@ class Batches:
                 with (
                     torch.inference_mode(),
                     offsets_added(self.model, offsets, self.arch, grafts),
-                    _start_at(self.model, self.arch, start, self.inputs[index]),
+                    _start_at(
+                        self.model,
+                        self.arch,
+                        start,
+                        None if capture or start <= 0 else self.streams.entering(index, start),
+                    ),
                 ):
                     device = self.model.get_input_embeddings().weight.device
                     logits = self.model(
@@ -138,9 +162,9 @@ def _hidden(args, kwargs) -> torch.Tensor:
 
 
 @contextmanager
-def _start_at(model, arch: Architecture, start: int, inputs: list[torch.Tensor]) -> Iterator[None]:
-    """Run only the decoder layers from `start` on, fed the unsteered stream that enters layer `start`."""
-    if start <= 0 or start >= len(inputs):
+def _start_at(model, arch: Architecture, start: int, entering: torch.Tensor | None) -> Iterator[None]:
+    """Run only the decoder layers from `start` on, fed `entering`, the unsteered stream that enters layer `start`."""
+    if start <= 0 or entering is None:
         yield
         return
     parent_name, _, attribute = arch.layers.rpartition(".")
@@ -149,8 +173,8 @@ def _start_at(model, arch: Architecture, start: int, inputs: list[torch.Tensor])
 
     def feed(module, args, kwargs):
         if args:
-            return (inputs[start], *args[1:]), kwargs
-        return args, kwargs | {"hidden_states": inputs[start]}
+            return (entering, *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": entering}
 
     handle = layers[start].register_forward_pre_hook(feed, with_kwargs=True)
     setattr(parent, attribute, torch.nn.ModuleList(list(layers)[start:]))
