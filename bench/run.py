@@ -226,25 +226,13 @@ def measure_graft_8b(results: dict) -> None:
         copy = task("plain_copy", source=str(SYNTHETIC), out=str(work / "copy"))
         shutil.rmtree(work / "copy")
         flush()
-        one = task(
-            "export_stream",
-            env=home,
-            model=str(SYNTHETIC),
-            recipe=str(work / "recipe"),
-            out=str(work / "one"),
-            variants="one",
-        )
-        shutil.rmtree(work / "one")
-        flush()
-        verified = task(
-            "export_stream",
-            env=home,
-            model=str(SYNTHETIC),
-            recipe=str(work / "recipe"),
-            out=str(work / "out"),
-            verify=True,
-        )
-        shutil.rmtree(work / "out")
+        runs = {}
+        for name, how in (("one", {"variants": "one"}), ("both", {"verify": True})):
+            recipe, out = str(work / "recipe"), str(work / name)
+            runs[name] = task("export_stream", env=home, model=str(SYNTHETIC), recipe=recipe, out=out, **how)
+            shutil.rmtree(work / name)
+            flush()
+        one, verified = runs["one"], runs["both"]
     finally:
         shutil.rmtree(work)
     results["graft_8b_shapes"] = {
