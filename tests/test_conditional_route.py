@@ -126,3 +126,15 @@ def test_conditional_route_without_off_topic_data_is_refused(tiny_model, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no off-topic conversations" in err and "--route unconditional" in err
     assert not (tmp_path / "run").exists() and tree_hashes(pack) == before
+
+
+def test_the_search_divides_grafted_offsets_as_the_bake_does():
+    from finsurg.analysis.route import Costs
+    from finsurg.steer.graft import Gate
+
+    gate = Gate(torch.tensor([1.0, 0.0]), 0.0)
+    offset = {3: torch.tensor([2.0, -1.0])}
+    normed = torch.tensor([[40.0, 0.0]])  # the gate wide open
+    plain = Costs(None, None, None).grafts(offset, {3: gate})[3].output(normed)
+    granite = Costs(None, None, None, divisor=0.22).grafts(offset, {3: gate})[3].output(normed)
+    assert torch.allclose(plain, offset[3], atol=1e-5) and torch.allclose(granite * 0.22, offset[3], atol=1e-5)

@@ -67,6 +67,7 @@ def choose_route(
         tune,
         Divergence(model, tokenizer, arch, off_topic.tune, options.batch_size),
         Perplexity(model, tokenizer, arch, prose.tune, options.batch_size) if prose else None,
+        arch.offset_divisor(model.config.to_dict()),
     )
     budgets = (options.off_topic_budget, options.prose_budget)
     alpha = plain.spec.default_alpha

@@ -75,11 +75,17 @@ class Costs:
     answers: Measure
     off_topic: Divergence
     prose: Perplexity | None
+    divisor: float = 1.0  # the family's multiplier on the MLP's output (finsurg.steer.arch), as the bake divides by it
+
+    def grafts(self, offsets: dict[int, torch.Tensor], gates: dict[int, Gate]):
+        """The hooks' grafted neurons in float32 (an analysis runs in float32; the bake rounds to the variant's
+        dtype), divided as the bake divides them."""
+        return split(offsets, gates, torch.float32, self.divisor)[1]
 
     def binding(self, up: dict[int, torch.Tensor], gates: dict[int, Gate]) -> float:
         """The cost that bounds a gated strength: on-topic prose perplexity, else off-topic KL (both directions)."""
         down = {layer: -vector for layer, vector in up.items()}
-        grafts = (grafts_of(up, gates), grafts_of(down, gates))
+        grafts = (self.grafts(up, gates), self.grafts(down, gates))
         if self.prose is not None:
             return max(self.prose.change({}, graft) for graft in grafts)
         return max(self.off_topic({}, grafts=graft) for graft in grafts)
@@ -108,11 +114,6 @@ def gated_offsets(direction, scale, probes: dict[int, Probe], layers, strength, 
     up = {layer: (strength * scale[layer] * direction[layer].double()).float() for layer in layers}
     gates = {layer: probes[layer].as_gate(shift, sharpness) for layer in layers}
     return up, gates
-
-
-def grafts_of(offsets: dict[int, torch.Tensor], gates: dict[int, Gate]):
-    """The hooks' grafted neurons in float32 (an analysis runs in float32; the bake rounds to the variant's dtype)."""
-    return split(offsets, gates, torch.float32)[1]
 
 
 def reach(first: list[int], band_range: tuple[int, int]) -> tuple[int, int]:
@@ -172,8 +173,8 @@ def search_gated(
                 strength,
                 {},
                 {},
-                grafts_of(up, gates),
-                grafts_of(down, gates),
+                costs.grafts(up, gates),
+                costs.grafts(down, gates),
                 shift=shift,
                 sharpness=sharpness,
             )
