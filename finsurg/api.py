@@ -15,9 +15,12 @@ from finsurg.errors import FinsurgError
 from finsurg.outcomes import (
     AnalyzeOutcome,
     CvectorOutcome,
+    DriftOutcome,
     EvalOutcome,
     ExportOutcome,
     GgufOutcome,
+    MonitorOutcome,
+    ScoreOutcome,
     SurgeryOutcome,
     UploadOutcome,
     VerifyOutcome,
@@ -29,6 +32,9 @@ from finsurg.settings import (
     EvalSettings,
     ExportSettings,
     GgufSettings,
+    MonitorDriftSettings,
+    MonitorExportSettings,
+    MonitorScoreSettings,
     PushOptions,
     PushSettings,
     SurgerySettings,
@@ -93,6 +99,8 @@ def export(settings: ExportSettings) -> ExportOutcome:
         outcome.eval = EvalOutcome(
             run_eval(paths, settings.eval, settings.out, placement, base_trusted=True), settings.out
         )
+    if settings.monitor:
+        outcome.monitor = _monitor(model, recipe, settings.out / "monitor", settings.overwrite, placement)
     if namespace is not None and (outcome.eval is None or outcome.eval.report.passed):
         from finsurg.hub.push import default_repo_id
         from finsurg.hub.push import push as upload
@@ -136,6 +144,54 @@ def cvector(settings: CvectorSettings) -> CvectorOutcome:
         raise FinsurgError(f"output directory not found: {settings.out.parent}")
     written = control_vector(recipe.offsets(settings.alpha), for_config(model.config, model.name), settings.out)
     return CvectorOutcome(written | {"alpha": settings.alpha, "recipe": recipe.origin})
+
+
+def _monitor(model, recipe, out: Path, overwrite: bool, placement, batch_size: int = 16, seed: int = 0):
+    from finsurg.monitor.build import build_monitor
+
+    return MonitorOutcome(build_monitor(model, recipe, out, overwrite, placement, batch_size, seed), out)
+
+
+def monitor_export(settings: MonitorExportSettings) -> MonitorOutcome:
+    from finsurg.steer.recipe import resolve_recipe
+
+    placement = _placement(settings)
+    model = _model(settings)
+    recipe = resolve_recipe(settings.recipe, model.name, model.config)
+    return _monitor(model, recipe, settings.out, settings.overwrite, placement, settings.batch_size, settings.seed)
+
+
+def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:
+    from finsurg.monitor.classifier import load_spec
+    from finsurg.monitor.score import check_base, score_log
+
+    placement = _placement(settings)
+    progress.set_enabled(not settings.quiet)
+    spec = load_spec(settings.monitor)
+    if settings.model is not None:
+        model = _model(settings)
+        check_base(spec, settings.monitor, model.path, model.name)
+    out = settings.out or settings.log.with_name(settings.log.name.removesuffix(".jsonl") + ".scores.jsonl")
+    return ScoreOutcome(
+        score_log(
+            settings.monitor,
+            settings.log,
+            out,
+            settings.engine,
+            settings.batch_size,
+            placement.device,
+            settings.vllm_python,
+        )
+    )
+
+
+def monitor_drift(settings: MonitorDriftSettings) -> DriftOutcome:
+    from finsurg.monitor.drift import Span, drift, write_report
+
+    window = Span.parse(settings.window, "--window")
+    reference = Span.parse(settings.reference, "--reference") if settings.reference else None
+    report = drift(settings.scored, window, reference, settings.alarm_p)
+    return DriftOutcome(report, write_report(report, settings.out, settings.overwrite))
 
 
 def hub_namespace(options: PushOptions) -> str:
@@ -226,4 +282,7 @@ RUN = {
     "verify": verify,
     "gguf": gguf,
     "cvector": cvector,
+    "monitor export": monitor_export,
+    "monitor score": monitor_score,
+    "monitor drift": monitor_drift,
 }

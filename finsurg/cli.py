@@ -14,13 +14,14 @@ from pydantic import BaseModel
 
 from finsurg import DISCLAIMER, __version__
 from finsurg.errors import FinsurgError
-from finsurg.settings import COMMANDS, CommandSettings, cli_name
+from finsurg.settings import COMMANDS, GROUPS, CommandSettings, cli_name
 
 DESCRIPTION = """\
 finsurg finds residual-stream directions that toggle a behaviour in a model (Llama, Qwen2/2.5,
 Qwen3, Mistral, Granite), applies them as inference-time hooks ("neuron surgery"), and bakes the
 same surgery into ordinary checkpoints (biases) that plain transformers and vLLM load, and into
-GGUF for llama.cpp and Ollama.
+GGUF for llama.cpp and Ollama. `finsurg monitor` turns the directions into a compliance monitor:
+a stock classification checkpoint that scores chat logs and watches them drift.
 
 Every option can also come from FINSURG_<OPTION> (FINSURG_EVAL__LIMIT for grouped ones) or
 from the command's table in a TOML file (--config run.toml, e.g. [export] alpha = 2).
@@ -82,8 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"finsurg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for settings in COMMANDS:
-        sub = commands.add_parser(settings.command, help=settings.summary, description=settings.summary)
+        head, _, tail = settings.command.partition(" ")
+        if tail and head not in groups:  # `finsurg monitor export`: a command of a group
+            holder = commands.add_parser(head, help=GROUPS[head], description=GROUPS[head])
+            groups[head] = holder.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+        where = groups[head] if tail else commands
+        sub = where.add_parser(tail or head, help=settings.summary, description=settings.summary)
         _add_fields(sub, settings)
         sub.add_argument(
             "--config", type=Path, default=None, help=f"a TOML file whose [{settings.command}] table sets options"
@@ -92,12 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_of(args: argparse.Namespace) -> str:
+    return f"{args.command} {args.subcommand}" if getattr(args, "subcommand", None) else args.command
+
+
 def settings_from(args: argparse.Namespace) -> CommandSettings:
     """The command's settings: the given flags, nested into their groups, over env, config and defaults."""
-    settings = next(s for s in COMMANDS if s.command == args.command)
+    settings = next(s for s in COMMANDS if s.command == command_of(args))
     given: dict = {}
     for key, value in vars(args).items():
-        if key in ("command", "config", "json_output"):
+        if key in ("command", "subcommand", "config", "json_output"):
             continue
         head, _, tail = key.partition(".")
         if tail:
@@ -152,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        return _run_command(settings, args.command, args.json_output)
+        return _run_command(settings, command_of(args), args.json_output)
     except FinsurgError as exc:
         print(f"finsurg: error: {exc}", file=sys.stderr)
         return 2

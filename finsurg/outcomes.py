@@ -101,6 +101,77 @@ class EvalOutcome(Outcome):
 
 
 @dataclass
+class MonitorOutcome(Outcome):
+    spec: BaseModel  # finsurg.monitor.classifier.MonitorSpec
+    out: Path
+
+    def payload(self) -> dict:
+        return self.spec.model_dump(mode="json") | {"out": str(self.out)}
+
+    def summary(self) -> str:
+        spec = self.spec
+        lines = [
+            f"Monitor {self.out}: {spec.base['name']} cut after layer {spec.layer} ({spec.depth} of "
+            f"{spec.base['num_hidden_layers']} layers, {spec.cost:.2f} of a full forward pass); topic probe "
+            f"{'from the recipe' + chr(39) + 's topic condition' if spec.topic_source == 'condition' else 'learnt'}"
+        ]
+        for label in spec.labels:
+            row = spec.heldout[label]
+            lines.append(
+                f"  {label:<10} held-out AUROC {row['auroc']:.3f}  TPR {row['tpr']:.2f}  FPR {row['fpr']:.2f} "
+                f"at logit {spec.thresholds[label]:+.2f}"
+            )
+        lines.append(f"  checked against the hooked base: max |Δlogit| {spec.check['max_abs_diff']:.1e}")
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        return self.summary() + "\n" + DISCLAIMER
+
+
+@dataclass
+class ScoreOutcome(Outcome):
+    summary: object  # finsurg.monitor.score.Summary
+
+    def payload(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self.summary) | {"per_second": self.summary.per_second}
+
+    def text(self) -> str:
+        s = self.summary
+        flagged = ", ".join(f"{label} {count} ({count / s.scored:.1%})" for label, count in s.flagged.items())
+        means = ", ".join(f"{label} {value:.3f}" for label, value in s.mean_score.items())
+        return (
+            f"Scored {s.scored} of {s.lines} lines of {s.log} with {s.engine} in {s.seconds:.1f} s "
+            f"({s.per_second:.1f} conversations/s, peak RSS {s.peak_rss_mb:.0f} MB): {s.out}\n"
+            f"  flagged: {flagged}\n  mean score: {means}"
+            + (f"\n  skipped {len(s.skipped)} unreadable lines (warned above)" if s.skipped else "")
+        )
+
+
+@dataclass
+class DriftOutcome(Outcome):
+    report: dict
+    out: Path
+
+    def payload(self) -> dict:
+        return self.report | {"out": str(self.out)}
+
+    def text(self) -> str:
+        report = self.report
+        lines = [
+            f"Drift of {report['scored']}: {len(report['windows']) - 1} windows of {report['window']} against "
+            f"lines {report['reference']['lines'][0]}-{report['reference']['lines'][1]} (|z| limit "
+            f"{report['z_limit']:.2f}): {len(report['alarms'])} alarms"
+        ]
+        lines += [
+            f"  ALARM {a['label']} from line {a['first_line']} (window {a['window']}, z {a['z']:+.2f})"
+            for a in report["alarms"]
+        ]
+        return "\n".join(lines + [f"Report: {self.out / 'drift.md'}"])
+
+
+@dataclass
 class ExportOutcome(Outcome):
     model: str
     recipe: str
@@ -109,6 +180,7 @@ class ExportOutcome(Outcome):
     gguf: list[dict] = field(default_factory=list)
     eval: EvalOutcome | None = None
     uploads: list[dict] = field(default_factory=list)
+    monitor: MonitorOutcome | None = None
 
     def payload(self) -> dict:
         report = None if self.eval is None else self.eval.report.model_dump(mode="json")
@@ -119,6 +191,7 @@ class ExportOutcome(Outcome):
             "variants": self.variants,
             "gguf": self.gguf,
             "eval": report,
+            "monitor": None if self.monitor is None else self.monitor.payload(),
             "uploads": self.uploads,
         }
 
@@ -139,6 +212,8 @@ class ExportOutcome(Outcome):
         lines += [gguf_line(item) for item in self.gguf]
         if self.eval is not None:
             lines.append(eval_summary(self.eval.report, self.eval.out))
+        if self.monitor is not None:
+            lines.append(self.monitor.summary())
         lines += [upload_summary(upload) for upload in self.uploads]
         return "\n".join(lines + [DISCLAIMER])
 

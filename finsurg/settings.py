@@ -39,7 +39,9 @@ class CommandSettings(BaseSettings):
         config = _config_file.get()
         sources = [init_settings, env_settings]
         if config is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config, toml_table_header=(cls.command,)))
+            sources.append(
+                TomlConfigSettingsSource(settings_cls, toml_file=config, toml_table_header=tuple(cls.command.split()))
+            )
         return tuple(sources)
 
     @classmethod
@@ -199,6 +201,7 @@ class ExportSettings(RecipeChoice, Compute, ExportOptions):
         **flag("also write each variant as GGUF (llama.cpp, Ollama), and the recipe's control-vector GGUF beside them"),
     )
     eval: EvalOptions | None = Field(None, **flag("after verification, run finsurg eval on the variants"))
+    monitor: bool = Field(False, **flag("also write the compliance monitor (finsurg monitor export) in OUT/monitor"))
     push: PushOptions | None = Field(None, **flag("upload both variants to the Hugging Face Hub", flag="--push-to-hub"))
 
 
@@ -279,6 +282,58 @@ class CvectorSettings(ModelChoice):
         return value
 
 
+class MonitorExportSettings(ModelChoice, Compute):
+    command = "monitor export"
+    summary = (
+        "learn the monitor's topic and behaviour probes and write them as a stock sequence-classification "
+        "checkpoint (the base cut after the probe layer)"
+    )
+
+    recipe: str | None = Field(
+        None, **flag("recipe.json, its directory, or a built-in preset name (default: the preset that fits the model)")
+    )
+    out: Path = Field(Path("finsurg-monitor"), **flag("the monitor directory"))
+    overwrite: bool = Field(False, **flag("replace an existing monitor directory"))
+    batch_size: PositiveInt = Field(16, **flag("conversations per forward pass"))
+    seed: int = Field(0, **flag("seed of the probes' fits"))
+
+
+class MonitorScoreSettings(Compute):
+    command = "monitor score"
+    summary = 'score a chat log ({"messages": [...]} per line) with a monitor: one score line per input line'
+
+    log: Path = Field(**flag("the chat log, JSONL in the OpenAI message format", positional=True))
+    monitor: Path = Field(**flag("the monitor directory (finsurg monitor export)"))
+    out: Path | None = Field(None, **flag("the scores, JSONL (default: LOG with .scores.jsonl)"))
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", **flag("transformers in this process, or vLLM's pooling runner in its own")
+    )
+    batch_size: PositiveInt = Field(32, **flag("conversations per forward pass"))
+    vllm_python: str | None = Field(
+        None, **flag("the Python that has vLLM (default: $FINSURG_VLLM_PYTHON, then this one)")
+    )
+    model: str | None = Field(
+        None, **flag("the base the logged traffic came from: refused if the monitor was built from another")
+    )
+    allow_pickle: bool = Field(False, **flag("accept .bin pickle checkpoints for --model"))
+
+
+class MonitorDriftSettings(CommandSettings):
+    command = "monitor drift"
+    summary = "compare windows of a scored log with a reference window: shares flagged, mean scores, alarms"
+
+    scored: Path = Field(**flag("a scored log written by finsurg monitor score", positional=True))
+    window: str = Field("500", **flag("window size: a count of lines (500) or a span of time (30m, 6h, 1d)"))
+    reference: str | None = Field(None, **flag("the reference: the first N lines or span (default: the first window)"))
+    alarm_p: float = Field(
+        0.01, gt=0, lt=1, **flag("family-wise false-alarm rate, Bonferroni-divided over windows and labels")
+    )
+    out: Path = Field(Path("finsurg-drift"), **flag("where drift.md, drift.png and drift.json go"))
+    overwrite: bool = Field(False, **flag("replace an existing report directory"))
+
+
+GROUPS = {"monitor": "the compliance monitor: export it, score chat logs with it, watch them drift"}
+
 COMMANDS: list[type[CommandSettings]] = [
     AnalyzeSettings,
     SurgerySettings,
@@ -288,4 +343,7 @@ COMMANDS: list[type[CommandSettings]] = [
     VerifySettings,
     GgufSettings,
     CvectorSettings,
+    MonitorExportSettings,
+    MonitorScoreSettings,
+    MonitorDriftSettings,
 ]

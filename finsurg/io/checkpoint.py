@@ -66,6 +66,10 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         self.info(name)
         return self._shard_of[name].rows(name, start, stop)
 
+    def slices(self, name: str, dtype: torch.dtype) -> Iterator[bytes]:
+        """A tensor's bytes in `dtype`, a bounded slice at a time."""
+        return self._shard_of[name].slices(self.info(name), dtype)
+
     def __contains__(self, name: object) -> bool:
         return name in self._shard_of
 

@@ -74,6 +74,23 @@ class Graft(_Frozen):
         return {role: getattr(self, role).format(layer=layer) for role in ("gate", "up", "down")}
 
 
+class Monitor(_Frozen):
+    """How the family's stock sequence classifier holds the base cut after layer L, its final hidden state being
+    layer L's normed MLP input: layer L's MLP writes nothing (`zeroed`), and its norm becomes the final norm."""
+
+    classifier: str  # the transformers class
+    mlp: str  # the module whose input the probes read
+    mlp_norm: str  # the norm weight in front of it
+    zeroed: tuple[str, ...]  # layer L's tensors that are set to zero
+
+    def names(self, layer: int) -> tuple[str, str, list[str]]:
+        return (
+            self.mlp.format(layer=layer),
+            self.mlp_norm.format(layer=layer),
+            [z.format(layer=layer) for z in self.zeroed],
+        )
+
+
 class Architecture(_Frozen):
     family: str
     architectures: tuple[str, ...]
@@ -90,6 +107,8 @@ class Architecture(_Frozen):
     site: Site | None = None
     graft: Graft | None = None  # the route of conditional surgery
     graft_refused: str | None = None  # why a family with a site has none
+    monitor: Monitor | None = None  # the compliance monitor's truncated classifier
+    monitor_refused: str | None = None
     # the pieces a layer-streamed pass reads besides the blocks
     embeddings: str = "model.embed_tokens.weight"
     rotary: str = "model.rotary_emb"
@@ -141,6 +160,13 @@ class Architecture(_Frozen):
             reason = self.graft_refused or f"{self.family} has no MLP with gate, up and down biases"
             raise FinsurgError(f"{where}: conditional surgery cannot be baked into {self.architectures[0]}: {reason}")
         return self.graft
+
+    def monitoring(self, where: str) -> Monitor:
+        """The monitor's classifier, or one line that says why this family has none."""
+        if self.monitor is None:
+            reason = self.monitor_refused or self.refused or f"finsurg declares no monitor for {self.family}"
+            raise FinsurgError(f"{where}: no stock classifier holds a truncated {self.architectures[0]}: {reason}")
+        return self.monitor
 
     def offset_bias(self, layer: int) -> str:
         return self.site.bias.format(layer=layer)

@@ -1,0 +1,138 @@
+"""`finsurg monitor export` (and `finsurg export --monitor`): learn the probes, write the classifier, check it.
+
+The check runs the written checkpoint with plain transformers and compares its logits with the probes applied
+to the base's own hidden states, read through hooks, on held-out conversations: both in float32.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+
+from finsurg import progress
+from finsurg.analysis.batching import chunked, ensure_pad_token
+from finsurg.devices import Placement
+from finsurg.errors import FinsurgError
+from finsurg.io.atomic import building
+from finsurg.io.checkpoint import Checkpoint
+from finsurg.io.hashing import write_sums
+from finsurg.models.loading import load_model, load_tokenizer
+from finsurg.models.source import ResolvedModel
+from finsurg.monitor.card import write_card
+from finsurg.monitor.classifier import (
+    SPEC_NAME,
+    MonitorSpec,
+    embeddings_sha256,
+    weight_dtype,
+    write_classifier,
+)
+from finsurg.monitor.labelled import labelled, require_data
+from finsurg.monitor.probes import last_token_inputs, train
+from finsurg.packs import Pack
+from finsurg.steer.arch import for_config
+from finsurg.steer.recipe import Recipe
+
+CHECK_TEXTS = 16
+CHECK_TOLERANCE = 1e-4
+
+
+def build_monitor(
+    model: ResolvedModel,
+    recipe: Recipe,
+    out: Path,
+    overwrite: bool,
+    placement: Placement,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> MonitorSpec:
+    """Learn, write and check the monitor in `out` (complete or not at all); the base is only read."""
+    arch = for_config(model.config, model.name)
+    monitor = arch.monitoring(model.name)
+    recipe.check_model(model.config)
+    if out.exists() and not overwrite:
+        raise FinsurgError(f"{out} already exists (pass --overwrite to replace it)")
+    tokenizer = load_tokenizer(model.path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise FinsurgError(
+            f"{model.name}: its tokenizer has no chat template, and the monitor scores conversations as the "
+            "template renders them"
+        )
+    pack = Pack.load(recipe.spec.pack)
+    require_data(pack, recipe.origin)
+    placement.require("learning the monitor's probes", model.config)
+    dtype = weight_dtype(model.path, arch)
+    hf = load_model(model.path, torch.float32, device=placement.device, max_memory=placement.dispatch)
+    ensure_pad_token(tokenizer)
+    trained = train(hf, tokenizer, monitor, pack, recipe, dtype, batch_size, seed)
+    check_texts = _check_texts(pack, tokenizer)
+    hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [trained.layer], batch_size)[trained.layer]
+    del hf
+    gc.collect()
+    fingerprint = embeddings_sha256(Checkpoint.open(model.path), arch)
+    with building(out) as partial:
+        progress.say(f"monitor: writing the classifier cut after layer {trained.layer}")
+        write_classifier(
+            partial, model.path, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
+        )
+        check = _check(partial, check_texts, hooked @ trained.head.T, batch_size)
+        spec = MonitorSpec(
+            labels=["topic", "behaviour"],
+            thresholds=trained.thresholds,
+            layer=trained.layer,
+            base={
+                "name": model.name,
+                "architecture": model.architecture,
+                "num_hidden_layers": model.num_layers,
+                "embeddings_sha256": fingerprint,
+            },
+            recipe=recipe.origin,
+            pack=pack.source,
+            topic_source=trained.topic_source,
+            layers=trained.layers,
+            tune=trained.tune,
+            heldout=trained.heldout,
+            counts=trained.counts,
+            check=check,
+        )
+        (partial / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+        write_card(partial, spec)
+        write_sums(partial)
+        if not check["passed"]:
+            raise FinsurgError(
+                f"the written monitor differs from its probes on the hooked base by {check['max_abs_diff']:.2e} "
+                f"(tolerance {CHECK_TOLERANCE:g}); nothing was written"
+            )
+    return spec
+
+
+def _check_texts(pack: Pack, tokenizer) -> list[str]:
+    """Held-out conversations of both topic sides, user turns and exchanges alike."""
+    heldout = labelled(pack, "heldout", tokenizer)
+    on, off = heldout.topic
+    half = CHECK_TEXTS // 2
+    return on[:: max(1, len(on) // half)][:half] + off[:: max(1, len(off) // half)][:half]
+
+
+def _check(directory: Path, texts: list[str], expected: torch.Tensor, batch_size: int) -> dict:
+    """The checkpoint, loaded as any user would, against the probes on the hooked base."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    classifier = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    rows = []
+    for chunk in chunked(texts, batch_size):
+        batch = tokenizer(list(chunk), padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            rows.append(classifier(**batch).logits.float())
+    got = torch.cat(rows)
+    difference = float((got - expected).abs().max())
+    return {
+        "texts": len(texts),
+        "max_abs_diff": difference,
+        "tolerance": CHECK_TOLERANCE,
+        "passed": difference < CHECK_TOLERANCE,
+        "compared": "AutoModelForSequenceClassification float32 vs the probes on the base's hooked MLP input",
+    }

@@ -1,0 +1,64 @@
+"""The pack's conversations with the monitor's labels, per split, rendered as the monitor reads them.
+
+`topic`: on-topic conversations (a question alone, and with each of its answers) against off-topic ones.
+`behaviour`: a question with its positive-behaviour answer against the same question with its negative one,
+and against off-topic exchanges (a reply about something else does not do the behaviour).
+Splits never mix: the probes learn from train, thresholds come from tune, figures from held-out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finsurg.errors import FinsurgError
+from finsurg.monitor.conversations import exchange, render, user_turn
+from finsurg.packs import Pack
+
+LABELS = ("topic", "behaviour")
+
+
+@dataclass
+class Labelled:
+    """Rendered texts: (positives, negatives) for each label."""
+
+    topic: tuple[list[str], list[str]]
+    behaviour: tuple[list[str], list[str]]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            f"{label}_{side}": len(getattr(self, label)[i]) for label in LABELS for i, side in enumerate(("pos", "neg"))
+        }
+
+
+def require_data(pack: Pack, recipe_origin: str) -> None:
+    """One line that says how to get probes, where the recipe's pack cannot teach them."""
+    missing = [key for key in ("answers", "off_topic") if not getattr(pack.manifest, key)]
+    if missing:
+        raise FinsurgError(
+            f"recipe {recipe_origin} carries no monitor probes and its pack {pack.source} has no "
+            f"{' and no '.join(missing)} (manifest.json) to learn them from: add paired answers and off-topic "
+            "conversations to the pack, as the built-in finance pack has, and pass the recipe again"
+        )
+
+
+def labelled(pack: Pack, split: str, tokenizer) -> Labelled:
+    pairs = getattr(pack.answer_pairs(), split)
+    off = getattr(pack.off_topic_splits(), split)
+    on_conversations = [user_turn(p.question) for p in pairs]
+    on_conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
+    off_exchanges = [exchange(item.question, item.reply) for item in off]
+    off_conversations = [user_turn(item.question) for item in off] + off_exchanges
+    if split != "tune":  # the pack's prompt categories have train and held-out only
+        on_conversations += [user_turn(q) for q in getattr(pack.positive, split) + getattr(pack.negative, split)]
+        off_conversations += [user_turn(q) for q in getattr(pack.neutral, split)]
+
+    def texts(conversations):
+        return [render(tokenizer, c) for c in conversations]
+
+    return Labelled(
+        topic=(texts(on_conversations), texts(off_conversations)),
+        behaviour=(
+            texts([exchange(p.question, p.positive) for p in pairs]),
+            texts([exchange(p.question, p.negative) for p in pairs] + off_exchanges),
+        ),
+    )

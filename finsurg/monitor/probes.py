@@ -1,0 +1,184 @@
+"""The monitor's two probes, `topic` and `behaviour`, read at one layer's MLP input at the last token (where
+transformers and vLLM pool), learnt on the pack's train split, thresholded on tune and judged on held-out.
+
+A conditional recipe's topic condition is the `topic` probe: its direction at a gated layer is reused, not
+learnt again. Elsewhere the topic direction, and always the behaviour direction, are learnt with the same
+logistic fit the condition uses (finsurg.analysis.condition.fit).
+
+A stock classifier's head has no bias. The normed MLP input has a near-constant component along its mean
+direction, so each probe's intercept is folded onto that direction: the head's raw logit then reads as the
+probe's log-odds, and sigmoid scores from any stack are usable as they come. The fold is approximate; the
+thresholds are set on the head's own logits, so nothing downstream depends on its accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from finsurg import progress
+from finsurg.analysis.batching import chunked
+from finsurg.analysis.condition import Probe, auroc, fit
+from finsurg.monitor.labelled import LABELS, labelled
+from finsurg.packs import Pack
+from finsurg.steer.arch import Monitor
+from finsurg.steer.recipe import Recipe
+
+
+class _Enough(Exception):
+    """Raised by the deepest hook: the layers after it are not needed."""
+
+
+def last_token_inputs(
+    model, tokenizer, monitor: Monitor, texts: Sequence[str], layers: Sequence[int], batch_size: int
+) -> dict[int, torch.Tensor]:
+    """Each layer's MLP input at each text's last token, float32, [texts, hidden] per layer."""
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def keep(layer):
+        def hook(module, args):
+            captured[layer] = args[0][:, -1].detach().float()
+            if layer == deepest:
+                raise _Enough
+
+        return hook
+
+    handles = [
+        model.get_submodule(monitor.mlp.format(layer=layer)).register_forward_pre_hook(keep(layer)) for layer in layers
+    ]
+    rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    device = model.get_input_embeddings().weight.device
+    try:
+        for chunk in chunked(list(texts), batch_size):
+            batch = tokenizer(list(chunk), padding=True, padding_side="left", return_tensors="pt")
+            try:
+                with torch.inference_mode():
+                    model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+            except _Enough:
+                pass
+            for layer in layers:
+                rows[layer].append(captured[layer].cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: torch.cat(parts) for layer, parts in rows.items()}
+
+
+def calibrated(direction: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, seed: int) -> Probe:
+    """A fixed direction with the scale and threshold of a one-feature logistic fit along it."""
+    along = fit((positive @ direction)[:, None], (negative @ direction)[:, None], seed)
+    sign = float(along.direction[0])
+    return Probe(sign * direction, along.threshold, along.scale)
+
+
+def folded(probe: Probe, features: torch.Tensor) -> torch.Tensor:
+    """The head row whose bias-free logit approximates the probe's: its intercept carried by the mean direction."""
+    mean = features.double().mean(0)
+    unit = mean / mean.norm()
+    level = float((features.double() @ unit).mean())
+    row = probe.scale * probe.direction.double() - (probe.scale * probe.threshold / level) * unit
+    return row.float()
+
+
+def youden_threshold(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """The logit cut that maximises TPR − FPR; among equals, the one nearest 0 (the probe's own boundary)."""
+    scores = torch.cat([positive, negative]).double().sort().values
+    cuts = torch.cat([scores[:1] - 1, (scores[1:] + scores[:-1]) / 2, scores[-1:] + 1])
+    tpr = (positive.double()[None, :] > cuts[:, None]).double().mean(1)
+    fpr = (negative.double()[None, :] > cuts[:, None]).double().mean(1)
+    gain = tpr - fpr
+    best = gain.max()
+    candidates = cuts[gain >= best - 1e-12]
+    return float(candidates[candidates.abs().argmin()])
+
+
+def rates(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> dict[str, float]:
+    return {
+        "auroc": auroc(positive, negative),
+        "tpr": float((positive > threshold).double().mean()),
+        "fpr": float((negative > threshold).double().mean()),
+        "positives": len(positive),
+        "negatives": len(negative),
+    }
+
+
+@dataclass
+class Trained:
+    """The chosen layer, the head (one row per label, in LABELS order) and what the splits said of it."""
+
+    layer: int
+    head: torch.Tensor  # [labels, hidden], float32
+    thresholds: dict[str, float]
+    topic_source: str  # "condition" (the recipe's topic condition) or "fitted"
+    layers: dict[int, dict] = field(default_factory=dict)  # per candidate layer: tune and held-out AUROC
+    heldout: dict[str, dict] = field(default_factory=dict)  # per label: AUROC, TPR, FPR at the threshold
+    tune: dict[str, dict] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def candidate_layers(recipe: Recipe, depth: int) -> list[int]:
+    """A conditional recipe's gated layers (its topic probes live there); else the upper two thirds."""
+    return recipe.layers if recipe.conditional else list(range(depth // 3, depth))
+
+
+def train(
+    model, tokenizer, monitor: Monitor, pack: Pack, recipe: Recipe, dtype: torch.dtype, batch_size: int, seed: int
+) -> Trained:
+    """The probes at each candidate layer, as the checkpoint will store them (rounded to `dtype`); the layer
+    whose worse label is best on tune; thresholds from tune; figures from held-out."""
+    depth = model.config.num_hidden_layers
+    layers = candidate_layers(recipe, depth)
+    splits = {split: labelled(pack, split, tokenizer) for split in ("train", "tune", "heldout")}
+    features: dict[str, dict[str, tuple[dict, dict]]] = {}
+    with progress.bar(total=len(splits) * len(LABELS) * 2, desc="monitor: last-token MLP inputs") as bar:
+        for split, sets in splits.items():
+            features[split] = {}
+            for label in LABELS:
+                pair = []
+                for texts in getattr(sets, label):
+                    pair.append(last_token_inputs(model, tokenizer, monitor, texts, layers, batch_size))
+                    bar.update()
+                features[split][label] = tuple(pair)
+
+    def heads(layer: int) -> torch.Tensor:
+        rows = []
+        for label in LABELS:
+            positive, negative = (side[layer] for side in features["train"][label])
+            if label == "topic" and recipe.conditional:
+                direction = recipe.conditions[layer].float()
+            else:
+                direction = fit(positive, negative, seed).direction
+            probe = calibrated(direction, positive, negative, seed)
+            rows.append(folded(probe, torch.cat([positive, negative])))
+        return torch.stack(rows).to(dtype).float()
+
+    def logits(split: str, label: str, layer: int, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        row = head[LABELS.index(label)]
+        return tuple(side[layer] @ row for side in features[split][label])
+
+    built = {layer: heads(layer) for layer in layers}
+    per_layer = {
+        layer: {
+            f"{split}_{label}_auroc": auroc(*logits(split, label, layer, head))
+            for split in ("tune", "heldout")
+            for label in LABELS
+        }
+        for layer, head in built.items()
+    }
+    # chosen on tune (the worse label's AUROC); ties go to the earliest layer, the cheapest monitor
+    chosen = max(layers, key=lambda layer: (min(per_layer[layer][f"tune_{lb}_auroc"] for lb in LABELS), -layer))
+    head = built[chosen]
+    thresholds = {label: youden_threshold(*logits("tune", label, chosen, head)) for label in LABELS}
+    return Trained(
+        layer=chosen,
+        head=head,
+        thresholds=thresholds,
+        topic_source="condition" if recipe.conditional else "fitted",
+        layers=per_layer,
+        heldout={label: rates(*logits("heldout", label, chosen, head), thresholds[label]) for label in LABELS},
+        tune={label: rates(*logits("tune", label, chosen, head), thresholds[label]) for label in LABELS},
+        counts={split: sets.counts() for split, sets in splits.items()},
+    )

@@ -1,0 +1,303 @@
+"""The compliance monitor on tiny random models: the truncated classifier against hooks on the base, stock loading,
+the families, scoring chat logs (bad lines included) and drift."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from finsurg.devices import Placement
+from finsurg.errors import FinsurgError
+from finsurg.io.hashing import check_sums
+from finsurg.models.source import resolve_model
+from finsurg.monitor.build import build_monitor
+from finsurg.monitor.drift import Span, drift, write_report
+from finsurg.steer.recipe import Recipe
+
+from conftest import make_family_model, make_tiny_llama, tiny_recipe
+
+TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+TEXTS = ["user : should i buy a fund ? </s> ", "user : what is the capital city of france ? </s> assistant : paris"]
+
+
+def with_template(path):
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory):
+    return with_template(make_tiny_llama(tmp_path_factory.mktemp("chat") / "model"))
+
+
+@pytest.fixture(scope="module")
+def tiny_monitor(tiny_chat_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("monitor") / "monitor"
+    recipe = tiny_recipe(tmp_path_factory.mktemp("recipe"))
+    spec = build_monitor(resolve_model(str(tiny_chat_model)), recipe, out, False, Placement.of("cpu", "float32"))
+    return out, spec
+
+
+def hooked_logits(base_path, monitor_dir, texts):
+    """The probes stored in the monitor's head, applied to the base's MLP input at layer L through a hook."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = json.loads((monitor_dir / "monitor.json").read_text())
+    head = load_file(monitor_dir / "model.safetensors")["score.weight"].float()
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    seen = []
+    mlp = base.model.layers[spec["layer"]].mlp
+    handle = mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, -1]))
+    try:
+        for text in texts:
+            with torch.inference_mode():
+                base(**tokenizer(text, return_tensors="pt"))
+    finally:
+        handle.remove()
+    return torch.stack(seen) @ head.T
+
+
+def test_classifier_matches_the_probes_on_the_hooked_base(tiny_chat_model, tiny_monitor):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    directory, spec = tiny_monitor
+    config = json.loads((directory / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["num_hidden_layers"] == spec.layer + 1
+    assert config["id2label"] == {"0": "topic", "1": "behaviour"}
+    assert config["problem_type"] == "multi_label_classification"
+    classifier = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")  # padded: the pad token must not be pooled
+    with torch.inference_mode():
+        got = classifier(**batch).logits
+    expected = hooked_logits(tiny_chat_model, directory, TEXTS)
+    assert float((got - expected).abs().max()) < 1e-4
+    assert float(expected.abs().max()) > 1e-2  # not vacuous
+    assert spec.check["passed"] and spec.check["max_abs_diff"] < 1e-4
+    served = pipeline("text-classification", model=str(directory), top_k=None)([TEXTS[1]])[0]
+    scores = {item["label"]: item["score"] for item in served}
+    assert scores == pytest.approx(dict(zip(("topic", "behaviour"), torch.sigmoid(expected[1]).tolist())), abs=1e-5)
+    check_sums(directory)
+
+
+def test_classifier_holds_only_the_layers_it_runs(tiny_monitor):
+    from safetensors import safe_open
+
+    directory, spec = tiny_monitor
+    with safe_open(directory / "model.safetensors", "pt") as handle:
+        names = list(handle.keys())
+        zeroed = handle.get_tensor(f"model.layers.{spec.layer}.mlp.down_proj.weight")
+    layers = {int(name.split(".")[2]) for name in names if name.startswith("model.layers.")}
+    assert layers == set(range(spec.layer + 1))
+    assert "lm_head.weight" not in names and "score.weight" in names
+    assert not zeroed.any()
+    card = (directory / "README.md").read_text()
+    assert "Not financial advice" in card and "vllm serve" in card and "AUROC" in card
+
+
+def test_conditional_recipe_reuses_its_topic_condition(tiny_chat_model, tmp_path):
+    recipe = tiny_recipe(tmp_path / "recipe", conditional=True, layers=(2, 3))
+    spec = build_monitor(
+        resolve_model(str(tiny_chat_model)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32")
+    )
+    assert spec.topic_source == "condition"
+    assert spec.layer in (2, 3) and set(spec.layers) == {2, 3}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
+def test_families_with_a_stock_classifier(family, tmp_path):
+    from conftest import ROUTES
+
+    base = with_template(make_family_model(tmp_path / family, family))
+    config = json.loads((base / "config.json").read_text())
+    recipe = tiny_recipe(tmp_path / "recipe", architecture=ROUTES[family][0], site=ROUTES[family][1])
+    assert recipe.spec.model.hidden_size == config["hidden_size"]
+    spec = build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
+    assert spec.check["max_abs_diff"] < 1e-4
+    got = json.loads((tmp_path / "monitor" / "config.json").read_text())["architectures"]
+    assert got == [f"{ {'qwen2': 'Qwen2', 'qwen3': 'Qwen3', 'mistral': 'Mistral'}[family] }ForSequenceClassification"]
+
+
+def test_granite_is_refused_with_the_reason(tmp_path):
+    base = with_template(make_family_model(tmp_path / "granite", "granite"))
+    recipe = tiny_recipe(tmp_path / "recipe", architecture="GraniteForCausalLM")
+    with pytest.raises(FinsurgError, match="no GraniteForSequenceClassification"):
+        build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
+    assert not (tmp_path / "monitor").exists()
+
+
+def test_a_pack_without_the_data_says_how_to_get_probes(tiny_chat_model, tmp_path):
+    from finsurg.packs import Pack
+
+    pack = tmp_path / "pack"
+    shutil.copytree(Pack.load("finance").directory, pack)
+    manifest = json.loads((pack / "manifest.json").read_text())
+    manifest["off_topic"] = None
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    tiny_recipe(tmp_path / "recipe")
+    raw = json.loads((tmp_path / "recipe" / "recipe.json").read_text()) | {"pack": str(pack)}
+    (tmp_path / "recipe" / "recipe.json").write_text(json.dumps(raw))
+    recipe = Recipe.load(tmp_path / "recipe")
+    with pytest.raises(FinsurgError, match="carries no monitor probes.*off_topic.*add paired answers"):
+        build_monitor(
+            resolve_model(str(tiny_chat_model)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32")
+        )
+    assert not (tmp_path / "monitor").exists()
+
+
+# ---- scoring -------------------------------------------------------------------------------------
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "finsurg", *args], capture_output=True, text=True)
+
+
+def chat(question, reply=None, **extra):
+    messages = [{"role": "user", "content": question}] + ([{"role": "assistant", "content": reply}] if reply else [])
+    return json.dumps({"messages": messages, **extra})
+
+
+def test_score_writes_a_line_per_input_line_and_skips_bad_ones(tiny_chat_model, tiny_monitor, tmp_path):
+    directory, spec = tiny_monitor
+    lines = [
+        chat("should i buy a fund ?", time="2026-01-01T00:00:00Z"),
+        "{not json",
+        json.dumps({"messages": []}),
+        json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}),
+        chat("what is the capital city of france ?", "paris", time=1767225700),
+    ]
+    log = tmp_path / "chats.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    before = log.read_bytes()
+    done = run_cli("monitor", "score", "--quiet", "--monitor", str(directory), str(log), "--json")
+    assert done.returncode == 0, done.stderr
+    assert log.read_bytes() == before
+    warned = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert [w.split()[3] for w in warned] == ["2", "3", "4"]
+    assert "not JSON" in warned[0] and "no messages" in warned[1] and "unknown role 'wizard'" in warned[2]
+    out = [json.loads(line) for line in (tmp_path / "chats.scores.jsonl").read_text().splitlines()]
+    assert [line["line"] for line in out] == [1, 2, 3, 4, 5]
+    assert all("error" in out[i] for i in (1, 2, 3))
+    summary = json.loads(done.stdout)
+    assert summary["scored"] == 2 and len(summary["skipped"]) == 3
+    assert out[0]["time"] == 1767225600.0
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    texts = [tokenizer.apply_chat_template(json.loads(lines[i])["messages"], tokenize=False) for i in (0, 4)]
+    expected = hooked_logits(tiny_chat_model, directory, texts)
+    for row, logits in zip((out[0], out[4]), expected, strict=True):
+        assert [row["logits"][label] for label in ("topic", "behaviour")] == pytest.approx(logits.tolist(), abs=1e-4)
+        assert row["flags"] == {label: row["logits"][label] > spec.thresholds[label] for label in spec.labels}
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [("", "the log is empty"), ("{bad\n[]\n", "no valid line to score (2 skipped)")],
+)
+def test_a_log_without_a_valid_line_fails_and_leaves_nothing(tiny_monitor, tmp_path, content, message):
+    log = tmp_path / "chats.jsonl"
+    log.write_text(content)
+    done = run_cli("monitor", "score", "--quiet", "--monitor", str(tiny_monitor[0]), str(log))
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats.jsonl"]
+
+
+def test_a_monitor_from_another_base_is_refused(tiny_chat_model, tiny_monitor, tmp_path):
+    other = make_tiny_llama(tmp_path / "other", seed=5)
+    log = tmp_path / "chats.jsonl"
+    log.write_text(chat("should i buy a fund ?") + "\n")
+    done = run_cli("monitor", "score", "--quiet", "--monitor", str(tiny_monitor[0]), str(log), "--model", str(other))
+    assert done.returncode == 2
+    assert "was built from" in done.stderr and "not" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "chats.scores.jsonl").exists()
+    same = run_cli(
+        "monitor", "score", "--quiet", "--monitor", str(tiny_monitor[0]), str(log), "--model", str(tiny_chat_model)
+    )
+    assert same.returncode == 0, same.stderr
+
+
+def test_not_a_monitor_directory_is_one_line(tmp_path):
+    log = tmp_path / "chats.jsonl"
+    log.write_text(chat("hi") + "\n")
+    done = run_cli("monitor", "score", "--monitor", str(tmp_path), str(log))
+    assert done.returncode == 2 and "is not a finsurg monitor" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ---- drift ---------------------------------------------------------------------------------------
+def scored_log(path, lines, before, after, seed, shift_at=0.5, step=60):
+    """Score lines as `monitor score` writes them, `behaviour` flagged with the planted probability."""
+    generator = torch.Generator().manual_seed(seed)
+    with open(path, "w") as handle:
+        for index in range(lines):
+            share = before if index < shift_at * lines else after
+            flagged = bool(torch.rand(1, generator=generator) < share)
+            topic = bool(torch.rand(1, generator=generator) < 0.6)
+            score = {"topic": 0.8 if topic else 0.2, "behaviour": 0.9 if flagged else 0.1}
+            row = {"line": index + 1, "time": 1767225600 + step * index, "logits": score, "scores": score}
+            handle.write(json.dumps(row | {"flags": {"topic": topic, "behaviour": flagged}}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_drift_alarms_within_two_windows_of_a_planted_shift(tmp_path, seed):
+    log = scored_log(tmp_path / "scores.jsonl", 2000, 0.10, 0.30, seed)
+    report = drift(log, Span.parse("200", "--window"))
+    alarmed = [a["first_line"] for a in report["alarms"] if a["label"] == "behaviour"]
+    assert alarmed and min(alarmed) <= 1001 + 200  # the shift's window or the next
+    assert all(line > 1000 for line in alarmed)
+    assert not [a for a in report["alarms"] if a["label"] == "topic"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_drift_stays_quiet_without_a_shift(tmp_path, seed):
+    log = scored_log(tmp_path / "scores.jsonl", 2000, 0.10, 0.10, seed)
+    assert drift(log, Span.parse("200", "--window"))["alarms"] == []
+
+
+def test_drift_by_time_writes_report_plot_and_json(tmp_path):
+    log = scored_log(tmp_path / "scores.jsonl", 1440, 0.10, 0.30, 0)  # a day, one conversation a minute
+    done = run_cli("monitor", "drift", str(log), "--window", "2h", "--reference", "4h", "--out", str(tmp_path / "d"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "d" / "drift.json").read_text())
+    assert report["reference"]["n"] == 240 and all(row["n"] == 120 for row in report["windows"][1:])
+    assert min(a["first_line"] for a in report["alarms"]) <= 721 + 120
+    markdown = (tmp_path / "d" / "drift.md").read_text()
+    assert "ALARM" in markdown and "drift.png" in markdown
+    assert (tmp_path / "d" / "drift.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--window", "soon"], "--window 'soon': expected a count of lines"),
+        (["--window", "1h"], "has no time"),
+        (["--window", "5000"], "only the reference window"),
+    ],
+)
+def test_drift_bad_input_is_one_line(tmp_path, args, message):
+    log = tmp_path / "scores.jsonl"
+    rows = [json.loads(line) for line in scored_log(log, 50, 0.1, 0.1, 0).read_text().splitlines()]
+    if "1h" in args:
+        log.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "time"}) + "\n" for row in rows))
+    done = run_cli("monitor", "drift", str(log), *args, "--out", str(tmp_path / "d"))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_drift_report_refuses_to_overwrite(tmp_path):
+    log = scored_log(tmp_path / "scores.jsonl", 400, 0.1, 0.1, 0)
+    report = drift(log, Span.parse("100", "--window"))
+    write_report(report, tmp_path / "d", False)
+    with pytest.raises(FinsurgError, match="already exists"):
+        write_report(report, tmp_path / "d", False)
