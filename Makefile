@@ -61,7 +61,7 @@ $(LLAMACPP_STAMP): constraints.txt
 
 demo: setup
 	$(BIN)/finsurg analyze --out $(DEMO_DIR)/analysis --overwrite
-	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite --eval
+	$(BIN)/finsurg export --recipe $(DEMO_DIR)/analysis --out $(DEMO_DIR) --overwrite --eval --monitor
 
 lint: setup
 	$(BIN)/ruff check finsurg tests bench

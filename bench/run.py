@@ -360,6 +360,61 @@ def measure_analysis(results: dict) -> None:
     }
 
 
+def measure_monitor(results: dict) -> None:
+    """The compliance monitor: its export, its cost per conversation against a full forward of the base, and
+    `monitor score` throughput and peak RSS (the default model's on a short log; a tiny random monitor's at 10k
+    and 100k lines, where only the streaming is measured)."""
+    work = scratch_dir(CACHE)
+    try:
+        built = task("monitor_build", out=str(work / "default"))
+        cost = task("monitor_cost", monitor=str(work / "default" / "monitor"))
+        scored = task("monitor_score", monitor=str(work / "default" / "monitor"), lines=2000, out=str(work / "s"))
+        task("monitor_build", out=str(work / "tiny"), tiny=True)
+        streaming = {
+            lines: task(
+                "monitor_score", monitor=str(work / "tiny" / "monitor"), lines=lines, out=str(work / f"t{lines}")
+            )
+            for lines in (10_000, 100_000)
+        }
+    finally:
+        shutil.rmtree(work)
+    spec = built["spec"]
+    results["monitor"] = {
+        "export": {"seconds": built["seconds"], "peak_rss_mb": built["peak_rss_mb"], "layer": spec["layer"]},
+        "heldout": spec["heldout"],
+        "check_max_abs_diff": spec["check"]["max_abs_diff"],
+        "cost": cost | {"target": built["cost"]},
+        "score_default_model": scored,
+        "score_tiny": {str(lines): figures for lines, figures in streaming.items()},
+    }
+
+
+def render_monitor(m: dict) -> list[str]:
+    cost, score, tiny = m["cost"], m["score_default_model"], m["score_tiny"]
+    seconds = cost["seconds_per_conversation"]
+    return [
+        "## Compliance monitor (default model, CPU)",
+        "",
+        "| measurement | monitor | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| seconds per scored conversation (batch 16, float32) | {seconds['monitor'] * 1e3:.1f} ms | full forward of "
+        f"the base {seconds['base'] * 1e3:.1f} ms | {cost['ratio']:.2f} | ≤ {cost['target']:.2f} (layer "
+        f"{m['export']['layer']} + 1 of 30) |",
+        f"| `monitor score`, {score['lines']} lines: throughput | {score['per_second']:.1f} conversations/s | — | — | — |",
+        f"| `monitor score`, {score['lines']} lines: peak RSS | {score['peak_rss_mb']:.0f} MB | — | — | bounded |",
+        f"| tiny random monitor, 100,000 lines: peak RSS | {tiny['100000']['peak_rss_mb']:.0f} MB | 10,000 lines "
+        f"{tiny['10000']['peak_rss_mb']:.0f} MB | {tiny['100000']['peak_rss_mb'] / tiny['10000']['peak_rss_mb']:.2f}× | "
+        "bounded (≈ 1×) |",
+        f"| tiny random monitor, 100,000 lines: throughput | {tiny['100000']['per_second']:.0f} conversations/s | "
+        f"10,000 lines {tiny['10000']['per_second']:.0f} | — | — |",
+        "",
+        f"`finsurg monitor export` on the default model: {m['export']['seconds']:.0f} s, peak RSS "
+        f"{m['export']['peak_rss_mb']:.0f} MB; held-out AUROC topic {m['heldout']['topic']['auroc']:.3f}, behaviour "
+        f"{m['heldout']['behaviour']['auroc']:.3f}; classifier against the hooked base max |Δlogit| "
+        f"{m['check_max_abs_diff']:.1e}.",
+    ]
+
+
 def measure_steering(results: dict) -> None:
     """Answer-behaviour steering on held-out questions: finsurg tuned, repeng and system prompts, matched KL."""
     python = os.environ.get("FINSURG_REPENG_PYTHON")
@@ -553,6 +608,8 @@ def render(results: dict) -> str:
         lines.append(f"Reflink on a copy-on-write filesystem: not measured ({reflink['why']}).")
     if "steering" in results:
         lines += [""] + render_steering(results["steering"])
+    if "monitor" in results:
+        lines += [""] + render_monitor(results["monitor"])
     return "\n".join(lines) + "\n"
 
 
@@ -575,6 +632,7 @@ def main() -> None:
         measure_inference,
         measure_analysis,
         measure_steering,
+        measure_monitor,
     ]
     only = sys.argv[1:]  # e.g. `bench/run.py steering`: re-measure some sections, keep the others' last figures
     if only == ["render"]:  # re-render results.md from results.json

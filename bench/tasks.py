@@ -510,9 +510,91 @@ def export_eval(recipe: str, out: str) -> dict:
     return json.loads(done.stdout)
 
 
+# ---- compliance monitor -------------------------------------------------------------------------
+def monitor_build(out: str, tiny: bool = False) -> dict:
+    """`finsurg monitor export` of the default model's preset, or of a tiny random Llama with a chat template."""
+    from finsurg import progress
+    from finsurg.devices import Placement
+    from finsurg.models.source import resolve_model
+    from finsurg.monitor.build import build_monitor
+    from finsurg.steer.recipe import resolve_recipe
+
+    progress.set_enabled(False)
+    root = Path(out)
+    if tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import make_tiny_llama, tiny_recipe, with_template
+
+        model = resolve_model(str(with_template(make_tiny_llama(root / "base"))))
+        recipe = tiny_recipe(root / "recipe")
+    else:
+        model = resolve_model(None)
+        recipe = resolve_recipe(None, model.name, model.config)
+    spec = {}
+    figures = timed(
+        lambda: spec.setdefault("spec", build_monitor(model, recipe, root / "monitor", False, Placement.of("cpu")))
+    )
+    return figures | {"spec": spec["spec"].model_dump(mode="json"), "cost": spec["spec"].cost}
+
+
+def monitor_cost(monitor: str, conversations: int = 64, batch_size: int = 16, rounds: int = 3) -> dict:
+    """Seconds per scored conversation: the monitor against a full forward of its base (float32, CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from finsurg.models.source import resolve_model
+    from finsurg.monitor.labelled import labelled
+    from finsurg.packs import Pack
+
+    tokenizer = AutoTokenizer.from_pretrained(monitor)
+    heldout = labelled(Pack.load("finance"), "heldout", tokenizer)
+    texts = (heldout.topic[0] + heldout.topic[1])[:conversations]
+    batches = [
+        tokenizer(texts[i : i + batch_size], padding=True, return_tensors="pt")
+        for i in range(0, len(texts), batch_size)
+    ]
+    models = {
+        "monitor": AutoModelForSequenceClassification.from_pretrained(monitor, dtype=torch.float32).eval(),
+        "base": AutoModelForCausalLM.from_pretrained(resolve_model(None).path, dtype=torch.float32).eval(),
+    }
+    seconds = {}
+    for name, model in models.items():
+        runs = []
+        for _ in range(rounds + 1):  # the first is a warm-up
+            clock = time.perf_counter()
+            with torch.inference_mode():
+                for batch in batches:
+                    model(**batch, use_cache=False) if name == "base" else model(**batch)
+            runs.append((time.perf_counter() - clock) / len(texts))
+        seconds[name] = statistics.median(runs[1:])
+    return {
+        "seconds_per_conversation": seconds,
+        "ratio": seconds["monitor"] / seconds["base"],
+        "conversations": len(texts),
+    }
+
+
+def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after: float = 0.3) -> dict:
+    """`finsurg monitor score` of a planted log of `lines` conversations, in this process."""
+    from finsurg import progress
+    from finsurg.monitor.score import score_log
+    from finsurg.monitor.synthetic import planted_log
+    from finsurg.packs import Pack
+
+    progress.set_enabled(False)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    log = planted_log(root / "chats.jsonl", Pack.load("finance"), lines, before, after)
+    summary = score_log(Path(monitor), log, root / "scores.jsonl")
+    return {"lines": lines, "seconds": summary.seconds, "per_second": summary.per_second, "scored": summary.scored}
+
+
 TASKS = {
     f.__name__: f
     for f in (
+        monitor_build,
+        monitor_cost,
+        monitor_score,
         conditional_recipe,
         export_stream,
         verify,

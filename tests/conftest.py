@@ -93,6 +93,19 @@ def make_tiny_llama(
     return path
 
 
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+
+
+def with_template(path: Path) -> Path:
+    """A tiny model's tokenizer given a chat template (the monitor renders conversations with it)."""
+    import json
+
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = CHAT_TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
 def tiny_recipe(
     directory: Path,
     *,
@@ -136,6 +149,16 @@ def tiny_recipe(
     recipe = Recipe(spec, vectors, directions, origin=str(directory))
     recipe.save(directory)
     return Recipe.load(directory)
+
+
+def run_cli(*args, timeout: float = 900):
+    """`python -m finsurg ARGS` in a fresh process, as a user runs it."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "finsurg", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tree_hashes(directory: Path) -> dict[str, str]:

@@ -1,18 +1,10 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
 from finsurg.cli import main
 
-from conftest import tiny_recipe, tree_hashes
-
-
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "finsurg", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
+from conftest import run_cli, tiny_recipe, tree_hashes
 
 
 def test_help_explains_commands():

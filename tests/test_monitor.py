@@ -3,8 +3,6 @@ the families, scoring chat logs (bad lines included) and drift."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,17 +15,9 @@ from finsurg.monitor.build import build_monitor
 from finsurg.monitor.drift import Span, drift, write_report
 from finsurg.steer.recipe import Recipe
 
-from conftest import make_family_model, make_tiny_llama, tiny_recipe
+from conftest import make_family_model, make_tiny_llama, run_cli, tiny_recipe, with_template
 
-TEMPLATE = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
 TEXTS = ["user : should i buy a fund ? </s> ", "user : what is the capital city of france ? </s> assistant : paris"]
-
-
-def with_template(path):
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = TEMPLATE
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +144,6 @@ def test_a_pack_without_the_data_says_how_to_get_probes(tiny_chat_model, tmp_pat
 
 
 # ---- scoring -------------------------------------------------------------------------------------
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "finsurg", *args], capture_output=True, text=True)
-
-
 def chat(question, reply=None, **extra):
     messages = [{"role": "user", "content": question}] + ([{"role": "assistant", "content": reply}] if reply else [])
     return json.dumps({"messages": messages, **extra})

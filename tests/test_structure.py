@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "finsurg"
 APP = {"finsurg.export", "finsurg.settings", "finsurg.outcomes", "finsurg.api", "finsurg.cli", "finsurg.__main__"}
-PACKAGES = ("io", "engines", "models", "steer", "analysis", "variant", "bake", "checks", "hub")
+PACKAGES = ("io", "engines", "models", "steer", "analysis", "variant", "bake", "checks", "hub", "monitor")
 # what each group may import besides itself: foundations first, then the stages in the order data flows
 ALLOWED = {
     "core": set(),
@@ -25,7 +25,21 @@ ALLOWED = {
     "bake": {"core", "io", "engines", "steer", "packs", "models", "variant"},
     "checks": {"core", "io", "engines", "steer", "packs", "models", "variant", "bake"},
     "hub": {"core", "io", "variant"},
-    "app": {"core", "io", "engines", "steer", "packs", "models", "analysis", "variant", "bake", "checks", "hub"},
+    "monitor": {"core", "io", "engines", "steer", "packs", "models", "analysis"},
+    "app": {
+        "core",
+        "io",
+        "engines",
+        "steer",
+        "packs",
+        "models",
+        "analysis",
+        "variant",
+        "bake",
+        "checks",
+        "hub",
+        "monitor",
+    },
 }
 SCRIPTS = PACKAGE / "engines" / "scripts"  # run inside other environments, never imported
 
@@ -90,7 +104,7 @@ def test_root_holds_only_foundations_and_the_app():
 
 def test_engine_scripts_import_nothing_of_finsurg_and_nothing_imports_them():
     scripts = sorted(SCRIPTS.glob("*.py"))
-    assert {p.stem for p in scripts} == {"vllm_greedy", "lmeval_vllm", "llamacpp"}
+    assert {p.stem for p in scripts} == {"vllm_greedy", "vllm_classify", "lmeval_vllm", "llamacpp"}
     for path in scripts:
         assert not imported(path.read_text(), set()), f"{path.name} imports finsurg"
     for name, path in modules().items():

@@ -22,8 +22,8 @@ def free_port() -> int:
 
 
 class OpenAIServer:
-    def __init__(self, python: str, model: Path, log: Path):
-        self.python, self.model, self.log = python, model, log
+    def __init__(self, python: str, model: Path, log: Path, extra: tuple[str, ...] = ()):
+        self.python, self.model, self.log, self.extra = python, model, log, list(extra)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stopped = False
@@ -42,6 +42,7 @@ class OpenAIServer:
             "--dtype",
             "float32",
             "--enforce-eager",
+            *self.extra,
         ]
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         with open(self.log, "w") as log:
@@ -88,6 +89,15 @@ class OpenAIServer:
         with urllib.request.urlopen(request, timeout=120) as response:
             tokens = json.load(response)["choices"][0]["logprobs"]["tokens"]
         return [int(token.removeprefix("token_id:")) for token in tokens]
+
+    def classify(self, texts: list[str]) -> list[list[float]]:
+        """Each text's probs from /classify, as a client of a pooling server gets them."""
+        body = {"model": str(self.model), "input": texts}
+        request = urllib.request.Request(
+            f"{self.url}/classify", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return [item["probs"] for item in sorted(json.load(response)["data"], key=lambda item: item["index"])]
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:

@@ -19,12 +19,12 @@ import torch
 
 from finsurg import DISCLAIMER, __version__, progress
 from finsurg.checks.options import EvalOptions
-from finsurg.checks.vllm_check import vllm_python
 from finsurg.devices import Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.effect_tables import shift_table
 from finsurg.effects import effect
 from finsurg.engines.runner import run_script
+from finsurg.engines.vllm_env import vllm_python
 from finsurg.errors import FinsurgError
 from finsurg.io.hashing import check_sums
 from finsurg.jsonfile import write_json

@@ -19,30 +19,17 @@ import torch
 
 from finsurg.checks.verify import NEW_TOKENS, OpenedVariant
 from finsurg.dtypes import weight_dtype
-from finsurg.engines.runner import engine_python, run_script
+from finsurg.engines.runner import run_script
+from finsurg.engines.vllm_env import KV_CACHE_GIB, TIMEOUT, vllm_python
 from finsurg.models.bridge import boot_bridge, greedy
 from finsurg.models.loading import hf_greedy, load_model
 from finsurg.variant.record import Agreement, VllmReport
-
-TIMEOUT = 900
-KV_CACHE_GIB = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-
-
-def vllm_python(explicit: str | None = None) -> str:
-    return engine_python(
-        explicit,
-        "FINSURG_VLLM_PYTHON",
-        ["vllm"],
-        "vLLM",
-        "run `make vllm-setup` and set FINSURG_VLLM_PYTHON=.venv-vllm/bin/python, or pip install 'finsurg[vllm]'",
-    )
 
 
 def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_tokens: int) -> dict:
     """Greedy float32 tokens from vLLM for each prompt (token ids), with its load and generation times."""
     request = {"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens, "dtype": "float32"}
     with tempfile.TemporaryDirectory(prefix="finsurg-vllm-") as scratch:
-        # the KV cache in GiB: vLLM's default asks for far more than a check needs
         return run_script(
             python, "vllm_greedy.py", request, Path(scratch), f"vLLM on {model_dir}", TIMEOUT, KV_CACHE_GIB
         )

@@ -23,8 +23,8 @@ import torch
 
 from finsurg import progress
 from finsurg.analysis.batching import chunked
-from finsurg.checks.vllm_check import KV_CACHE_GIB, TIMEOUT, vllm_python
 from finsurg.engines.runner import run_script
+from finsurg.engines.vllm_env import KV_CACHE_GIB, TIMEOUT, vllm_python
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import partial_dir
 from finsurg.io.checkpoint import Checkpoint
