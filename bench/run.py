@@ -369,6 +369,9 @@ def measure_monitor(results: dict) -> None:
         built = task("monitor_build", out=str(work / "default"))
         cost = task("monitor_cost", monitor=str(work / "default" / "monitor"))
         scored = task("monitor_score", monitor=str(work / "default" / "monitor"), lines=2000, out=str(work / "s"))
+        flat = task(
+            "monitor_score", monitor=str(work / "default" / "monitor"), lines=2000, out=str(work / "f"), after=0.1
+        )
         task("monitor_build", out=str(work / "tiny"), tiny=True)
         streaming = {
             lines: task(
@@ -385,6 +388,7 @@ def measure_monitor(results: dict) -> None:
         "check_max_abs_diff": spec["check"]["max_abs_diff"],
         "cost": cost | {"target": built["cost"]},
         "score_default_model": scored,
+        "score_default_model_flat": flat,
         "score_tiny": {str(lines): figures for lines, figures in streaming.items()},
     }
 
@@ -402,6 +406,10 @@ def render_monitor(m: dict) -> list[str]:
         f"{m['export']['layer']} + 1 of 30) |",
         f"| `monitor score`, {score['lines']} lines: throughput | {score['per_second']:.1f} conversations/s | — | — | — |",
         f"| `monitor score`, {score['lines']} lines: peak RSS | {score['peak_rss_mb']:.0f} MB | — | — | bounded |",
+        f"| `monitor drift`, planted shift {score['drift']['before']:.0%} → {score['drift']['after']:.0%} at line "
+        f"{score['drift']['shift_line']}, windows of {score['drift']['window']}: first `behaviour` alarm | line "
+        f"{score['drift']['first_behaviour_alarm_line']} | no shift: "
+        f"{len(m['score_default_model_flat']['drift']['alarms'])} alarms | — | within two windows; none |",
         f"| tiny random monitor, 100,000 lines: peak RSS | {tiny['100000']['peak_rss_mb']:.0f} MB | 10,000 lines "
         f"{tiny['10000']['peak_rss_mb']:.0f} MB | {tiny['100000']['peak_rss_mb'] / tiny['10000']['peak_rss_mb']:.2f}× | "
         "bounded (≈ 1×) |",

@@ -530,11 +530,13 @@ def monitor_build(out: str, tiny: bool = False) -> dict:
     else:
         model = resolve_model(None)
         recipe = resolve_recipe(None, model.name, model.config)
-    spec = {}
-    figures = timed(
-        lambda: spec.setdefault("spec", build_monitor(model, recipe, root / "monitor", False, Placement.of("cpu")))
-    )
-    return figures | {"spec": spec["spec"].model_dump(mode="json"), "cost": spec["spec"].cost}
+    built = {}
+
+    def build():
+        built["spec"] = build_monitor(model, recipe, root / "monitor", False, Placement.of("cpu"))
+
+    figures = timed(build)
+    return figures | {"spec": built["spec"].model_dump(mode="json"), "cost": built["spec"].cost}
 
 
 def monitor_cost(monitor: str, conversations: int = 64, batch_size: int = 16, rounds: int = 3) -> dict:
@@ -575,8 +577,10 @@ def monitor_cost(monitor: str, conversations: int = 64, batch_size: int = 16, ro
 
 
 def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after: float = 0.3) -> dict:
-    """`finsurg monitor score` of a planted log of `lines` conversations, in this process."""
+    """`finsurg monitor score` of a planted log of `lines` conversations, in this process; then `monitor drift`
+    of its scores in windows of a tenth of the log against the first fifth."""
     from finsurg import progress
+    from finsurg.monitor.drift import Span, drift
     from finsurg.monitor.score import score_log
     from finsurg.monitor.synthetic import planted_log
     from finsurg.packs import Pack
@@ -586,7 +590,23 @@ def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after
     root.mkdir(parents=True, exist_ok=True)
     log = planted_log(root / "chats.jsonl", Pack.load("finance"), lines, before, after)
     summary = score_log(Path(monitor), log, root / "scores.jsonl")
-    return {"lines": lines, "seconds": summary.seconds, "per_second": summary.per_second, "scored": summary.scored}
+    report = drift(root / "scores.jsonl", Span(lines=lines // 10), Span(lines=lines // 5))
+    alarms = [alarm["first_line"] for alarm in report["alarms"] if alarm["label"] == "behaviour"]
+    return {
+        "lines": lines,
+        "seconds": summary.seconds,
+        "per_second": summary.per_second,
+        "scored": summary.scored,
+        "drift": {
+            "before": before,
+            "after": after,
+            "shift_line": lines // 2 + 1,
+            "window": lines // 10,
+            "first_behaviour_alarm_line": min(alarms, default=None),
+            "alarms": report["alarms"],
+            "behaviour_flagged_share": [row["behaviour"]["flagged_share"] for row in report["windows"]],
+        },
+    }
 
 
 TASKS = {

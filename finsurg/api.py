@@ -162,12 +162,15 @@ def monitor_export(settings: MonitorExportSettings) -> MonitorOutcome:
 
 
 def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:
+    from finsurg.models.source import read_config
     from finsurg.monitor.classifier import load_spec
     from finsurg.monitor.score import check_base, score_log
 
     placement = _placement(settings)
     progress.set_enabled(not settings.quiet)
     spec = load_spec(settings.monitor)
+    if settings.engine == "transformers":
+        placement.require("scoring with the monitor", read_config(settings.monitor))
     if settings.model is not None:
         model = _model(settings)
         check_base(spec, settings.monitor, model.path, model.name)

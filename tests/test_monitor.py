@@ -116,6 +116,13 @@ def test_families_with_a_stock_classifier(family, tmp_path):
     assert got == [f"{ {'qwen2': 'Qwen2', 'qwen3': 'Qwen3', 'mistral': 'Mistral'}[family] }ForSequenceClassification"]
 
 
+def test_a_base_with_mlp_biases_has_its_cut_layer_write_nothing(tmp_path):
+    base = with_template(make_tiny_llama(tmp_path / "base", mlp_bias=True))
+    recipe = tiny_recipe(tmp_path / "recipe")
+    spec = build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
+    assert spec.check["max_abs_diff"] < 1e-4
+
+
 def test_granite_is_refused_with_the_reason(tmp_path):
     base = with_template(make_family_model(tmp_path / "granite", "granite"))
     recipe = tiny_recipe(tmp_path / "recipe", architecture="GraniteForCausalLM")
@@ -287,3 +294,22 @@ def test_drift_report_refuses_to_overwrite(tmp_path):
     write_report(report, tmp_path / "d", False)
     with pytest.raises(FinsurgError, match="already exists"):
         write_report(report, tmp_path / "d", False)
+
+
+def test_export_writes_the_monitor_beside_the_variants(tiny_chat_model, tmp_path):
+    tiny_recipe(tmp_path / "recipe")
+    out = tmp_path / "out"
+    args = ["--model", tiny_chat_model, "--recipe", tmp_path / "recipe", "--quiet", "--json"]
+    done = run_cli("export", *args, "--alpha", "3", "--out", out, "--monitor")
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["monitor"]["out"] == str(out / "monitor")
+    assert {p.name for p in out.iterdir()} >= {"steered", "conservative", "monitor"}
+    spec = json.loads((out / "monitor" / "monitor.json").read_text())
+    assert spec["check"]["passed"] and spec["base"]["name"] == payload["model"]
+    check_sums(out / "monitor")
+    alone = run_cli("monitor", "export", *args, "--out", tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout)["thresholds"] == spec["thresholds"]  # the same probes, learnt the same way
+    again = run_cli("monitor", "export", *args, "--out", tmp_path / "alone")
+    assert again.returncode == 2 and "already exists" in again.stderr

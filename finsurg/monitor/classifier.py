@@ -120,6 +120,9 @@ def classifier_config(base: dict, monitor: Monitor, layer: int, pad_id: int, dty
 def entries(checkpoint: Checkpoint, arch: Architecture, monitor: Monitor, layer: int, head: torch.Tensor) -> list:
     """The classifier's tensors, each streamed from the base or built: layers 0..L, the embeddings, the norm."""
     _, norm, zeroed = monitor.names(layer)
+    zeroed += [
+        name.removesuffix("weight") + "bias" for name in zeroed if name.removesuffix("weight") + "bias" in checkpoint
+    ]
     prefix = arch.layers + "."
     kept = []
     for name in checkpoint:
