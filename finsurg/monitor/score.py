@@ -183,10 +183,15 @@ def _scored_by_vllm(directory: Path, log: Path, batch_size: int, python: str | N
     tokenizer = AutoTokenizer.from_pretrained(directory)
     with tempfile.TemporaryDirectory(prefix="finsurg-monitor-") as scratch:
         texts = Path(scratch) / "texts.jsonl"
+        valid = 0
         with open(texts, "w") as handle:
             for item in read_log(log):
                 if isinstance(item, LogEntry):
                     handle.write(json.dumps(render(tokenizer, item.messages)) + "\n")
+                    valid += 1
+        if not valid:  # nothing for vLLM to do: the problems are reported without starting it
+            yield from ((buffer, {}) for buffer in _buffers(log, batch_size * BUFFER_BATCHES))
+            return
         request = {"model": str(directory.resolve()), "texts": str(texts), "batch_size": batch_size * 8}
         reply = run_script(
             python, "vllm_classify.py", request, Path(scratch), f"vLLM on {directory}", TIMEOUT, KV_CACHE_GIB
