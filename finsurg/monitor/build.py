@@ -25,6 +25,7 @@ from finsurg.monitor.card import write_card
 from finsurg.monitor.classifier import (
     SPEC_NAME,
     MonitorSpec,
+    TransformersClassifier,
     embeddings_sha256,
     weight_dtype,
     write_classifier,
@@ -63,7 +64,8 @@ def build_monitor(
     pack = Pack.load(recipe.spec.pack)
     require_data(pack, recipe.origin)
     placement.require("learning the monitor's probes", model.config)
-    dtype = weight_dtype(model.path, arch)
+    checkpoint = Checkpoint.open(model.path)
+    dtype = weight_dtype(checkpoint, arch)
     hf = load_model(model.path, torch.float32, device=placement.device, max_memory=placement.dispatch)
     ensure_pad_token(tokenizer)
     trained = train(hf, tokenizer, monitor, pack, recipe, dtype, batch_size, seed)
@@ -71,11 +73,11 @@ def build_monitor(
     hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [trained.layer], batch_size)[trained.layer]
     del hf
     gc.collect()
-    fingerprint = embeddings_sha256(Checkpoint.open(model.path), arch)
+    fingerprint = embeddings_sha256(checkpoint, arch)
     with building(out) as partial:
         progress.say(f"monitor: writing the classifier cut after layer {trained.layer}")
         write_classifier(
-            partial, model.path, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
+            partial, checkpoint, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
         )
         check = _check(partial, check_texts, hooked @ trained.head.T, batch_size)
         spec = MonitorSpec(
@@ -118,16 +120,8 @@ def _check_texts(pack: Pack, tokenizer) -> list[str]:
 
 def _check(directory: Path, texts: list[str], expected: torch.Tensor, batch_size: int) -> dict:
     """The checkpoint, loaded as any user would, against the probes on the hooked base."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    classifier = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    rows = []
-    for chunk in chunked(texts, batch_size):
-        batch = tokenizer(list(chunk), padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            rows.append(classifier(**batch).logits.float())
-    got = torch.cat(rows)
+    classifier = TransformersClassifier(directory)
+    got = torch.cat([classifier.logits(list(chunk)) for chunk in chunked(texts, batch_size)])
     difference = float((got - expected).abs().max())
     return {
         "texts": len(texts),

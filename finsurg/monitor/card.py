@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from finsurg import DISCLAIMER, __version__
-from finsurg.monitor.classifier import MonitorSpec
+from finsurg.monitor.classifier import MonitorSpec, sigmoid
 
 CARD_NAME = "README.md"
 MEANING = {
     "topic": "the conversation is about the pack's subject (a user turn alone, or a whole exchange)",
     "behaviour": "the assistant's reply does the pack's positive behaviour",
 }
-
-
-def _sigmoid(value: float) -> float:
-    return 1 / (1 + math.exp(-value)) if value > -700 else 0.0
 
 
 def render_card(spec: MonitorSpec) -> str:
@@ -28,7 +23,7 @@ def render_card(spec: MonitorSpec) -> str:
         tags=["finsurg", "compliance-monitor", "linear-probe"],
     )
     labels = "\n".join(
-        f"| `{label}` | {MEANING[label]} | {spec.thresholds[label]:+.3f} | {_sigmoid(spec.thresholds[label]):.4f} |"
+        f"| `{label}` | {MEANING[label]} | {spec.thresholds[label]:+.3f} | {sigmoid(spec.thresholds[label]):.4f} |"
         for label in spec.labels
     )
     heldout = "\n".join(

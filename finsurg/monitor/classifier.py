@@ -9,6 +9,7 @@ Tensors are streamed from the base a bounded slice at a time; nothing loads the 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -135,7 +136,7 @@ def entries(checkpoint: Checkpoint, arch: Architecture, monitor: Monitor, layer:
     missing = [name for name in [norm, *zeroed] if name not in checkpoint]
     if missing:
         raise FinsurgError(f"{checkpoint.path}: tensor {missing[0]} not found; is this a {arch.family} checkpoint?")
-    dtype = CODES[checkpoint.info(arch.embeddings).dtype]
+    dtype = weight_dtype(checkpoint, arch)
 
     def streamed(source: str, target: str) -> Entry:
         info = checkpoint.info(source)
@@ -151,21 +152,43 @@ def entries(checkpoint: Checkpoint, arch: Architecture, monitor: Monitor, layer:
     return built
 
 
-def weight_dtype(base_path: Path, arch: Architecture) -> torch.dtype:
-    checkpoint = Checkpoint.open(base_path)
+def weight_dtype(checkpoint: Checkpoint, arch: Architecture) -> torch.dtype:
+    """The base's weight dtype (its embeddings'), which the classifier keeps."""
     return CODES[checkpoint.info(arch.embeddings).dtype]
 
 
 def write_classifier(
-    out: Path, base_path: Path, base_config: dict, arch: Architecture, layer: int, head: torch.Tensor, tokenizer
+    out: Path, checkpoint: Checkpoint, base_config: dict, arch: Architecture, layer: int, head: torch.Tensor, tokenizer
 ) -> None:
     """config.json, the weights and the tokenizer (with its pad token) into `out`."""
-    monitor = arch.monitoring(str(base_path))
-    checkpoint = Checkpoint.open(base_path)
-    dtype = CODES[checkpoint.info(arch.embeddings).dtype]
+    monitor = arch.monitoring(str(checkpoint.path))
+    dtype = weight_dtype(checkpoint, arch)
     token, token_id = pad_token(tokenizer)
     tokenizer.pad_token = token
     config = classifier_config(base_config, monitor, layer, token_id, str(dtype).removeprefix("torch."))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_safetensors(out / WEIGHTS_NAME, entries(checkpoint, arch, monitor, layer, head))
     tokenizer.save_pretrained(out)
+
+
+def sigmoid(value: float) -> float:
+    """The score a stack's multi-label head reports for a raw logit."""
+    return 1 / (1 + math.exp(-value)) if value > -700 else 0.0
+
+
+class TransformersClassifier:
+    """The monitor loaded as any user loads it: AutoModelForSequenceClassification in float32, its own tokenizer."""
+
+    def __init__(self, directory: Path, device: torch.device | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.device = device or torch.device("cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        self.model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32)
+        self.model.to(self.device).eval()
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """[texts, labels] raw logits, float32 on the CPU; the batch padded as the tokenizer pads."""
+        batch = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            return self.model(**batch).logits.float().cpu()

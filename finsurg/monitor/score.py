@@ -9,7 +9,6 @@ written back in input order, so memory does not grow with the log.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import sys
@@ -29,7 +28,7 @@ from finsurg.errors import FinsurgError
 from finsurg.io.atomic import partial_dir
 from finsurg.io.checkpoint import Checkpoint
 from finsurg.io.hashing import check_sums
-from finsurg.monitor.classifier import MonitorSpec, embeddings_sha256, load_spec
+from finsurg.monitor.classifier import MonitorSpec, TransformersClassifier, embeddings_sha256, load_spec, sigmoid
 from finsurg.monitor.conversations import LogEntry, Problem, read_log, render
 from finsurg.steer.arch import by_name
 
@@ -54,10 +53,6 @@ class Summary:
         return self.scored / self.seconds if self.seconds else 0.0
 
 
-def sigmoid(value: float) -> float:
-    return 1 / (1 + math.exp(-value)) if value > -700 else 0.0
-
-
 def score_line(entry: LogEntry, logits: list[float], spec: MonitorSpec) -> dict:
     named = dict(zip(spec.labels, logits, strict=True))
     line = {"line": entry.line}
@@ -68,21 +63,6 @@ def score_line(entry: LogEntry, logits: list[float], spec: MonitorSpec) -> dict:
         "scores": {label: sigmoid(value) for label, value in named.items()},
         "flags": {label: value > spec.thresholds[label] for label, value in named.items()},
     }
-
-
-class TransformersEngine:
-    def __init__(self, directory: Path, device: torch.device):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(directory)
-        self.model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32)
-        self.model.to(device).eval()
-        self.device = device
-
-    def logits(self, texts: list[str]) -> list[list[float]]:
-        batch = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            return self.model(**batch).logits.float().cpu().tolist()
 
 
 def _buffers(log: Path, size: int) -> Iterator[list[LogEntry | Problem]]:
@@ -164,14 +144,14 @@ def _scored(directory, log, engine, batch_size, device, python) -> Iterator[tupl
     if engine == "vllm":
         yield from _scored_by_vllm(directory, log, batch_size, python)
         return
-    model = TransformersEngine(directory, device or torch.device("cpu"))
+    model = TransformersClassifier(directory, device)
     for buffer in _buffers(log, batch_size * BUFFER_BATCHES):
         entries = [item for item in buffer if isinstance(item, LogEntry)]
         texts = {entry.line: render(model.tokenizer, entry.messages) for entry in entries}
         order = sorted(texts, key=lambda line: len(texts[line]))
         logits: dict[int, list[float]] = {}
         for lines in chunked(order, batch_size):
-            logits.update(zip(lines, model.logits([texts[line] for line in lines]), strict=True))
+            logits.update(zip(lines, model.logits([texts[line] for line in lines]).tolist(), strict=True))
         yield buffer, logits
 
 
