@@ -21,7 +21,7 @@ import torch
 from finsurg import progress
 from finsurg.analysis.batching import chunked
 from finsurg.analysis.condition import Probe, auroc, fit
-from finsurg.monitor.labelled import LABELS, labelled
+from finsurg.monitor.labelled import LABELS, Labelled, labelled
 from finsurg.packs import Pack
 from finsurg.steer.arch import Monitor
 from finsurg.steer.recipe import Recipe
@@ -65,6 +65,21 @@ def last_token_inputs(
         for handle in handles:
             handle.remove()
     return {layer: torch.cat(parts) for layer, parts in rows.items()}
+
+
+def _labelled_inputs(model, tokenizer, monitor: Monitor, sets: Labelled, layers, batch_size: int) -> dict:
+    """Each label's (positives, negatives) inputs by layer; a text both labels use (an exchange is both a topic
+    and a behaviour example) runs once."""
+    texts = list(dict.fromkeys(text for label in LABELS for side in getattr(sets, label) for text in side))
+    row = {text: index for index, text in enumerate(texts)}
+    inputs = last_token_inputs(model, tokenizer, monitor, texts, layers, batch_size)
+    return {
+        label: tuple(
+            {layer: rows[torch.tensor([row[text] for text in side])] for layer, rows in inputs.items()}
+            for side in getattr(sets, label)
+        )
+        for label in LABELS
+    }
 
 
 def calibrated(direction: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, seed: int) -> Probe:
@@ -133,15 +148,10 @@ def train(
     layers = candidate_layers(recipe, depth)
     splits = {split: labelled(pack, split, tokenizer) for split in ("train", "tune", "heldout")}
     features: dict[str, dict[str, tuple[dict, dict]]] = {}
-    with progress.bar(total=len(splits) * len(LABELS) * 2, desc="monitor: last-token MLP inputs") as bar:
+    with progress.bar(total=len(splits), desc="monitor: last-token MLP inputs") as bar:
         for split, sets in splits.items():
-            features[split] = {}
-            for label in LABELS:
-                pair = []
-                for texts in getattr(sets, label):
-                    pair.append(last_token_inputs(model, tokenizer, monitor, texts, layers, batch_size))
-                    bar.update()
-                features[split][label] = tuple(pair)
+            features[split] = _labelled_inputs(model, tokenizer, monitor, sets, layers, batch_size)
+            bar.update()
 
     def heads(layer: int) -> torch.Tensor:
         rows = []
