@@ -15,7 +15,7 @@ from finsurg.checks.verify import verify_variants
 from finsurg.devices import GIB, Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.errors import FinsurgError
-from finsurg.io.atomic import building
+from finsurg.io.atomic import building, refuse_existing
 from finsurg.io.shard_copy import reflinks
 from finsurg.models.loading import encode, load_tokenizer
 from finsurg.models.source import ResolvedModel
@@ -31,8 +31,7 @@ def plan_targets(out_dir: Path, overwrite: bool) -> dict[str, Path]:
     """The final directory of each variant; refused up front if one exists and overwrite is off."""
     targets = {variant: out_dir / variant for variant in VARIANT_SIGNS}
     for path in targets.values():
-        if path.exists() and not overwrite:
-            raise FinsurgError(f"{path} already exists; pass --overwrite to replace it")
+        refuse_existing(path, overwrite)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

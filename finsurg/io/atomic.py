@@ -12,6 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from finsurg.errors import FinsurgError
+
+
+def refuse_existing(final: Path, overwrite: bool) -> None:
+    """One line, before any work, where an output exists and may not be replaced."""
+    if final.exists() and not overwrite:
+        raise FinsurgError(f"{final} already exists; pass --overwrite to replace it")
+
 
 def partial_dir(final: Path) -> Path:
     return final.parent / f".{final.name}.partial-{os.getpid()}"

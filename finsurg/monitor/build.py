@@ -16,7 +16,7 @@ from finsurg import progress
 from finsurg.analysis.batching import chunked, ensure_pad_token
 from finsurg.devices import Placement
 from finsurg.errors import FinsurgError
-from finsurg.io.atomic import building
+from finsurg.io.atomic import building, refuse_existing
 from finsurg.io.checkpoint import Checkpoint
 from finsurg.io.hashing import write_sums
 from finsurg.models.loading import load_model, load_tokenizer
@@ -53,8 +53,7 @@ def build_monitor(
     arch = for_config(model.config, model.name)
     monitor = arch.monitoring(model.name)
     recipe.check_model(model.config)
-    if out.exists() and not overwrite:
-        raise FinsurgError(f"{out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     tokenizer = load_tokenizer(model.path)
     if not getattr(tokenizer, "chat_template", None):
         raise FinsurgError(

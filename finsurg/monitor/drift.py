@@ -18,7 +18,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 from finsurg.errors import FinsurgError
-from finsurg.io.atomic import building
+from finsurg.io.atomic import building, refuse_existing
 
 REPORT_NAME = "drift.md"
 PLOT_NAME = "drift.png"
@@ -181,8 +181,7 @@ def drift(scored: Path, window: Span, reference: Span | None = None, alarm_p: fl
 
 
 def write_report(report: dict, out: Path, overwrite: bool) -> Path:
-    if out.exists() and not overwrite:
-        raise FinsurgError(f"{out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     with building(out) as partial:
         (partial / JSON_NAME).write_text(json.dumps(report, indent=2) + "\n")
         _plot(report, partial / PLOT_NAME)
