@@ -55,26 +55,27 @@ class Window:
     start: float | None
     n: int = 0
     flagged: dict[str, int] = field(default_factory=dict)
-    scores: dict[str, list[float]] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)  # running mean score (Welford), so memory stays flat
+    squares: dict[str, float] = field(default_factory=dict)  # summed squared deviations from it
 
     def add(self, line: dict, labels: list[str]) -> None:
         self.n += 1
         self.last_line = line["line"]
         for label in labels:
             self.flagged[label] = self.flagged.get(label, 0) + bool(line["flags"][label])
-            self.scores.setdefault(label, []).append(float(line["scores"][label]))
+            score, mean = float(line["scores"][label]), self.means.get(label, 0.0)
+            self.means[label] = mean + (score - mean) / self.n
+            self.squares[label] = self.squares.get(label, 0.0) + (score - mean) * (score - self.means[label])
 
     def share(self, label: str) -> float:
         return self.flagged.get(label, 0) / self.n
 
     def mean(self, label: str) -> tuple[float, float]:
         """Mean score and the half-width of its 95% interval."""
-        values = self.scores[label]
-        mean = sum(values) / len(values)
-        if len(values) < 2:
-            return mean, float("nan")
-        variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-        return mean, 1.959964 * math.sqrt(variance / len(values))
+        if self.n < 2:
+            return self.means[label], float("nan")
+        variance = self.squares[label] / (self.n - 1)
+        return self.means[label], 1.959964 * math.sqrt(variance / self.n)
 
 
 def read_scored(path: Path) -> Iterator[dict]:
@@ -134,7 +135,7 @@ def drift(scored: Path, window: Span, reference: Span | None = None, alarm_p: fl
     all_windows = windows(read_scored(scored), window)
     if not all_windows:
         raise FinsurgError(f"{scored}: no scored line")
-    labels = list(all_windows[0].scores)
+    labels = list(all_windows[0].means)
     if reference is None or reference == window:
         ref, compared = all_windows[0], all_windows[1:]
     else:
