@@ -9,6 +9,7 @@ import torch
 from finsurg.analysis.condition import auroc
 from finsurg.devices import Placement
 from finsurg.monitor.build import build_monitor
+from finsurg.monitor.classifier import TransformersClassifier
 from finsurg.monitor.labelled import labelled
 from finsurg.monitor.synthetic import planted_log
 from finsurg.packs import Pack
@@ -30,16 +31,10 @@ def default_monitor(default_model, tmp_path_factory):
 
 
 def classify(directory, texts, batch_size=16):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            rows.append(model(**batch).logits)
-    return torch.cat(rows)
+    classifier = TransformersClassifier(directory)
+    return torch.cat(
+        [classifier.logits(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
+    )
 
 
 def test_heldout_auroc_through_the_stock_classifier_meets_the_targets(default_monitor):
