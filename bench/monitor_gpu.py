@@ -28,8 +28,9 @@ def build():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finsurg.devices import Placement
-    from finsurg.models.source import ResolvedModel
+    from finsurg.models.source import resolve_model
     from finsurg.monitor.build import build_monitor
+    from finsurg.monitor.monitor_options import MonitorOptions
     from finsurg.steer.recipe import Recipe
 
     config = json.loads((FILES / "config.json").read_text())
@@ -40,10 +41,12 @@ def build():
     for f in FILES.iterdir():
         if f.name != "config.json":
             (base / f.name).write_bytes(f.read_bytes())
-    resolved = ResolvedModel("smollm2-shaped-random", base, "directory", json.loads((base / "config.json").read_text()))
+    resolved = resolve_model(str(base))
     recipe = Recipe.preset("smollm2-135m")
     clock = time.perf_counter()
-    spec = build_monitor(resolved, recipe, work / "monitor", True, Placement.of(DEV, "float32"), 64, 0)
+    spec = build_monitor(
+        resolved, recipe, work / "monitor", True, Placement.of(DEV, "float32"), MonitorOptions(batch_size=64)
+    )
     return {"build_seconds": time.perf_counter() - clock, "layer": spec.layer, "check": spec.check, "cost": spec.cost}
 
 
@@ -51,13 +54,21 @@ def score(lines):
     import torch
 
     from finsurg import progress
+    from finsurg.monitor.monitor_options import ScoreOptions
     from finsurg.monitor.score import score_log
     from finsurg.monitor.synthetic import planted_log
     from finsurg.packs import Pack
 
     progress.set_enabled(False)
     log = planted_log(work / f"log{lines}.jsonl", Pack.load("finance"), lines, 0.1, 0.3)
-    s = score_log(work / "monitor", log, work / f"scores{lines}.jsonl", "transformers", 256, torch.device(DEV))
+    s = score_log(
+        work / "monitor",
+        log,
+        work / f"scores{lines}.jsonl",
+        "transformers",
+        ScoreOptions(batch_size=256),
+        torch.device(DEV),
+    )
     return {
         "lines": lines,
         "scored": s.scored,

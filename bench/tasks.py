@@ -47,10 +47,10 @@ def export_stream(
     def run():
         if variants == "both":
             results = export_variants(resolved, chosen, 3.0, ExportOptions(out=Path(out), verify=verify, link=link))
-            checks = [r["verification"]["checks"] for r in results if "verification" in r]
-            return {"shards": [r["shards"] for r in results], "checks": checks}
+            checks = [r.verification.checks for r in results if r.verification is not None]
+            return {"shards": [r.shards for r in results], "checks": checks}
         Path(out).mkdir(parents=True)
-        baked = VariantWriter(resolved, link=link).write(chosen, 3.0, "steered", Path(out))
+        baked = VariantWriter(resolved, link=link).write(chosen.surgery(3.0), "steered", Path(out))
         return {"shards": [baked.copied]}
 
     return timed(run)
@@ -290,17 +290,17 @@ def generation_speed(base: str, variant: str, rounds: int = 5, new_tokens: int =
 
     torch.manual_seed(0)
     record = Variant(Path(variant))
-    arch = by_name(record.surgery.base_model.architecture)
+    arch = by_name(record.record.base_model.architecture)
     tokenizer = load_tokenizer(Path(base))
-    prompts = [encode(tokenizer, text) for text in Pack.load(record.surgery.recipe.pack).verification_prompts()[:3]]
+    prompts = [encode(tokenizer, text) for text in Pack.load(record.record.recipe.pack).verification_prompts()[:3]]
     base_model, baked_model = load_model(Path(base)), load_model(Path(variant))
     hooked_source = load_model(Path(base))
     bridge = boot_bridge(Path(base), hooked_source, tokenizer)
-    tl_hooks = offset_hooks(record.offsets, arch)
+    tl_hooks = offset_hooks(record.surgery, arch, base_model.config.to_dict())
     torch_model = load_model(Path(base))
 
     def torch_hooked(ids):
-        with offsets_added(torch_model, record.offsets, arch):
+        with offsets_added(torch_model, record.surgery, arch):
             return hf_greedy(torch_model, ids, new_tokens)
 
     methods = {
@@ -335,10 +335,9 @@ def analysis_phase1(batch_size: int) -> dict:
     from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
     from finsurg.models.source import resolve_model
     from finsurg.packs import Pack
-    from finsurg.steer.arch import for_config
 
     model = resolve_model(None)
-    arch = for_config(model.config)
+    arch = model.arch
     tokenizer = load_tokenizer(model.path)
     bridge = boot_bridge(model.path, load_model(model.path), tokenizer)
     prompts = Pack.load()
@@ -393,12 +392,12 @@ def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
     from finsurg.models.loading import load_model, load_tokenizer
     from finsurg.models.source import resolve_model
     from finsurg.packs import Pack
-    from finsurg.steer.arch import for_config
     from finsurg.steer.recipe import Recipe
+    from finsurg.steer.surgery import Surgery
 
     progress.set_enabled(False)
     model = resolve_model(None)
-    arch = for_config(model.config)
+    arch = model.arch
     tokenizer = load_tokenizer(model.path)
     hf = load_model(model.path)
     pack = Pack.load()
@@ -407,8 +406,8 @@ def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
     tuned = Recipe.load(recipe)
     vectors = {int(name.split(".")[1]): v for name, v in load_file(repeng).items()}
     routes = {
-        "finsurg (tuned recipe, alpha)": (lambda a: tuned.offsets(a), 3.0),
-        "repeng pca_center (coefficient)": (lambda c: {layer: c * v for layer, v in vectors.items()}, 1.0),
+        "finsurg (tuned recipe, alpha)": (tuned.surgery, 3.0),
+        "repeng pca_center (coefficient)": (lambda c: Surgery.of({layer: c * v for layer, v in vectors.items()}), 1.0),
     }
     rows = []
     for name, (offsets_at, start) in routes.items():

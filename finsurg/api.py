@@ -12,6 +12,7 @@ from pathlib import Path
 
 from finsurg import progress
 from finsurg.errors import FinsurgError
+from finsurg.monitor.monitor_options import MonitorOptions, ScoreOptions
 from finsurg.outcomes import (
     AnalyzeOutcome,
     CvectorOutcome,
@@ -89,7 +90,7 @@ def export(settings: ExportSettings) -> ExportOutcome:
     model, recipe, alpha = _resolved(settings)
     namespace = hub_namespace(settings.push) if settings.push is not None else None
     variants = export_variants(model, recipe, alpha, settings, placement)
-    paths = [Path(item["path"]) for item in variants]
+    paths = [item.path for item in variants]
     outcome = ExportOutcome(model.name, recipe.origin, alpha, variants)
     if settings.gguf is not None:
         outcome.gguf = _ggufs(settings, paths, recipe, model)
@@ -100,7 +101,9 @@ def export(settings: ExportSettings) -> ExportOutcome:
             run_eval(paths, settings.eval, settings.out, placement, base_trusted=True), settings.out
         )
     if settings.monitor:
-        outcome.monitor = _monitor(model, recipe, settings.out / "monitor", settings.overwrite, placement)
+        outcome.monitor = _monitor(
+            model, recipe, settings.out / "monitor", settings.overwrite, placement, settings.monitor
+        )
     if namespace is not None and (outcome.eval is None or outcome.eval.report.passed):
         from finsurg.hub.push import default_repo_id
         from finsurg.hub.push import push as upload
@@ -116,11 +119,10 @@ def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[d
     """Each variant's GGUF inside it, and the recipe's control vector (alpha 1) beside them."""
     from finsurg.bake.gguf_variant import CONTROL_VECTOR_NAME, control_vector, variant_gguf
     from finsurg.engines.converter import converter
-    from finsurg.steer.arch import for_config
 
     script = converter(settings.gguf.llamacpp_python)
     written = [variant_gguf(path, None, settings.gguf.gguf_type, script) for path in paths]
-    arch = for_config(model.config, model.name)
+    arch = model.arch
     return written + [control_vector(recipe.offsets(1.0), arch, settings.out / CONTROL_VECTOR_NAME)]
 
 
@@ -135,21 +137,20 @@ def gguf(settings: GgufSettings) -> GgufOutcome:
 
 def cvector(settings: CvectorSettings) -> CvectorOutcome:
     from finsurg.bake.gguf_variant import control_vector
-    from finsurg.steer.arch import for_config
     from finsurg.steer.recipe import resolve_recipe
 
     model = _model(settings)
     recipe = resolve_recipe(settings.recipe, model.name, model.config)
     if not settings.out.parent.is_dir():
         raise FinsurgError(f"output directory not found: {settings.out.parent}")
-    written = control_vector(recipe.offsets(settings.alpha), for_config(model.config, model.name), settings.out)
+    written = control_vector(recipe.offsets(settings.alpha), model.arch, settings.out)
     return CvectorOutcome(written | {"alpha": settings.alpha, "recipe": recipe.origin})
 
 
-def _monitor(model, recipe, out: Path, overwrite: bool, placement, batch_size: int = 16, seed: int = 0):
+def _monitor(model, recipe, out: Path, overwrite: bool, placement, options: MonitorOptions):
     from finsurg.monitor.build import build_monitor
 
-    return MonitorOutcome(build_monitor(model, recipe, out, overwrite, placement, batch_size, seed), out)
+    return MonitorOutcome(build_monitor(model, recipe, out, overwrite, placement, options), out)
 
 
 def monitor_export(settings: MonitorExportSettings) -> MonitorOutcome:
@@ -158,7 +159,8 @@ def monitor_export(settings: MonitorExportSettings) -> MonitorOutcome:
     placement = _placement(settings)
     model = _model(settings)
     recipe = resolve_recipe(settings.recipe, model.name, model.config)
-    return _monitor(model, recipe, settings.out, settings.overwrite, placement, settings.batch_size, settings.seed)
+    options = MonitorOptions(batch_size=settings.batch_size, seed=settings.seed)
+    return _monitor(model, recipe, settings.out, settings.overwrite, placement, options)
 
 
 def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:
@@ -181,7 +183,9 @@ def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:
             settings.log,
             out,
             settings.engine,
-            settings.batch_size,
+            ScoreOptions(
+                batch_size=settings.batch_size, max_tokens=settings.max_tokens, batch_tokens=settings.batch_tokens
+            ),
             placement.device,
             settings.vllm_python,
         )

@@ -8,9 +8,11 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from finsurg.bake.bake import largest_alpha
 from finsurg.bake.writer import VariantWriter
-from finsurg.checks.local_proof import BlockProof, Surgery
+from finsurg.checks.local_proof import Baking, BlockProof
 from finsurg.checks.verify import verify_variants
 from finsurg.devices import GIB, Placement
 from finsurg.dtypes import name_of, weight_dtype
@@ -22,9 +24,24 @@ from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.settings import ExportOptions
 from finsurg.steer.recipe import Recipe
-from finsurg.variant.assemble import assemble, recorded_offsets, surgery_record
+from finsurg.variant.assemble import assemble, surgery_record
 from finsurg.variant.record import VARIANT_SIGNS, VerificationReport
 from finsurg.variant.seal import write_report
+
+
+class ExportedVariant(BaseModel):
+    """One variant as written (and verified): what export returns, and what --json prints of it."""
+
+    variant: str
+    alpha: float
+    path: Path
+    dtype: str
+    bytes: int
+    shards: dict[str, str]  # unchanged shard -> how it was written (reflink or copy)
+    verification: VerificationReport | None = None
+
+    def payload(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 def plan_targets(out_dir: Path, overwrite: bool) -> dict[str, Path]:
@@ -51,7 +68,7 @@ def export_variants(
     alpha: float,
     options: ExportOptions,
     placement: Placement | None = None,
-) -> list[dict]:
+) -> list[ExportedVariant]:
     """Bake and verify both variants in hidden directories; publish them together, or neither."""
     if alpha == 0:
         raise FinsurgError("alpha must be non-zero: at 0 both variants equal the base model")
@@ -92,7 +109,7 @@ class _Verifier:
         self.placement = placement or Placement.of("cpu")
         dtype = name_of(writer.dtype)
         surgeries = [
-            Surgery(recorded_offsets(recipe, sign * abs(alpha), dtype), dtype, writer.context_cap)
+            Baking(recipe.surgery(sign * abs(alpha)).rounded(writer.dtype), dtype, writer.context_cap)
             for sign in VARIANT_SIGNS.values()
         ]
         self._cancelled = threading.Event()
@@ -101,7 +118,7 @@ class _Verifier:
         self._thread = threading.Thread(target=self._run, args=args)
         self._thread.start()
 
-    def _run(self, base: Path, arch, surgeries: list[Surgery], pack: str) -> None:
+    def _run(self, base: Path, arch, surgeries: list[Baking], pack: str) -> None:
         try:
             prompt = encode(load_tokenizer(base), Pack.load(pack).verification_prompts()[0])
             proof = BlockProof(base, arch, surgeries, prompt, self._cancelled)
@@ -133,7 +150,7 @@ class _Verifier:
 
 def _check_finite(recipe: Recipe, alpha: float, writer: VariantWriter) -> None:
     """Refuse an alpha whose offsets overflow the variant's dtype, before anything is written."""
-    largest = largest_alpha(recipe.offsets(1.0), writer.arch, writer.model.config, writer.dtype)
+    largest = largest_alpha(recipe.surgery(1.0), writer.arch, writer.model.config, writer.dtype)
     if abs(alpha) > largest:
         digits = 10 ** (math.floor(math.log10(largest)) - 3)
         raise FinsurgError(
@@ -164,36 +181,37 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[dict]:
+def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[ExportedVariant]:
     """Write both variants, then verify them together (each base block is read once for both)."""
     results, partials, sums = [], [], []
     with ExitStack() as stack:
         for variant, final in targets.items():
             partial = stack.enter_context(building(final))
             signed = VARIANT_SIGNS[variant] * abs(alpha)
-            written = writer.write(recipe, signed, variant, partial)
+            surgery = recipe.surgery(signed).rounded(writer.dtype)  # what is baked is what is recorded
+            written = writer.write(surgery, variant, partial)
             record = surgery_record(
                 recipe, signed, variant, writer.dtype, writer.arch, writer.base_info(), writer.context_cap
             )
-            sealed = assemble(partial, recipe, record, written.sums)
+            sealed = assemble(partial, recipe, surgery, record, written.sums)
             partials.append(partial)
             sums.append(sealed)
             results.append(
-                {
-                    "variant": variant,
-                    "alpha": signed,
-                    "path": str(final),
-                    "dtype": record.dtype,
-                    "bytes": sum((partial / name).stat().st_size for name in sealed),
-                    "shards": written.copied,
-                }
+                ExportedVariant(
+                    variant=variant,
+                    alpha=signed,
+                    path=final,
+                    dtype=record.dtype,
+                    bytes=sum((partial / name).stat().st_size for name in sealed),
+                    shards=written.copied,
+                )
             )
         if check is not None:
-            for summary, partial, known, report in zip(results, partials, sums, check(partials, sums)):
+            for exported, partial, known, report in zip(results, partials, sums, check(partials, sums)):
                 write_report(partial, report, known=known)
-                summary["verification"] = report.model_dump(mode="json")
+                exported.verification = report
                 if not report.passed:
-                    raise FinsurgError(f"{summary['variant']} failed verification: {headline(report)}")
+                    raise FinsurgError(f"{exported.variant} failed verification: {headline(report)}")
     return results
 
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from finsurg import DISCLAIMER
+
+if TYPE_CHECKING:  # export imports torch; the CLI's outcomes do not
+    from finsurg.export import ExportedVariant
 
 
 class Outcome:
@@ -176,7 +180,7 @@ class ExportOutcome(Outcome):
     model: str
     recipe: str
     alpha: float
-    variants: list[dict]
+    variants: list[ExportedVariant]
     gguf: list[dict] = field(default_factory=list)
     eval: EvalOutcome | None = None
     uploads: list[dict] = field(default_factory=list)
@@ -188,7 +192,7 @@ class ExportOutcome(Outcome):
             "model": self.model,
             "recipe": self.recipe,
             "alpha": self.alpha,
-            "variants": self.variants,
+            "variants": [variant.payload() for variant in self.variants],
             "gguf": self.gguf,
             "eval": report,
             "monitor": None if self.monitor is None else self.monitor.payload(),
@@ -196,19 +200,16 @@ class ExportOutcome(Outcome):
         }
 
     def text(self) -> str:
-        from finsurg.variant.record import VerificationReport
-
         lines = [f"Exported {self.model} with {self.recipe or 'recipe'} at alpha ±{abs(self.alpha):g}:"]
         for item in self.variants:
-            modes = sorted(set(item["shards"].values()))
+            modes = sorted(set(item.shards.values()))
             how = f", unchanged shards by {'/'.join(modes)}" if modes else ""
             lines.append(
-                f"  {item['variant']:<13} alpha {item['alpha']:+g}  {item['path']}  "
-                f"({item['bytes'] / 1e6:.0f} MB, {item['dtype']}{how})"
+                f"  {item.variant:<13} alpha {item.alpha:+g}  {item.path}  "
+                f"({item.bytes / 1e6:.0f} MB, {item.dtype}{how})"
             )
-            if "verification" in item:
-                summary = VerificationReport.model_validate(item["verification"]).summary()
-                lines += ["    " + line for line in summary.splitlines()]
+            if item.verification is not None:
+                lines += ["    " + line for line in item.verification.summary().splitlines()]
         lines += [gguf_line(item) for item in self.gguf]
         if self.eval is not None:
             lines.append(eval_summary(self.eval.report, self.eval.out))

@@ -20,6 +20,7 @@ from finsurg.analysis.options import AnalysisOptions
 from finsurg.checks.options import EvalOptions
 from finsurg.errors import FinsurgError
 from finsurg.jsonfile import validation_message
+from finsurg.monitor.monitor_options import MonitorOptions, ScoreOptions
 from finsurg.options import Alpha, Device, Group, flag
 
 _config_file: ContextVar[Path | None] = ContextVar("finsurg_config_file", default=None)
@@ -201,7 +202,9 @@ class ExportSettings(RecipeChoice, Compute, ExportOptions):
         **flag("also write each variant as GGUF (llama.cpp, Ollama), and the recipe's control-vector GGUF beside them"),
     )
     eval: EvalOptions | None = Field(None, **flag("after verification, run finsurg eval on the variants"))
-    monitor: bool = Field(False, **flag("also write the compliance monitor (finsurg monitor export) in OUT/monitor"))
+    monitor: MonitorOptions | None = Field(
+        None, **flag("also write the compliance monitor (finsurg monitor export) in OUT/monitor")
+    )
     push: PushOptions | None = Field(None, **flag("upload both variants to the Hugging Face Hub", flag="--push-to-hub"))
 
 
@@ -282,7 +285,7 @@ class CvectorSettings(ModelChoice):
         return value
 
 
-class MonitorExportSettings(ModelChoice, Compute):
+class MonitorExportSettings(ModelChoice, Compute, MonitorOptions):
     command = "monitor export"
     summary = (
         "learn the monitor's topic and behaviour probes and write them as a stock sequence-classification "
@@ -294,11 +297,9 @@ class MonitorExportSettings(ModelChoice, Compute):
     )
     out: Path = Field(Path("finsurg-monitor"), **flag("the monitor directory"))
     overwrite: bool = Field(False, **flag("replace an existing monitor directory"))
-    batch_size: PositiveInt = Field(16, **flag("conversations per forward pass"))
-    seed: int = Field(0, **flag("seed of the probes' fits"))
 
 
-class MonitorScoreSettings(Compute):
+class MonitorScoreSettings(Compute, ScoreOptions):
     command = "monitor score"
     summary = 'score a chat log ({"messages": [...]} per line) with a monitor: one score line per input line'
 
@@ -308,7 +309,6 @@ class MonitorScoreSettings(Compute):
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", **flag("transformers in this process, or vLLM's pooling runner in its own")
     )
-    batch_size: PositiveInt = Field(32, **flag("conversations per forward pass"))
     vllm_python: str | None = Field(
         None, **flag("the Python that has vLLM (default: $FINSURG_VLLM_PYTHON, then this one)")
     )

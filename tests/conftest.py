@@ -170,14 +170,15 @@ def tree_hashes(directory: Path) -> dict[str, str]:
 
 
 def export_checked(model, recipe, alpha, out, **kwargs):
-    """export_variants, then proof that neither the base model nor the recipe's files changed."""
+    """export_variants, then proof that neither the base model nor the recipe's files changed; each variant as
+    --json prints it."""
     from finsurg.export import export_variants
     from finsurg.settings import ExportOptions
 
     inputs = [model.path] + ([recipe.source_dir] if recipe.source_dir else [])
     before = [tree_hashes(path) for path in inputs]
     try:
-        return export_variants(model, recipe, alpha, ExportOptions(out=out, **kwargs))
+        return [item.payload() for item in export_variants(model, recipe, alpha, ExportOptions(out=out, **kwargs))]
     finally:
         assert [tree_hashes(path) for path in inputs] == before, "export modified its input"
 

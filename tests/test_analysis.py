@@ -21,6 +21,7 @@ from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
 from finsurg.steer.hooks import offset_hooks
 from finsurg.steer.recipe import Recipe
+from finsurg.steer.surgery import Surgery
 
 LLAMA = by_name("LlamaForCausalLM")
 
@@ -137,7 +138,7 @@ def test_logit_lens_matches_hf(loaded, tiny_model):
             probs = torch.softmax(reference.lm_head(reference.model.norm(states[layer + 1][0, -1])), -1)
         assert reading["a"][layer] == pytest.approx(float(probs[[10, 11]].sum()), rel=1e-4)
     offsets = {2: torch.full((64,), 0.5)}
-    shifted = lens(bridge, hf, LLAMA, ids, groups, offsets)
+    shifted = lens(bridge, hf, LLAMA, ids, groups, Surgery.of(offsets))
     assert shifted["a"][:2] == reading["a"][:2] and shifted["a"][2] != reading["a"][2]
 
 
@@ -206,7 +207,14 @@ def test_sweep_measure_matches_torch_hooks(loaded, tmp_path):
     prompts = Pack.load(write_prompt_set(tmp_path / "set"))
     offsets = {1: torch.linspace(-1, 1, 64), 2: torch.linspace(1, -1, 64)}
     prefs, neutral = preference_items(tokenizer, prompts), neutral_items(tokenizer, prompts)
-    got = measure(bridge, tokenizer, prefs, neutral, offset_hooks(offsets, LLAMA), batch_size=3)
+    got = measure(
+        bridge,
+        tokenizer,
+        prefs,
+        neutral,
+        offset_hooks(Surgery.of(offsets), LLAMA, reference.config.to_dict()),
+        batch_size=3,
+    )
 
     handles = [
         reference.model.layers[layer].register_forward_hook(lambda m, i, o, v=v: o + v) for layer, v in offsets.items()

@@ -32,7 +32,7 @@ def _expected_offset(recipe: Recipe, layer: int, alpha: float) -> torch.Tensor:
 
 def test_bake_writes_every_bias_with_the_offset_where_it_steers():
     recipe = _recipe()
-    biases = bake(recipe.offsets(3.0), LLAMA, CONFIG, torch.float32, existing={})
+    biases = bake(recipe.surgery(3.0), LLAMA, CONFIG, torch.float32, existing={})
     expected_names = {
         f"model.layers.{layer}.mlp.{proj}.bias" for layer in range(3) for proj in ("gate_proj", "up_proj", "down_proj")
     }
@@ -51,7 +51,7 @@ def test_bake_adds_to_existing_biases_and_leaves_the_rest_out():
         for layer in range(3)
         for proj in ("gate_proj", "up_proj", "down_proj")
     }
-    biases = bake(recipe.offsets(-2.0), LLAMA, CONFIG, torch.bfloat16, existing=existing)
+    biases = bake(recipe.surgery(-2.0), LLAMA, CONFIG, torch.bfloat16, existing=existing)
     assert set(biases) == {"model.layers.1.mlp.down_proj.bias", "model.layers.2.mlp.down_proj.bias"}
     for layer in (1, 2):
         got = biases[f"model.layers.{layer}.mlp.down_proj.bias"]
@@ -61,7 +61,7 @@ def test_bake_adds_to_existing_biases_and_leaves_the_rest_out():
 
 def test_bake_is_linear_in_alpha():
     recipe = _recipe()
-    one = bake(recipe.offsets(1.0), LLAMA, CONFIG, torch.float64, existing={})
-    minus_three = bake(recipe.offsets(-3.0), LLAMA, CONFIG, torch.float64, existing={})
+    one = bake(recipe.surgery(1.0), LLAMA, CONFIG, torch.float64, existing={})
+    minus_three = bake(recipe.surgery(-3.0), LLAMA, CONFIG, torch.float64, existing={})
     for name in one:
         assert torch.allclose(minus_three[name], -3.0 * one[name], atol=1e-6)

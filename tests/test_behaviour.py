@@ -20,6 +20,7 @@ from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
 from finsurg.steer.hooks import offsets_added
 from finsurg.steer.recipe import Recipe
+from finsurg.steer.surgery import Surgery
 
 from conftest import export_checked, tree_hashes
 from test_analysis import write_prompt_set
@@ -85,7 +86,7 @@ def tiny(tiny_model):
 def _score(model, tokenizer, context, continuation, offsets):
     """log P(continuation | context) from one unpadded forward pass with forward hooks: the reference."""
     ids = torch.tensor([context + continuation])
-    with torch.no_grad(), offsets_added(model, offsets, LLAMA):
+    with torch.no_grad(), offsets_added(model, Surgery.of(offsets), LLAMA):
         log_probs = torch.log_softmax(model(ids).logits[0].double(), -1)
     n = len(continuation)
     return float(log_probs[-n - 1 : -1].gather(-1, ids[0, -n:, None]).sum())
@@ -97,7 +98,7 @@ def test_batched_scores_match_one_at_a_time(tiny, tmp_path):
     items = answer_items(tokenizer, pairs)
     offsets = {2: torch.linspace(-1, 1, 64), 3: torch.linspace(1, -1, 64)}
     batches = Batches(model, tokenizer, LLAMA, items, batch_size=4)
-    for got, item in zip(batches.run(offsets), items):
+    for got, item in zip(batches.run(Surgery.of(offsets)), items):
         assert got == pytest.approx(_score(model, tokenizer, item.context, item.continuation, offsets), abs=1e-4)
     for got, item in zip(batches.run({}), items):
         assert got == pytest.approx(_score(model, tokenizer, item.context, item.continuation, {}), abs=1e-4)
@@ -186,6 +187,30 @@ def test_the_chosen_point_is_within_budget_and_unbeaten(tiny, tmp_path):
         ],
     )
     assert made.chosen().number == 2 and [t.number for t in made.pareto()] == [0, 2, 1]
+
+
+def test_the_search_agrees_across_thread_counts(tiny, tmp_path):
+    """The tuned pieces at 1 and 2 threads: the same trials and choice, the figures within float32 rounding."""
+    tokenizer, model = tiny
+    pack = Pack.load(write_pack(tmp_path / "pack"))
+    splits = pack.answer_pairs()
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            measure = Measure(model, tokenizer, LLAMA, splits.tune, pack.neutral_reply_items(), batch_size=4)
+            contrast = directions.read_contrast(model, tokenizer, LLAMA, splits.train)
+            candidates = {"caa": directions.caa(contrast), "pca": directions.pca(contrast)}
+            runs.append(search(measure, candidates, contrast.residual_norm(), 4, trials=6, budget=0.05, seed=3))
+    finally:
+        torch.set_num_threads(before)
+    one, two = ([t.row() for t in run.trials] for run in runs)
+    assert runs[0].chosen().number == runs[1].chosen().number
+    for a, b in zip(one, two, strict=True):
+        assert (a["method"], a["layers"]) == (b["method"], b["layers"])
+        for key in ("strength", "kl", "shift_up", "shift_down"):
+            assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
 
 
 @pytest.mark.slow

@@ -128,13 +128,27 @@ def test_conditional_route_without_off_topic_data_is_refused(tiny_model, tmp_pat
     assert not (tmp_path / "run").exists() and tree_hashes(pack) == before
 
 
-def test_the_search_divides_grafted_offsets_as_the_bake_does():
-    from finsurg.analysis.route import Costs
-    from finsurg.steer.graft import Gate
+def test_the_hooks_divide_grafted_offsets_as_the_bake_does(tmp_path):
+    """Granite multiplies its MLP's output by residual_multiplier: an open gate's neurons must add offset / m
+    there, so that the residual stream moves by the offset itself, as the baked neurons do."""
+    from transformers import AutoModelForCausalLM
 
-    gate = Gate(torch.tensor([1.0, 0.0]), 0.0)
-    offset = {3: torch.tensor([2.0, -1.0])}
-    normed = torch.tensor([[40.0, 0.0]])  # the gate wide open
-    plain = Costs(None, None, None).grafts(offset, {3: gate})[3].output(normed)
-    granite = Costs(None, None, None, divisor=0.22).grafts(offset, {3: gate})[3].output(normed)
-    assert torch.allclose(plain, offset[3], atol=1e-5) and torch.allclose(granite * 0.22, offset[3], atol=1e-5)
+    from finsurg.steer.arch import by_name
+    from finsurg.steer.graft import Gate
+    from finsurg.steer.hooks import offsets_added
+    from finsurg.steer.surgery import Surgery
+
+    from conftest import make_family_model
+
+    model = AutoModelForCausalLM.from_pretrained(make_family_model(tmp_path / "granite", "granite"))
+    hidden = model.config.hidden_size
+    gate = Gate(torch.zeros(hidden), 40.0)  # wide open at every position
+    offset = torch.linspace(-1.0, 1.0, hidden)
+    mlp = model.get_submodule("model.layers.1.mlp")
+    normed = torch.randn(1, 3, hidden)
+    with torch.no_grad():
+        plain = mlp(normed)
+        with offsets_added(model, Surgery.of({1: offset}, {1: gate}), by_name("GraniteForCausalLM")):
+            hooked = mlp(normed)
+    added = (hooked - plain) * model.config.residual_multiplier
+    assert torch.allclose(added, offset.expand_as(added), atol=1e-4)

@@ -126,7 +126,7 @@ def test_existing_biases_are_added_to(tmp_path):
     recipe = tiny_recipe(tmp_path / "recipe")
     base = load_model(base_dir)
     (tmp_path / "v").mkdir()
-    VariantWriter(resolve_model(str(base_dir))).write(recipe, 3.0, "steered", tmp_path / "v")
+    VariantWriter(resolve_model(str(base_dir))).write(recipe.surgery(3.0), "steered", tmp_path / "v")
     variant = load_model(tmp_path / "v")
     for layer in range(4):
         old, new = base.model.layers[layer].mlp, variant.model.layers[layer].mlp

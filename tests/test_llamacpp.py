@@ -67,7 +67,7 @@ def test_baked_gguf_is_the_base_gguf_plus_biases(steered, capsys):
             assert np.array_equal(
                 np.asarray(tensor.data).view(np.uint8), np.asarray(original[tensor.name].data).view(np.uint8)
             )
-    offsets = Variant(steered).offsets
+    offsets = Variant(steered).surgery.always()
     assert sorted(added) == sorted(f"blk.{layer}.ffn_down.bias" for layer in offsets)
     for layer, offset in offsets.items():
         assert np.array_equal(np.asarray(added[f"blk.{layer}.ffn_down.bias"].data), offset.numpy())
@@ -100,14 +100,14 @@ def test_control_vector_gguf(tmp_path, capsys):
 def test_conditional_variant_is_its_grafted_checkpoint_in_llamacpp(conditional, llamacpp_python, capsys, monkeypatch):
     monkeypatch.setenv("FINSURG_LLAMACPP_PYTHON", llamacpp_python)
     variant = Variant(conditional)
-    assert variant.gates  # the shipped recipe is conditional
+    assert variant.surgery.gated  # the shipped recipe is conditional
     code, out = _run(["gguf", str(conditional), "--type", "f32", "--json", "--quiet"], capsys)
     assert code == 0, out.err
     baked = open_gguf(conditional / "model-f32.gguf")
     config = json.loads((conditional / "config.json").read_text())
     assert baked.get_field("llama.feed_forward_length").contents() == config["intermediate_size"] == 1536 + 32
     names = {t.name for t in baked.tensors}
-    for layer in variant.gates:
+    for layer in variant.surgery.layers:
         assert {f"blk.{layer}.ffn_gate.bias", f"blk.{layer}.ffn_up.bias", f"blk.{layer}.ffn_down.bias"} <= names
     code, out = _run(
         [
@@ -180,7 +180,7 @@ def test_safetensors_base_goes_through_llamacpps_converter(
     )
     assert code == 0, out.err
     baked = open_gguf(tmp_path / "out" / "steered" / "model-f32.gguf")
-    offsets = Variant(tmp_path / "out" / "steered").offsets
+    offsets = Variant(tmp_path / "out" / "steered").surgery.always()
     names = {t.name: t for t in baked.tensors}
     for layer, offset in offsets.items():
         assert np.array_equal(np.asarray(names[f"blk.{layer}.ffn_down.bias"].data), offset.numpy())

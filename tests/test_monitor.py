@@ -35,20 +35,27 @@ def tiny_monitor(tiny_chat_model, tmp_path_factory):
 
 def hooked_logits(base_path, monitor_dir, texts):
     """The probes stored in the monitor's head, applied to the base's MLP input at layer L through a hook."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    return hooked_logits_of_ids(base_path, monitor_dir, [tokenizer(text)["input_ids"] for text in texts])
+
+
+def hooked_logits_of_ids(base_path, monitor_dir, ids):
+    """The same, from token ids, one unpadded forward pass each."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     spec = json.loads((monitor_dir / "monitor.json").read_text())
     head = load_file(monitor_dir / "model.safetensors")["score.weight"].float()
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
     seen = []
     mlp = base.model.layers[spec["layer"]].mlp
     handle = mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, -1]))
     try:
-        for text in texts:
+        for row in ids:
             with torch.inference_mode():
-                base(**tokenizer(text, return_tensors="pt"))
+                base(torch.tensor([row]))
     finally:
         handle.remove()
     return torch.stack(seen) @ head.T
@@ -117,10 +124,22 @@ def test_families_with_a_stock_classifier(family, tmp_path):
 
 
 def test_a_base_with_mlp_biases_has_its_cut_layer_write_nothing(tmp_path):
+    from safetensors.torch import load_file
+
     base = with_template(make_tiny_llama(tmp_path / "base", mlp_bias=True))
     recipe = tiny_recipe(tmp_path / "recipe")
     spec = build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
     assert spec.check["max_abs_diff"] < 1e-4
+    written = {}
+    for path in sorted((tmp_path / "monitor").glob("*.safetensors")):
+        written |= load_file(path)
+    original = load_file(base / "model.safetensors")
+    cut = f"model.layers.{spec.layer}.mlp.down_proj"
+    assert original[f"{cut}.bias"].abs().max() > 0  # the base's bias was not zero: the monitor zeroed it
+    assert torch.count_nonzero(written[f"{cut}.bias"]) == 0 and torch.count_nonzero(written[f"{cut}.weight"]) == 0
+    for layer in range(spec.layer):  # the layers before the cut keep the base's MLP, its bias included
+        name = f"model.layers.{layer}.mlp.down_proj.bias"
+        assert torch.equal(written[name], original[name])
 
 
 def test_granite_is_refused_with_the_reason(tmp_path):
@@ -188,6 +207,51 @@ def test_score_writes_a_line_per_input_line_and_skips_bad_ones(tiny_chat_model, 
     for row, logits in zip((out[0], out[4]), expected, strict=True):
         assert [row["logits"][label] for label in ("topic", "behaviour")] == pytest.approx(logits.tolist(), abs=1e-4)
         assert row["flags"] == {label: row["logits"][label] > spec.thresholds[label] for label in spec.labels}
+
+
+def test_a_long_conversation_keeps_its_end_within_the_token_budget(tiny_chat_model, tiny_monitor, tmp_path):
+    """A conversation past --max-tokens is scored on its last tokens (the reply judged), warned about and marked;
+    the others are scored as before, and batching by padded tokens changes no figure."""
+    from transformers import AutoTokenizer
+
+    directory, _ = tiny_monitor
+    earlier = [
+        {"role": "user", "content": "what is the capital city of france ?"},
+        {"role": "assistant", "content": "paris"},
+    ]
+    long_messages = earlier * 12 + [{"role": "user", "content": "should i buy a fund ?"}]
+    lines = [chat("should i buy a fund ?"), json.dumps({"messages": long_messages}), chat("hello", "hi")]
+    log = tmp_path / "chats.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    ids = [
+        tokenizer(tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=False))["input_ids"]
+        for line in lines
+    ]
+    assert len(ids[1]) > 100 > 40 > max(len(ids[0]), len(ids[2]))
+
+    def scored(*flags):
+        out = tmp_path / f"scores{len(flags)}.jsonl"
+        done = run_cli("monitor", "score", "--quiet", "--monitor", directory, log, "--out", out, "--json", *flags)
+        assert done.returncode == 0, done.stderr
+        return done, [json.loads(row) for row in out.read_text().splitlines()]
+
+    done, rows = scored("--max-tokens", "40")
+    warned = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and f"line 2 is {len(ids[1])} tokens; scored its last 40" in warned[0]
+    assert rows[1]["truncated"] == {"tokens": len(ids[1]), "kept": 40}
+    assert "truncated" not in rows[0] and "truncated" not in rows[2]
+    assert json.loads(done.stdout)["truncated"] == [2]
+    expected = hooked_logits_of_ids(tiny_chat_model, directory, [ids[0], ids[1][-40:], ids[2]])
+    for row, logits in zip(rows, expected, strict=True):
+        assert [row["logits"][label] for label in ("topic", "behaviour")] == pytest.approx(logits.tolist(), abs=1e-4)
+    _, small = scored("--max-tokens", "40", "--batch-tokens", "48")  # one line per pass
+    flat = [value for r in small for value in r["logits"].values()]
+    assert flat == pytest.approx([value for r in rows for value in r["logits"].values()], abs=1e-5)
+    refused = run_cli("monitor", "score", "--quiet", "--monitor", directory, log, "--max-tokens", "4096")
+    assert (
+        refused.returncode == 2 and refused.stderr.count("\n") == 1 and "past the monitor's context" in refused.stderr
+    )
 
 
 @pytest.mark.parametrize(

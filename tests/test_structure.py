@@ -98,7 +98,7 @@ def test_root_holds_only_foundations_and_the_app():
     """Modules at the package root: the few foundations every package uses, the packs, and the app."""
     root = {name for name in modules() if name.count(".") == 1 and name.split(".")[1] not in PACKAGES}
     foundations = {"finsurg.errors", "finsurg.dtypes", "finsurg.jsonfile", "finsurg.progress", "finsurg.devices"}
-    foundations |= {"finsurg.options", "finsurg.effects", "finsurg.effect_tables"}
+    foundations |= {"finsurg.options", "finsurg.effects", "finsurg.effect_tables", "finsurg.environment"}
     assert root - {"finsurg"} == foundations | {"finsurg.packs"} | APP
 
 

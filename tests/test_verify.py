@@ -75,18 +75,19 @@ def test_wrong_base_is_refused(variant, tmp_path):
 
 def test_block_checks_run_elsewhere_stand_only_for_the_surgery_each_variant_records(variant):
     """An export hands in block checks it ran while writing; they count only if their offsets are the recorded ones."""
-    from finsurg.checks.local_proof import Surgery, prove
+    from finsurg.checks.local_proof import Baking, prove
     from finsurg.checks.verify import OpenedVariant
+    from finsurg.steer.surgery import Surgery
     from finsurg.variant.record import BlockCheck
 
     opened = OpenedVariant(variant, None, base_trusted=False)
-    recorded = Surgery.of(opened.variant)
+    recorded = Baking.of(opened.variant)
     failing = [[BlockCheck(layer=1, steered=True, problem="planted", passed=False)]]
 
     def proof(surgery):
         return prove([opened.variant], opened.base, opened.arch, [opened.sums], opened.prompts, ([surgery], failing))[0]
 
     assert not proof(recorded).passed  # the recorded surgery: the checks handed in are the ones used
-    doubled = Surgery({layer: 2 * value for layer, value in recorded.offsets.items()}, recorded.dtype)
+    doubled = Baking(Surgery.of({s.layer: 2 * s.offset for s in recorded.surgery.steers}), recorded.dtype)
     again = proof(doubled)  # another surgery: the blocks are checked again, on what the variant records
     assert again.passed and all(check.problem is None for check in again.blocks)

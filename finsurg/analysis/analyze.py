@@ -27,8 +27,6 @@ from finsurg.models.bridge import boot_bridge
 from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
-from finsurg.steer.arch import for_config
-from finsurg.steer.hooks import recipe_hooks
 from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
 
 REPORT_NAME = "report.md"
@@ -106,7 +104,7 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
         raise FinsurgError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
     pack = Pack.load(options.behaviour)
     layers = parse_layers(options.layers, model.num_layers)
-    arch = for_config(model.config, model.name)
+    arch = model.arch
     if options.tune and options.route == "conditional":  # refused before any work
         arch.grafting(model.name)
         pack.off_topic_splits()
@@ -149,12 +147,14 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
         band, reason = recipe.layers, _tuned_reason(behaviour, tuning.kl_budget)
         timings.update({f"behaviour_{k}": v for k, v in behaviour.pop("timings").items()})
     with progress.timed(timings, "logit_lens"):
-        offsets, grafts = recipe_hooks(recipe, recipe.spec.default_alpha, arch, loaded.hf_model)
-        lens_after = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack, offsets, grafts)
+        surgery = recipe.surgery(recipe.spec.default_alpha)
+        lens_after = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack, surgery)
     with progress.timed(timings, "sweep"):  # phase 5
         alphas = options.sweep_at()
         sweep = (
-            run_sweep(loaded.bridge, loaded.tokenizer, arch, pack, recipe, alphas, options.batch_size) if alphas else {}
+            run_sweep(loaded.bridge, loaded.tokenizer, loaded.model, pack, recipe, alphas, options.batch_size)
+            if alphas
+            else {}
         )
     results = {
         **_findings(model, pack, options, features, sep, reason, head_diff, heads),

@@ -26,7 +26,8 @@ from finsurg.analysis.batching import chunked, left_pad
 from finsurg.models.loading import prompt_ids
 from finsurg.packs import AnswerPair, NeutralReply
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import Grafts, offsets_added
+from finsurg.steer.hooks import offsets_added
+from finsurg.steer.surgery import Surgery
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Batches:
         layers = model.get_submodule(arch.layers)
         handles = [layer.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
         try:
-            self.base = self._run({}, capture=True)  # the unsteered pass also keeps what enters each layer
+            self.base = self._run(Surgery(), capture=True)  # the unsteered pass also keeps what enters each layer
         finally:
             for handle in handles:
                 handle.remove()
@@ -115,15 +116,12 @@ class Batches:
         if self._capturing is not None:
             self.streams.keep(self._capturing, _hidden(args, kwargs))
 
-    def run(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> list:
-        """Per item, under the offsets (and grafted neurons): its summed log-probability, or its log-softmax rows."""
-        return self.base if not offsets and not grafts else self._run(offsets, bar, grafts=grafts)
+    def run(self, surgery: Surgery, bar=None) -> list:
+        """Per item, under the surgery: its summed log-probability, or its log-softmax rows."""
+        return self.base if not surgery else self._run(surgery, bar)
 
-    def _run(
-        self, offsets: dict[int, torch.Tensor], bar=None, capture: bool = False, grafts: Grafts | None = None
-    ) -> list:
-        grafts = grafts or {}
-        start = min([*offsets, *grafts], default=0)
+    def _run(self, surgery: Surgery, bar=None, capture: bool = False) -> list:
+        start = min(surgery.layers, default=0)
         out = []
         for index, (ids, mask, chunk) in enumerate(self.batches):
             keep = max(len(item.continuation) for item in chunk) + 1
@@ -131,7 +129,7 @@ class Batches:
             try:
                 with (
                     torch.inference_mode(),
-                    offsets_added(self.model, offsets, self.arch, grafts),
+                    offsets_added(self.model, surgery, self.arch),
                     _start_at(
                         self.model,
                         self.arch,
@@ -196,10 +194,14 @@ class Divergence:
     def __init__(self, model, tokenizer, arch: Architecture, replies: Sequence[NeutralReply], batch_size: int = 16):
         self.batches = Batches(model, tokenizer, arch, reply_items(tokenizer, replies), batch_size, distributions=True)
 
-    def __call__(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> float:
+    def __call__(self, surgery: Surgery, bar=None) -> float:
         total, count = 0.0, 0
-        for base, steered in zip(self.batches.base, self.batches.run(offsets, bar, grafts)):
-            total += float(F.kl_div(steered.double(), base.double(), log_target=True, reduction="sum"))
+        for base, steered in zip(self.batches.base, self.batches.run(surgery, bar)):
+            # float32 log-probabilities renormalised in float64, and each position's KL clamped at 0: rounding
+            # otherwise leaves tiny negatives where the two distributions agree
+            p, q = base.double().log_softmax(-1), steered.double().log_softmax(-1)
+            per_position = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)
+            total += float(per_position.clamp_min(0.0).sum())
             count += base.shape[0]
         return total / count
 
@@ -216,9 +218,9 @@ class Perplexity:
     def _perplexity(self, scores: list[float]) -> float:
         return math.exp(-sum(scores) / self.tokens)
 
-    def change(self, offsets: dict[int, torch.Tensor], grafts: Grafts | None = None) -> float:
+    def change(self, surgery: Surgery) -> float:
         """The relative change of perplexity under the surgery (0.05 is 5% higher)."""
-        return self._perplexity(self.batches.run(offsets, grafts=grafts)) / self.base - 1.0
+        return self._perplexity(self.batches.run(surgery)) / self.base - 1.0
 
 
 class Measure:
@@ -238,6 +240,6 @@ class Measure:
         self.base_margins = margins(self.answers.base)
         self.pairs = len(pairs)
 
-    def shifts(self, offsets: dict[int, torch.Tensor], bar=None, grafts: Grafts | None = None) -> list[float]:
-        steered = margins(self.answers.run(offsets, bar, grafts))
+    def shifts(self, surgery: Surgery, bar=None) -> list[float]:
+        steered = margins(self.answers.run(surgery, bar))
         return [after - before for after, before in zip(steered, self.base_margins)]

@@ -18,8 +18,9 @@ from finsurg.effects import effect, preference
 from finsurg.models.loading import encode, hf_greedy
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import offsets_added, recipe_hooks
+from finsurg.steer.hooks import offsets_added
 from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
+from finsurg.steer.surgery import Surgery
 
 
 def reply_split(replies: list) -> tuple[list, list]:
@@ -182,7 +183,9 @@ def _neuron_ablation(tune: Measure, recipe: Recipe, seed_recipe: Recipe, without
         unit[neuron.index] += neuron.coefficient
     added, costs = {}, []
     for sign in (1.0, -1.0):
-        with_terms = {layer: value + sign * alpha * unit for layer, value in recipe.offsets(sign * alpha).items()}
+        with_terms = Surgery.of(
+            {layer: value + sign * alpha * unit for layer, value in recipe.offsets(sign * alpha).items()}
+        )
         shifts = tune.shifts(with_terms)
         added[sign] = effect([w - wo for w, wo in zip(shifts, without[sign])], sign)  # the chosen trial's items
         costs.append(tune.kl(with_terms))
@@ -218,15 +221,15 @@ def _heldout_effects(
     base = heldout.base_margins
     rows = {"base": {"preference": preference(base), "log_odds": _mean(base), "kl": 0.0}}
     for name, sign in (("steered", 1.0), ("conservative", -1.0)):
-        offsets, grafts = recipe_hooks(recipe, sign * alpha, arch, model)
-        shifts = heldout.shifts(offsets, grafts=grafts)
+        surgery = recipe.surgery(sign * alpha)
+        shifts = heldout.shifts(surgery)
         after = [b + s for b, s in zip(base, shifts)]
         rows[name] = {
             "alpha": sign * alpha,
             "preference": preference(after),
             "log_odds": _mean(after),
             "shift": effect(shifts, sign),
-            "kl": heldout.kl(offsets, grafts=grafts),
+            "kl": heldout.kl(surgery),
             "per_item": shifts,
         }
     prompts = pack.manifest.system_prompts
@@ -256,8 +259,7 @@ def _examples(model, tokenizer, arch, recipe: Recipe, pairs) -> list[dict]:
         ids = encode(tokenizer, pair.question)
         row = {"question": pair.question}
         for name, sign in (("base", 0.0), ("steered", 1.0), ("conservative", -1.0)):
-            offsets, grafts = recipe_hooks(recipe, sign * alpha, arch, model) if sign else ({}, {})
-            with offsets_added(model, offsets, arch, grafts):
+            with offsets_added(model, recipe.surgery(sign * alpha) if sign else Surgery(), arch):
                 tokens = hf_greedy(model, ids, EXAMPLE_TOKENS)
             row[name] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         examples.append(row)

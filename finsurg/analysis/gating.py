@@ -13,13 +13,12 @@ from finsurg import progress
 from finsurg.analysis import condition
 from finsurg.analysis.answers import Divergence, Measure, Perplexity
 from finsurg.analysis.generations import ANSWER_TOKENS, UNCHANGED_TOKENS, greedy_answers, judge, unchanged
-from finsurg.analysis.route import Costs, Point, gated_offsets, pareto, reach, search_gated, winner
-from finsurg.analysis.tune import TUNED_ALPHA, band_range
+from finsurg.analysis.route import Costs, Point, pareto, reach, search_gated, winner
+from finsurg.analysis.tune import TUNED_ALPHA, band_range, offsets_for
 from finsurg.effects import effect
 from finsurg.errors import FinsurgError
 from finsurg.packs import OffTopicSplits, Pack
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import recipe_hooks
 from finsurg.steer.recipe import CONDITION_NAME, CONDITIONAL_FORMAT, Recipe, RecipeSpec
 
 
@@ -67,14 +66,11 @@ def choose_route(
         tune,
         Divergence(model, tokenizer, arch, off_topic.tune, options.batch_size),
         Perplexity(model, tokenizer, arch, prose.tune, options.batch_size) if prose else None,
-        arch.offset_divisor(model.config.to_dict()),
     )
     budgets = (options.off_topic_budget, options.prose_budget)
     alpha = plain.spec.default_alpha
     tuning = plain.spec.tuning
-    unconditional = costs.point(
-        "unconditional", tuning.trial, plain.layers, tuning.strength, plain.offsets(alpha), plain.offsets(-alpha)
-    )
+    unconditional = costs.point("unconditional", tuning.trial, plain.layers, tuning.strength, plain.surgery(alpha))
     points = search_gated(
         costs, direction, scale, probes, (lowest, highest), options.gate_trials, budgets, options.seed, plain.layers
     )
@@ -132,7 +128,7 @@ def _route(flag: str, unconditional: Point, gated: Point | None, budgets) -> tup
 
 
 def _gated_recipe(point: Point, direction, scale, probes, plain: Recipe, options) -> Recipe:
-    offsets, _ = gated_offsets(direction, scale, probes, point.layers, 1.0, point.shift, point.sharpness)
+    offsets = offsets_for(direction, scale, point.layers, 1.0)
     gates = {layer: probes[layer].gate(point.shift, point.sharpness) for layer in point.layers}
     layers = point.layers
     spec = RecipeSpec(
@@ -192,19 +188,15 @@ def _heldout(model, tokenizer, arch, pack, heldout: Measure, off_topic, prose, p
             continue
         rows[route] = {}
         for name, sign in (("steered", 1.0), ("conservative", -1.0)):
-            offsets, grafts = recipe_hooks(recipe, sign * recipe.spec.default_alpha, arch, model)
-            shifts = heldout.shifts(offsets, grafts=grafts)
-            answers = greedy_answers(
-                model, tokenizer, arch, questions, ANSWER_TOKENS, offsets, grafts, options.batch_size
-            )
-            replies = greedy_answers(
-                model, tokenizer, arch, others, UNCHANGED_TOKENS, offsets, grafts, options.batch_size
-            )
+            surgery = recipe.surgery(sign * recipe.spec.default_alpha)
+            shifts = heldout.shifts(surgery)
+            answers = greedy_answers(model, tokenizer, arch, questions, ANSWER_TOKENS, surgery, options.batch_size)
+            replies = greedy_answers(model, tokenizer, arch, others, UNCHANGED_TOKENS, surgery, options.batch_size)
             rows[route][name] = {
                 "shift": effect(shifts, sign),
-                "neutral_kl": heldout.kl(offsets, grafts=grafts),
-                "off_topic_kl": off_kl(offsets, grafts=grafts),
-                "prose_perplexity_change": None if prose_cost is None else prose_cost.change(offsets, grafts),
+                "neutral_kl": heldout.kl(surgery),
+                "off_topic_kl": off_kl(surgery),
+                "prose_perplexity_change": None if prose_cost is None else prose_cost.change(surgery),
                 "answers": _judged(tokenizer, answers, rules),
                 "off_topic_unchanged": unchanged(base_others, replies),
             }

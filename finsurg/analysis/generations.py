@@ -16,7 +16,8 @@ from finsurg.analysis.batching import chunked, left_pad
 from finsurg.models.loading import prompt_ids
 from finsurg.packs import GenerationRules
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import Grafts, offsets_added
+from finsurg.steer.hooks import offsets_added
+from finsurg.steer.surgery import Surgery
 
 UNCHANGED_TOKENS = 24  # an off-topic answer is unchanged when its first this many tokens are the base's
 ANSWER_TOKENS = 48
@@ -28,14 +29,13 @@ def greedy_answers(
     arch: Architecture,
     questions: Sequence[str],
     new_tokens: int,
-    offsets: dict[int, torch.Tensor] | None = None,
-    grafts: Grafts | None = None,
+    surgery: Surgery | None = None,
     batch_size: int = 16,
 ) -> list[list[int]]:
     """Greedy token ids of each question's answer under the surgery."""
     answers = []
     device = model.get_input_embeddings().weight.device
-    with torch.inference_mode(), offsets_added(model, offsets or {}, arch, grafts):
+    with torch.inference_mode(), offsets_added(model, surgery or Surgery(), arch):
         for chunk in chunked([prompt_ids(tokenizer, q) for q in questions], batch_size):
             ids, mask = left_pad(tokenizer, chunk)
             out = model.generate(

@@ -6,7 +6,8 @@ import torch
 
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import Grafts, add_hook, offset_hooks
+from finsurg.steer.hooks import add_hook, offset_hooks
+from finsurg.steer.surgery import Surgery
 
 
 def token_groups(tokenizer, prompts: Pack) -> dict[str, list[int]]:
@@ -27,15 +28,15 @@ def lens(
     arch: Architecture,
     ids: torch.Tensor,
     groups: dict[str, list[int]],
-    offsets=None,
-    grafts: Grafts | None = None,
+    surgery: Surgery | None = None,
 ) -> dict[str, list[float]]:
     """Per layer, the total probability of each token group at the final position.
 
     One hook per layer adds that layer's offset (zero where it steers nothing) and records the
     stream, so the reading is taken after the surgery at every layer.
     """
-    offsets = offsets or {}
+    surgery = surgery or Surgery()
+    offsets = surgery.always()
     layers = hf_model.config.num_hidden_layers
     zero = torch.zeros(hf_model.config.hidden_size)
     captured: dict[int, torch.Tensor] = {}
@@ -43,7 +44,8 @@ def lens(
     def record(layer: int):
         return lambda resid: captured.__setitem__(layer, resid[0, -1].detach())
 
-    hooks = offset_hooks({}, arch, grafts)  # grafted neurons change their MLP's output, before the record
+    # grafted neurons change their MLP's output, before the record; the sites' offsets are added with it
+    hooks = offset_hooks(surgery, arch, hf_model.config.to_dict(), sites=False)
     hooks += [(arch.tl_hook(layer), add_hook(offsets.get(layer, zero), record(layer))) for layer in range(layers)]
     with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
         bridge(ids)
@@ -57,12 +59,12 @@ def lens(
 
 
 def lens_over_probes(
-    bridge, hf_model, arch: Architecture, tokenizer, prompts: Pack, offsets=None, grafts: Grafts | None = None
+    bridge, hf_model, arch: Architecture, tokenizer, prompts: Pack, surgery: Surgery | None = None
 ) -> dict[str, list[float]]:
     """The lens averaged over the prompt set's probe prompts (raw text, no chat template)."""
     groups = token_groups(tokenizer, prompts)
     readings = [
-        lens(bridge, hf_model, arch, tokenizer(probe, return_tensors="pt").input_ids, groups, offsets, grafts)
+        lens(bridge, hf_model, arch, tokenizer(probe, return_tensors="pt").input_ids, groups, surgery)
         for probe in prompts.manifest.probes
     ]
     return {

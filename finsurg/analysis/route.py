@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from finsurg import progress
 from finsurg.analysis.answers import Divergence, Measure, Perplexity
 from finsurg.analysis.condition import Probe
-from finsurg.steer.graft import Gate, split
+from finsurg.analysis.tune import offsets_for
+from finsurg.steer.surgery import Surgery
 
 STRENGTH_RANGE = (0.0, 0.5)  # offset norm per layer, as a fraction of the residual norm there
 PROBE_STRENGTH = 0.03
@@ -75,32 +74,27 @@ class Costs:
     answers: Measure
     off_topic: Divergence
     prose: Perplexity | None
-    divisor: float = 1.0  # the family's multiplier on the MLP's output (finsurg.steer.arch), as the bake divides by it
 
-    def grafts(self, offsets: dict[int, torch.Tensor], gates: dict[int, Gate]):
-        """The hooks' grafted neurons in float32 (an analysis runs in float32; the bake rounds to the variant's
-        dtype), divided as the bake divides them."""
-        return split(offsets, gates, torch.float32, self.divisor)[1]
-
-    def binding(self, up: dict[int, torch.Tensor], gates: dict[int, Gate]) -> float:
+    def binding(self, up: Surgery) -> float:
         """The cost that bounds a gated strength: on-topic prose perplexity, else off-topic KL (both directions)."""
-        down = {layer: -vector for layer, vector in up.items()}
-        grafts = (self.grafts(up, gates), self.grafts(down, gates))
+        both = (up, up.negated())
         if self.prose is not None:
-            return max(self.prose.change({}, graft) for graft in grafts)
-        return max(self.off_topic({}, grafts=graft) for graft in grafts)
+            return max(self.prose.change(surgery) for surgery in both)
+        return max(self.off_topic(surgery) for surgery in both)
 
-    def point(self, route, number, layers, strength, up, down, up_grafts=None, down_grafts=None, **gate) -> Point:
-        items = {1.0: self.answers.shifts(up, grafts=up_grafts), -1.0: self.answers.shifts(down, grafts=down_grafts)}
+    def point(self, route, number, layers, strength, up: Surgery, **gate) -> Point:
+        """A trial judged on every tune objective, at +strength (`up`) and its mirror."""
+        down = up.negated()
+        items = {1.0: self.answers.shifts(up), -1.0: self.answers.shifts(down)}
         prose = None
         if self.prose is not None:
-            prose = max(self.prose.change(up, up_grafts), self.prose.change(down, down_grafts))
+            prose = max(self.prose.change(up), self.prose.change(down))
         return Point(
             route,
             number,
             layers,
             strength,
-            off_topic_kl=max(self.off_topic(up, grafts=up_grafts), self.off_topic(down, grafts=down_grafts)),
+            off_topic_kl=max(self.off_topic(up), self.off_topic(down)),
             prose=prose,
             shift_up=_mean(items[1.0]),
             shift_down=_mean(items[-1.0]),
@@ -109,11 +103,10 @@ class Costs:
         )
 
 
-def gated_offsets(direction, scale, probes: dict[int, Probe], layers, strength, shift, sharpness):
-    """Offsets at ±strength per layer, and the gates every layer of the band shares the settings of."""
-    up = {layer: (strength * scale[layer] * direction[layer].double()).float() for layer in layers}
-    gates = {layer: probes[layer].as_gate(shift, sharpness) for layer in layers}
-    return up, gates
+def gated_surgery(direction, scale, probes: dict[int, Probe], layers, strength, shift, sharpness) -> Surgery:
+    """The band's offsets at +strength, each under a gate with the settings every layer of the band shares."""
+    up = offsets_for(direction, scale, layers, strength)
+    return Surgery.of(up, {layer: probes[layer].as_gate(shift, sharpness) for layer in layers})
 
 
 def reach(first: list[int], band_range: tuple[int, int]) -> tuple[int, int]:
@@ -161,23 +154,10 @@ def search_gated(
             band = list(range(start, min(start + width, highest + 1)))
             strength = PROBE_STRENGTH
             for _attempt in range(2):  # the probe reading, then one correction
-                up, gates = gated_offsets(direction, scale, probes, band, strength, shift, sharpness)
-                cost = costs.binding(up, gates)
+                cost = costs.binding(gated_surgery(direction, scale, probes, band, strength, shift, sharpness))
                 strength = min(strength * math.sqrt(share * budget / max(cost, 1e-12)), STRENGTH_RANGE[1])
-            up, gates = gated_offsets(direction, scale, probes, band, strength, shift, sharpness)
-            down = {layer: -vector for layer, vector in up.items()}
-            point = costs.point(
-                "conditional",
-                trial.number,
-                band,
-                strength,
-                {},
-                {},
-                costs.grafts(up, gates),
-                costs.grafts(down, gates),
-                shift=shift,
-                sharpness=sharpness,
-            )
+            up = gated_surgery(direction, scale, probes, band, strength, shift, sharpness)
+            point = costs.point("conditional", trial.number, band, strength, up, shift=shift, sharpness=sharpness)
             trial.set_user_attr("strength", strength)
             points.append(point)
             feasible = point.within(*budgets)

@@ -12,8 +12,7 @@ from finsurg.models.bridge import boot_bridge, greedy
 from finsurg.models.loading import encode, load_model, load_tokenizer
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
-from finsurg.steer.arch import for_config
-from finsurg.steer.hooks import offset_hooks, recipe_hooks
+from finsurg.steer.hooks import offset_hooks
 from finsurg.steer.recipe import Recipe
 
 RESULTS_NAME = "neuron_surgery_results.json"
@@ -30,13 +29,13 @@ def run_surgery(
     placement = placement or Placement.of("cpu")
     placement.require("surgery", model.config)
     pack = Pack.load(recipe.spec.pack)
-    arch = for_config(model.config, model.name)
+    arch = model.arch
     prompts = prompts or pack.surgery_prompts()
     tokenizer = load_tokenizer(model.path)
     hf_model = load_model(model.path, placement.dtype, device=placement.device, max_memory=placement.dispatch)
     bridge = boot_bridge(model.path, hf_model, tokenizer, placement.dtype)
-    offsets, grafts = recipe_hooks(recipe, alpha, arch, hf_model)
-    hooks = offset_hooks(offsets, arch, grafts)
+    surgery = recipe.surgery(alpha)
+    hooks = offset_hooks(surgery, arch, model.config)
     generations = []
     for text in progress.bar(iterable=prompts, desc="surgery"):
         ids = encode(tokenizer, text)
@@ -50,7 +49,7 @@ def run_surgery(
             }
         )
     before = lens_over_probes(bridge, hf_model, arch, tokenizer, pack)
-    after = lens_over_probes(bridge, hf_model, arch, tokenizer, pack, offsets, grafts)
+    after = lens_over_probes(bridge, hf_model, arch, tokenizer, pack, surgery)
     return {
         "format": "finsurg.surgery_results/1",
         "finsurg_version": __version__,

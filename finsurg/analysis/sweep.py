@@ -8,8 +8,8 @@ import math
 from finsurg import progress
 from finsurg.analysis.scoring import continuation_logprobs
 from finsurg.models.loading import prompt_ids
+from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
-from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import offset_hooks
 from finsurg.steer.recipe import Recipe
 
@@ -49,13 +49,13 @@ def measure(bridge, tokenizer, prefs, neutral, hooks, batch_size: int, bar=None)
 
 
 def run_sweep(
-    bridge, tokenizer, arch: Architecture, prompts: Pack, recipe: Recipe, alphas, batch_size: int = 16
+    bridge, tokenizer, model: ResolvedModel, prompts: Pack, recipe: Recipe, alphas, batch_size: int = 16
 ) -> dict:
     prefs, neutral = preference_items(tokenizer, prompts), neutral_items(tokenizer, prompts)
     rows = []
     with progress.bar(total=len(alphas) * (len(prefs) + len(neutral)), desc="phase 5: alpha sweep") as bar:
         for alpha in alphas:
-            hooks = offset_hooks(recipe.offsets(alpha), arch) if alpha else []
+            hooks = offset_hooks(recipe.surgery(alpha), model.arch, model.config) if alpha else []
             rows.append({"alpha": alpha, **measure(bridge, tokenizer, prefs, neutral, hooks, batch_size, bar)})
     base = next(row for row in rows if row["alpha"] == 0.0)
     for row in rows:

@@ -22,6 +22,7 @@ import torch
 from finsurg import progress
 from finsurg.analysis.answers import Measure
 from finsurg.errors import FinsurgError
+from finsurg.steer.surgery import Surgery
 
 SHARE_RANGE = (0.05, 1.0)  # the share of the KL budget a trial aims at
 PROBE = 0.05  # probe strength: total offset norm across the band, as a fraction of the residual norm
@@ -125,7 +126,7 @@ def search(
             share = trial.suggest_float("budget_share", *SHARE_RANGE, log=True)
             band = list(range(start, min(start + width, highest + 1)))
             probe = PROBE / len(band)
-            probed = measure.kl(offsets_for(directions[method], scale, band, probe))
+            probed = measure.kl(Surgery.of(offsets_for(directions[method], scale, band, probe)))
             strength = probe * math.sqrt(share * budget / max(probed, 1e-12))
             up, down, kl = _both_ways(measure, directions[method], scale, band, strength)
             if budget < kl <= SKIP_FACTOR * budget:  # KL grew faster than the square: one correction
@@ -144,8 +145,8 @@ def search(
 
 def _both_ways(measure: Measure, direction: torch.Tensor, scale: torch.Tensor, band: list[int], strength: float):
     """Offsets at +strength and −strength, and the larger of their costs."""
-    up = offsets_for(direction, scale, band, strength)
-    down = {layer: -vector for layer, vector in up.items()}
+    up = Surgery.of(offsets_for(direction, scale, band, strength))
+    down = up.negated()
     return up, down, max(measure.kl(up), measure.kl(down))
 
 

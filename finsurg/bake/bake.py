@@ -22,7 +22,8 @@ import torch
 from finsurg.dtypes import CODE_OF
 from finsurg.io.safetensors_io import Entry, tensor_bytes
 from finsurg.steer.arch import Architecture
-from finsurg.steer.graft import Gate, Neurons, graft_width, neurons
+from finsurg.steer.graft import Neurons
+from finsurg.steer.surgery import Surgery
 
 
 class Baked(Mapping):
@@ -56,35 +57,29 @@ class Baked(Mapping):
 
 
 def bake(
-    offsets: dict[int, torch.Tensor],
-    arch: Architecture,
-    config: dict,
-    dtype: torch.dtype,
-    existing: Mapping[str, torch.Tensor],
-    gates: dict[int, Gate] | None = None,
+    surgery: Surgery, arch: Architecture, config: dict, dtype: torch.dtype, existing: Mapping[str, torch.Tensor]
 ) -> Baked:
     """Every tensor the variant needs that the base does not already hold unchanged, by name.
 
-    `offsets` maps a layer to its residual offset (a recipe's `offsets(alpha)`); `gates` the layers whose offset
-    is conditional to their gate; `existing` maps the base's tensor names to tensors (read on demand, and
-    with `.info(name)` for a grown weight's shape); only the biases that carry offsets are read.
+    `surgery`'s ungated steers become biases, its gated ones grafted neurons; `existing` maps the base's tensor
+    names to tensors (read on demand, and with `.info(name)` for a grown weight's shape); only the biases
+    that carry offsets are read.
     """
-    gates = gates or {}
     baked = Baked()
     divisor = arch.offset_divisor(config)  # a sublayer output scaled by m carries offset / m
-    grown = graft_width(bool(gates))
+    always, grafts = surgery.always(), surgery.neurons(dtype, divisor)
+    grown = surgery.graft_width()
     sizes = {**config, arch.graft.width: int(config[arch.graft.width]) + grown} if grown else config
     for layer in range(int(config["num_hidden_layers"])):
-        site = arch.offset_bias(layer) if layer in offsets and layer not in gates else None
+        site = arch.offset_bias(layer) if layer in always else None
         for template, name in zip((b.name for b in arch.biases), arch.bias_names(layer)):
             if name == site:
                 current = existing[name].double() if name in existing else 0.0
-                baked.tensors[name] = (current + offsets[layer].to(dtype).double() / divisor).to(dtype)
+                baked.tensors[name] = (current + always[layer].to(dtype).double() / divisor).to(dtype)
             elif name not in existing:
                 baked.tensors[name] = torch.zeros(arch.bias_size(template, sizes), dtype=dtype)
         if grown:
-            graft = neurons(gates[layer], offsets[layer], dtype, divisor) if layer in gates else None
-            _graft(baked, arch, layer, graft, existing, dtype, grown, int(config[arch.graft.width]))
+            _graft(baked, arch, layer, grafts.get(layer), existing, dtype, grown, int(config[arch.graft.width]))
     return baked
 
 
@@ -116,10 +111,10 @@ def _graft(
         )
 
 
-def largest_alpha(unit_offsets: dict[int, torch.Tensor], arch: Architecture, config: dict, dtype: torch.dtype) -> float:
-    """The largest |alpha| whose offsets (`unit_offsets` at alpha 1) stay finite: in float32, as the offsets file
-    holds them, and as biases in `dtype` (one rounding step short of its largest value)."""
-    peak = max((float(v.double().abs().max()) for v in unit_offsets.values()), default=0.0)
+def largest_alpha(unit: Surgery, arch: Architecture, config: dict, dtype: torch.dtype) -> float:
+    """The largest |alpha| whose offsets (`unit`, the surgery at alpha 1) stay finite: in float32, as the offsets
+    file holds them, and as biases in `dtype` (one rounding step short of its largest value)."""
+    peak = max((float(s.offset.double().abs().max()) for s in unit.steers), default=0.0)
     if peak == 0:
         return math.inf
     as_bias = torch.finfo(dtype).max * (1 - torch.finfo(dtype).eps) * abs(arch.offset_divisor(config))

@@ -31,13 +31,13 @@ def variant_gguf(directory: Path, out: Path | None, kind: str, converter: Path |
     """Write the variant's GGUF (inside it by default, then recorded in its card and SHA256SUMS)."""
     variant = Variant(directory)
     check_sums(directory)
-    check_expressible(by_name(variant.surgery.base_model.architecture))
+    check_expressible(by_name(variant.record.base_model.architecture))
     target = out or directory / f"model-{kind}.gguf"
-    if variant.gates:
+    if variant.surgery.gated:
         converted_variant(directory, converter, OUTTYPES.get(variant.dtype, "f32") if kind == "keep" else kind, target)
     else:
-        base = base_gguf(variant.surgery.base_model, Path(variant.surgery.base_model.path), converter)
-        write_baked_gguf(base, variant.offsets, target, kind)
+        base = base_gguf(variant.record.base_model, Path(variant.record.base_model.path), converter)
+        write_baked_gguf(base, variant.surgery.always(), target, kind)
     if target.parent.resolve() == directory.resolve():
         seal(directory)
     return {"variant": variant.name, "path": str(target), "bytes": target.stat().st_size, "sha256": sha256_file(target)}

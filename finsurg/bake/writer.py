@@ -24,9 +24,8 @@ from finsurg.io.safetensors_io import Entry, write_safetensors
 from finsurg.io.shard_copy import SourceHashes, copy_shard
 from finsurg.jsonfile import write_json
 from finsurg.models.source import ResolvedModel
-from finsurg.steer.arch import Architecture, for_config
-from finsurg.steer.graft import graft_width
-from finsurg.steer.recipe import Recipe
+from finsurg.steer.arch import Architecture
+from finsurg.steer.surgery import Surgery
 from finsurg.variant.record import (
     CARD_NAME,
     OFFSETS_NAME,
@@ -52,7 +51,7 @@ class VariantWriter:
         self, model: ResolvedModel, dtype: torch.dtype | None = None, link: str = "auto", cap_context: bool = False
     ):
         self.model, self.link = model, link
-        self.arch: Architecture = for_config(model.config, model.name)
+        self.arch: Architecture = model.arch
         window = self.arch.window_short_of_context(model.config)
         if window and not cap_context:
             raise FinsurgError(
@@ -87,15 +86,14 @@ class VariantWriter:
         )
         return total + biases + 16 * 1024 * 1024  # side files, index, offsets, card
 
-    def write(self, recipe: Recipe, alpha: float, variant: str, out: Path) -> TensorsWritten:
+    def write(self, surgery: Surgery, variant: str, out: Path) -> TensorsWritten:
         """The variant's checkpoint in `out`, an empty directory: shards, index, config, tokenizer and side files."""
-        gates = recipe.gates()
-        baked = bake(recipe.offsets(alpha), self.arch, self.model.config, self.dtype, self.checkpoint, gates)
+        baked = bake(surgery, self.arch, self.model.config, self.dtype, self.checkpoint)
         sums, copied, weight_map, tensor_bytes = self._write_shards(baked, out, variant)
         write_json(
             out / INDEX_NAME, {"metadata": {"total_size": tensor_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         )
-        self._copy_side_files(out, graft_width(bool(gates)))
+        self._copy_side_files(out, surgery.graft_width())
         return TensorsWritten(sums, copied)
 
     def _write_shards(self, baked: Baked, out: Path, variant: str):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
 from finsurg.io.lazy_model import LazyModel
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import Grafts, graft_output, shift_output
+from finsurg.steer.hooks import graft_output, shift_output
+from finsurg.steer.surgery import Surgery
 
 ROWS = 8192  # head rows per matmul in the streamed logits
 
@@ -57,15 +58,18 @@ class BlockModel(LazyModel):
         return torch.cat(parts, dim=-1) / self.arch.logits_divisor(self.config)
 
 
-def surgery_added(
-    block: torch.nn.Module, layer: int, arch: Architecture, offsets: dict[int, torch.Tensor], grafts: Grafts
-):
-    """The block with its layer's offset added at the site, or its grafted neurons' output added to its MLP's."""
-    if layer in grafts:
-        return output_hooked(block, arch.block_mlp(), graft_output(grafts[layer]))
-    if layer in offsets:
-        return output_hooked(block, arch.block_site(), shift_output(offsets[layer]))
-    return nullcontext()
+@contextmanager
+def surgery_added(block: torch.nn.Module, layer: int, arch: Architecture, surgery: Surgery, dtype, config: dict):
+    """The block with its layer's ungated offsets added at the site and its gated steers' neurons (rounded to
+    `dtype`) added to its MLP's output."""
+    with ExitStack() as stack:
+        offset = surgery.always().get(layer)
+        if offset is not None:
+            stack.enter_context(output_hooked(block, arch.block_site(), shift_output(offset)))
+        graft = surgery.neurons(dtype, arch.offset_divisor(config)).get(layer)
+        if graft is not None:
+            stack.enter_context(output_hooked(block, arch.block_mlp(), graft_output(graft)))
+        yield
 
 
 @contextmanager

@@ -198,9 +198,9 @@ class _Subject:
         variants = [Variant(path) for path in find_variants(paths)]
         sealed = {v.directory: check_sums(v.directory) for v in variants}
         bases = {str(v.base_path(base_override)) for v in variants}
-        base_files = {tuple(sorted(v.surgery.base_model.files.items())) for v in variants}
+        base_files = {tuple(sorted(v.record.base_model.files.items())) for v in variants}
         dtypes = {v.dtype for v in variants}
-        packs = {v.surgery.recipe.pack for v in variants}
+        packs = {v.record.recipe.pack for v in variants}
         if len(bases) > 1 or len(base_files) > 1 or len(dtypes) > 1 or len(packs) > 1:
             raise FinsurgError(
                 "the variants come from different base models, dtypes or packs; evaluate them separately"
@@ -208,7 +208,7 @@ class _Subject:
         base = Path(bases.pop())
         if not base_trusted:
             variants[0].check_base_hashes(base)  # every variant records the same base files: hash them once
-        arch = by_name(variants[0].surgery.base_model.architecture)
+        arch = by_name(variants[0].record.base_model.architecture)
         return cls(variants, sealed, base, weight_dtype(dtypes.pop()), arch, Pack.load(packs.pop()))
 
 
@@ -278,7 +278,7 @@ def _report(runner, subject: _Subject, runs, engines, parity_note, prompting, ch
     for v in subject.variants:
         hooked = runs.get(str(RunKey.of(v.name, "hooked")))
         results[v.name] = VariantEval(
-            alpha=v.surgery.alpha,
+            alpha=v.record.alpha,
             path=str(v.directory),
             parity=None
             if hooked is None
@@ -327,14 +327,15 @@ def _transformers_runs(runner, subject: _Subject, placement, tokenizer, promptin
     baked_kind = "baked" if engine == "transformers" else "baked:transformers"
     with tempfile.TemporaryDirectory(prefix="finsurg-eval-") as scratch:
         for variant in subject.variants:
-            if variant.gates:  # lm-eval's steered model adds a constant; the gated neurons need our own hooks
+            if variant.surgery.gated:  # lm-eval's steered model adds a constant; gated neurons need our own hooks
                 progress.say(f"lm-eval: {variant.name} (conditional hooks on the base)")
-                offsets, grafts = variant.hooks(subject.arch, read_config(subject.base))
-                with offsets_added(base_model, offsets, subject.arch, grafts):
+                with offsets_added(base_model, variant.surgery, subject.arch, variant.weight_dtype):
                     runs[str(RunKey.of(variant.name, "hooked"))] = runner.run(runner.wrap(base_model, tokenizer))
             else:
                 progress.say(f"lm-eval: {variant.name} (hooks on the base, lm-eval steered)")
-                hooked = runner.wrap_steered(base_model, tokenizer, variant.offsets, subject.arch, Path(scratch))
+                hooked = runner.wrap_steered(
+                    base_model, tokenizer, variant.surgery.always(), subject.arch, Path(scratch)
+                )
                 runs[str(RunKey.of(variant.name, "hooked"))] = runner.run(hooked)
             progress.say(f"lm-eval: {variant.name} (baked)")
             baked_model = load(variant.directory)
@@ -366,7 +367,7 @@ def _shifts(runs: dict[str, dict], task: str | None, variants: list[Variant]) ->
     margins = {name: [row[0] - row[1] for row in run["items"][task]] for name, run in runs.items()}
     intended = {str(RunKey.prompt("positive")): 1.0, str(RunKey.prompt("negative")): -1.0}
     intended |= {
-        str(RunKey.of(v.name, kind)): math.copysign(1.0, v.surgery.alpha)
+        str(RunKey.of(v.name, kind)): math.copysign(1.0, v.record.alpha)
         for v in variants
         for kind in ("baked", "hooked")
     }

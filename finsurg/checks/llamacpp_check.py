@@ -31,7 +31,7 @@ RELATIVE_TOLERANCE = 1e-4  # of the largest logit: F32 compute, the bias added i
 def llamacpp_python(explicit: str | None = None) -> str:
     return engine_python(
         explicit,
-        "FINSURG_LLAMACPP_PYTHON",
+        "llamacpp_python",
         ["llama_cpp", "gguf"],
         "llama.cpp",
         "run `make llamacpp-setup` and set FINSURG_LLAMACPP_PYTHON=.venv-llamacpp/bin/python, or pass --llamacpp-python",
@@ -70,22 +70,22 @@ def verify_with_llamacpp(
     python = llamacpp_python(python)
     opened = OpenedVariant(directory, base_override, base_trusted=False)
     variant = opened.variant
-    alpha = variant.surgery.alpha
+    alpha = variant.record.alpha
     check_expressible(opened.arch)
-    source = base_gguf(variant.surgery.base_model, opened.base, converter(python))
-    conditional = bool(variant.gates)
+    source = base_gguf(variant.record.base_model, opened.base, converter(python))
+    conditional = variant.surgery.gated
     with tempfile.TemporaryDirectory(prefix="finsurg-gguf-") as scratch, progress.bar(total=5, desc="llama.cpp") as bar:
         scratch = Path(scratch)
         if conditional:  # the grafted checkpoint itself, through llama.cpp's converter
             converted_variant(directory, converter(python), "f32", scratch / "baked.gguf")
         else:
-            write_baked_gguf(source, variant.offsets, scratch / "baked.gguf", "f32")
+            write_baked_gguf(source, variant.surgery.always(), scratch / "baked.gguf", "f32")
         write_baked_gguf(source, {}, scratch / "base.gguf", "f32")
         baked = run_llamacpp(python, scratch / "baked.gguf", opened.prompts, new_tokens)
         bar.update(1)
         steered = None
         if not conditional:
-            unit = {layer: offset / alpha for layer, offset in variant.offsets.items()}
+            unit = {layer: offset / alpha for layer, offset in variant.surgery.always().items()}
             write_control_vector(unit, opened.arch.family, scratch / "control.gguf")
             control = (scratch / "control.gguf", alpha)
             steered = run_llamacpp(python, scratch / "base.gguf", opened.prompts, new_tokens, control)

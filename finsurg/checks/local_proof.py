@@ -15,7 +15,7 @@ time grows with the number of steered layers, never with depth.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +26,7 @@ from finsurg.io.checkpoint import Checkpoint
 from finsurg.io.lazy_model import PieceError
 from finsurg.models.source import read_config
 from finsurg.steer.arch import Architecture
-from finsurg.steer.graft import Gate, Neurons, graft_width, split
+from finsurg.steer.surgery import Surgery
 from finsurg.variant.record import BlockCheck, LocalProof, StructureCheck, Variant
 
 INPUT_RMS = (1.0, 16.0)  # residual streams sit in this range; the check holds at both ends
@@ -54,13 +54,13 @@ def check_structure(variant: Variant, base_path, arch: Architecture, sums: dict[
         read_config(variant.directory),
         arch,
         variant.dtype,
-        variant.surgery.context_cap,
-        graft_width(bool(variant.gates)),
+        variant.record.context_cap,
+        variant.surgery.graft_width(),
     )
     problems = [f"config.json differs from the bake's at {key}" for key in changes]
-    target = weight_dtype(variant.dtype)
-    expected = bake(variant.offsets, arch, base_config, target, base, variant.gates)
-    base_files = variant.surgery.base_model.files
+    target = variant.weight_dtype
+    expected = bake(variant.surgery, arch, base_config, target, base)
+    base_files = variant.record.base_model.files
     identical = compared = 0
     missing = sorted(set(base) - set(baked))
     problems += [f"tensor {name} is missing" for name in missing[:3]]
@@ -94,10 +94,10 @@ def check_structure(variant: Variant, base_path, arch: Architecture, sums: dict[
     )
 
 
-def proof_layers(offsets: dict[int, torch.Tensor], num_layers: int) -> list[int]:
+def proof_layers(surgery: Surgery, num_layers: int) -> list[int]:
     """Every steered layer and one unsteered one (the last before the first steered, else the first after)."""
-    steered = sorted(offsets)
-    unsteered = [layer for layer in range(num_layers) if layer not in offsets]
+    steered = surgery.layers
+    unsteered = [layer for layer in range(num_layers) if layer not in steered]
     before = [layer for layer in unsteered if layer < steered[0]]
     extra = before[-1:] or unsteered[:1]
     return sorted(steered + extra)
@@ -111,33 +111,23 @@ def _inputs(base: BlockModel, prompt: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Surgery:
-    """What the semantic half of the proof needs of one variant: its recorded offsets and gates, dtype and
-    context cap."""
+class Baking:
+    """What the semantic half of the proof needs of one variant: its surgery as recorded (rounded to its
+    dtype), its dtype and context cap."""
 
-    offsets: dict[int, torch.Tensor]
+    surgery: Surgery
     dtype: str
     context_cap: int | None = None
-    gates: dict[int, Gate] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, variant: Variant) -> Surgery:
-        return cls(variant.offsets, variant.dtype, variant.surgery.context_cap, variant.gates)
+    def of(cls, variant: Variant) -> Baking:
+        return cls(variant.surgery, variant.dtype, variant.record.context_cap)
 
-    def same_as(self, other: Surgery) -> bool:
-        """Bit for bit the same offsets, gates, dtype and context cap."""
-        return (
-            (self.dtype, self.context_cap, sorted(self.offsets), sorted(self.gates))
-            == (other.dtype, other.context_cap, sorted(other.offsets), sorted(other.gates))
-            and all(torch.equal(self.offsets[layer], other.offsets[layer]) for layer in self.offsets)
-            and all(
-                torch.equal(gate.weight, other.gates[layer].weight) and gate.bias == other.gates[layer].bias
-                for layer, gate in self.gates.items()
-            )
+    def same_as(self, other: Baking) -> bool:
+        """Bit for bit the same surgery, dtype and context cap."""
+        return (self.dtype, self.context_cap) == (other.dtype, other.context_cap) and self.surgery.same_as(
+            other.surgery
         )
-
-    def grafts(self, arch: Architecture, config: dict) -> dict[int, Neurons]:
-        return split(self.offsets, self.gates, weight_dtype(self.dtype), arch.offset_divisor(config))[1]
 
 
 class BlockProof:
@@ -153,7 +143,7 @@ class BlockProof:
         self,
         base_path,
         arch: Architecture,
-        surgeries: list[Surgery],
+        surgeries: list[Baking],
         prompt: torch.Tensor,
         cancelled: threading.Event | None = None,
     ):
@@ -166,18 +156,11 @@ class BlockProof:
                 arch,
                 weights,
                 config=arch.config_of_variant(
-                    self.base.config, surgery.dtype, surgery.context_cap, graft_width(bool(surgery.gates))
+                    self.base.config, baking.dtype, baking.context_cap, baking.surgery.graft_width()
                 ),
-                overlay=bake(
-                    surgery.offsets,
-                    arch,
-                    self.base.config,
-                    weight_dtype(surgery.dtype),
-                    self.base.checkpoint,
-                    surgery.gates,
-                ),
+                overlay=bake(baking.surgery, arch, self.base.config, weight_dtype(baking.dtype), self.base.checkpoint),
             )
-            for surgery in surgeries
+            for baking in surgeries
         ]
         self.inputs = _inputs(self.base, prompt)
         self.cancelled = cancelled or threading.Event()  # set from another thread: run stops after the block in hand
@@ -185,8 +168,7 @@ class BlockProof:
     def run(self) -> list[list[BlockCheck]]:
         arch, base = self.arch, self.base
         site = arch.block_site()
-        wanted = [proof_layers(surgery.offsets, base.num_layers) for surgery in self.surgeries]
-        grafts = [surgery.grafts(arch, base.config) for surgery in self.surgeries]
+        wanted = [proof_layers(baking.surgery, base.num_layers) for baking in self.surgeries]
         checks: list[list[BlockCheck]] = [[] for _ in self.surgeries]
         for layer in sorted(set().union(*wanted)):
             if self.cancelled.is_set():
@@ -198,36 +180,38 @@ class BlockProof:
                 name.removeprefix(prefix) for baked in self.baked for name in baked.overlay if name.startswith(prefix)
             }
             shared = {name: value for name, value in base_block.state_dict().items() if name not in written}
-            for k, surgery in enumerate(self.surgeries):
+            for k, baking in enumerate(self.surgeries):
                 if layer in wanted[k]:
-                    offset = surgery.offsets.get(layer)
-                    if offset is None:
+                    here = baking.surgery.at(layer)
+                    offset = here.always().get(layer)
+                    if not here:
                         reference = plain
-                    elif not site and layer not in grafts[k]:  # the block's own output: the hook adds exactly this
+                    elif not site and not here.gated:  # the block's own output: the hook adds exactly this
                         reference = plain + offset.to(plain.device, plain.dtype)
                     else:
-                        with surgery_added(base_block, layer, arch, surgery.offsets, grafts[k]):
+                        dtype = weight_dtype(baking.dtype)
+                        with surgery_added(base_block, layer, arch, here, dtype, base.config):
                             reference = base.run_block(base_block, self.inputs)
-                    checks[k].append(_check_block(self.baked[k], layer, shared, offset, self.inputs, reference))
+                    checks[k].append(_check_block(self.baked[k], layer, shared, here, self.inputs, reference))
             del base_block, shared, plain
         return checks
 
 
-def _check_block(baked, layer, shared, offset, inputs: torch.Tensor, reference: torch.Tensor) -> BlockCheck:
+def _check_block(baked, layer, shared, here: Surgery, inputs: torch.Tensor, reference: torch.Tensor) -> BlockCheck:
     """The variant's block on the inputs against the base block's output with the offset at the site."""
     try:
         baked_block = baked.block(layer, shared)
     except PieceError as exc:
-        return BlockCheck(layer=layer, steered=offset is not None, problem=str(exc), passed=False)
+        return BlockCheck(layer=layer, steered=bool(here), problem=str(exc), passed=False)
     got = baked.run_block(baked_block, inputs)
     error = float((got - reference).abs().max())
     tolerance = RELATIVE_TOLERANCE * (1.0 + float(reference.abs().max()))
     return BlockCheck(
         layer=layer,
-        steered=offset is not None,
+        steered=bool(here),
         max_abs_error=error,
         tolerance=tolerance,
-        offset_effect=0.0 if offset is None else float(offset.abs().max()),
+        offset_effect=max((float(s.offset.abs().max()) for s in here.steers), default=0.0),
         passed=error <= tolerance,
     )
 
@@ -238,7 +222,7 @@ def prove(
     arch: Architecture,
     sums: list[dict[str, str]],
     prompts,
-    proven: tuple[list[Surgery], list[list[BlockCheck]]] | None = None,
+    proven: tuple[list[Baking], list[list[BlockCheck]]] | None = None,
 ) -> list[LocalProof]:
     """The proof of each variant of one base: structure, then its blocks (base blocks read once).
 
@@ -246,8 +230,8 @@ def prove(
     on; they stand only where those are bit for bit what each variant records, else the blocks run again.
     """
     structures = [check_structure(variant, base_path, arch, own) for variant, own in zip(variants, sums)]
-    recorded = [Surgery.of(variant) for variant in variants]
-    if proven is not None and len(proven[0]) == len(recorded) and all(map(Surgery.same_as, recorded, proven[0])):
+    recorded = [Baking.of(variant) for variant in variants]
+    if proven is not None and len(proven[0]) == len(recorded) and all(map(Baking.same_as, recorded, proven[0])):
         blocks = proven[1]
     else:
         blocks = BlockProof(base_path, arch, recorded, prompts[0]).run()

@@ -14,7 +14,7 @@ import torch
 from finsurg import progress
 from finsurg.checks.blocks import BlockModel, surgery_added
 from finsurg.steer.arch import Architecture
-from finsurg.steer.hooks import Grafts
+from finsurg.steer.surgery import Surgery
 
 
 def streamed_runs(
@@ -22,13 +22,13 @@ def streamed_runs(
     arch: Architecture,
     weights: torch.dtype,
     prompts: list[torch.Tensor],
-    surgery: tuple[dict[int, torch.Tensor], Grafts] | None,
+    surgery: Surgery | None,
     upto: int,
 ) -> dict[str, list]:
-    """Logits of each prompt (plain, and hooked when a surgery's offsets and grafts are given) and the hidden
-    states up to layer `upto`.
+    """Logits of each prompt (plain, and hooked when a surgery is given) and the hidden states up to layer `upto`.
 
-    Weights are rounded to `weights` (the variant's dtype) and computed in float32.
+    Weights, and a surgery's grafted neurons, are rounded to `weights` (the variant's dtype) and computed in
+    float32.
     """
     model = BlockModel(path, arch, weights)
     streams = {"plain": [model.embed(ids) for ids in prompts]}
@@ -40,7 +40,7 @@ def streamed_runs(
             block = model.block(layer)
             streams["plain"] = [model.run_block(block, state) for state in streams["plain"]]
             if surgery is not None:
-                with surgery_added(block, layer, arch, *surgery):
+                with surgery_added(block, layer, arch, surgery, weights, model.config):
                     streams["hooked"] = [model.run_block(block, state) for state in streams["hooked"]]
             if layer < upto:
                 for states, state in zip(hidden, streams["plain"]):

@@ -29,7 +29,7 @@ from finsurg.models.loading import encode, hf_greedy, load_model, load_tokenizer
 from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
-from finsurg.steer.hooks import Grafts, offset_hooks
+from finsurg.steer.hooks import offset_hooks
 from finsurg.variant.record import (
     DtypeCheck,
     ExactCheck,
@@ -70,18 +70,15 @@ class OpenedVariant:
         self.base = self.variant.base_path(base_override)
         if not base_trusted:
             self.variant.check_base_hashes(self.base)
-        self.arch = by_name(self.variant.surgery.base_model.architecture)
+        self.arch = by_name(self.variant.record.base_model.architecture)
         self.tokenizer = load_tokenizer(directory)
-        pack = Pack.load(self.variant.surgery.recipe.pack)
+        pack = Pack.load(self.variant.record.recipe.pack)
         self.prompts = [encode(self.tokenizer, text) for text in pack.verification_prompts()]
 
-    def surgery(self) -> tuple[dict[int, torch.Tensor], Grafts]:
-        """The recorded offsets added everywhere, and the grafted neurons of the gated layers."""
-        return self.variant.hooks(self.arch, read_config(self.base))
-
     def hooks(self):
-        offsets, grafts = self.surgery()
-        return offset_hooks(offsets, self.arch, grafts)
+        """The recorded surgery as TransformerLens hooks, its neurons rounded as the bake wrote them."""
+        variant = self.variant
+        return offset_hooks(variant.surgery, self.arch, read_config(self.base), variant.weight_dtype)
 
 
 PREFIX_TOLERANCE = 1e-5  # of the largest hidden value: float32 rounding of a reordered sum
@@ -147,11 +144,11 @@ def _end_to_end(opened: OpenedVariant, mode: str, new_tokens: int, device) -> tu
     """The whole model, baked against hooked, in float32: in memory, or one block at a time."""
     variant, weights, f32 = opened.variant, weight_dtype(opened.variant.dtype), torch.float32
     first = variant.first_layer
-    cap = variant.surgery.context_cap
+    cap = variant.record.context_cap
     if cap:  # the rewrite is exact only within its capped context: generation stays inside it
         new_tokens = max(0, min(new_tokens, cap - max(ids.shape[1] for ids in opened.prompts)))
     if mode == "streamed":
-        ref = streamed_runs(opened.base, opened.arch, weights, opened.prompts, opened.surgery(), first)
+        ref = streamed_runs(opened.base, opened.arch, weights, opened.prompts, variant.surgery, first)
         var = streamed_runs(variant.directory, opened.arch, weights, opened.prompts, None, first)
         var["logits"], new_tokens = var["plain"], 0
     else:
@@ -168,7 +165,7 @@ def _end_to_end(opened: OpenedVariant, mode: str, new_tokens: int, device) -> tu
     prefix_diff = max((float((a - b).abs().max()) for a, b in pairs), default=0.0)
     prefix_scale = max((float(a.abs().max()) for a, _ in pairs), default=0.0)
     # a graft widens every MLP by zero neurons: the same sums in another order, equal up to float32 rounding
-    prefix_ok = prefix_same or (bool(variant.gates) and prefix_diff <= PREFIX_TOLERANCE * (1.0 + prefix_scale))
+    prefix_ok = prefix_same or (variant.surgery.gated and prefix_diff <= PREFIX_TOLERANCE * (1.0 + prefix_scale))
     exact = ExactCheck(
         **comparison.model_dump(),
         mode=mode,
@@ -272,7 +269,7 @@ def _report(opened: OpenedVariant, proof, mode, note, new_tokens, device) -> Ver
             checks.append("export_dtype")
     return VerificationReport(
         variant=variant.name,
-        alpha=variant.surgery.alpha,
+        alpha=variant.record.alpha,
         dtype=variant.dtype,
         prompts=len(opened.prompts),
         new_tokens=new_tokens if mode == "in_memory" else 0,

@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from finsurg.engines.runner import run_command
+from finsurg.environment import environment
 
 
 def converter(llamacpp_python: str | None = None) -> Path | None:
     """convert_hf_to_gguf.py: FINSURG_LLAMACPP_CONVERTER, else beside the llama.cpp environment's Python
     (`llamacpp_python`, else FINSURG_LLAMACPP_PYTHON)."""
-    if os.environ.get("FINSURG_LLAMACPP_CONVERTER"):
-        return Path(os.environ["FINSURG_LLAMACPP_CONVERTER"])
-    llamacpp_python = llamacpp_python or os.environ.get("FINSURG_LLAMACPP_PYTHON")
+    env = environment()
+    if env.llamacpp_converter is not None:
+        return env.llamacpp_converter
+    llamacpp_python = llamacpp_python or env.llamacpp_python
     if llamacpp_python:
         candidate = Path(llamacpp_python).parent.parent / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
         if candidate.is_file():

@@ -14,14 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from finsurg.environment import environment
 from finsurg.errors import FinsurgError
 
 SCRIPTS = Path(__file__).with_name("scripts")
 
 
-def engine_python(explicit: str | None, env_var: str, modules: list[str], engine: str, missing: str) -> str:
-    """`explicit`, else $env_var, else this Python; refused with the `missing` hint unless it imports `modules`."""
-    python = explicit or os.environ.get(env_var) or sys.executable
+def engine_python(explicit: str | None, setting: str, modules: list[str], engine: str, missing: str) -> str:
+    """`explicit`, else the environment's `setting` (FINSURG_<SETTING>), else this Python; refused with the
+    `missing` hint unless it imports `modules`."""
+    env_var = f"FINSURG_{setting.upper()}"
+    python = explicit or getattr(environment(), setting) or sys.executable
     probe = f"import importlib.util as u; print(all(u.find_spec(m) is not None for m in {modules!r}))"
     try:
         found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()

@@ -13,7 +13,7 @@ def vllm_python(explicit: str | None = None) -> str:
     """--vllm-python, else $FINSURG_VLLM_PYTHON, else this Python; refused if it has no vLLM."""
     return engine_python(
         explicit,
-        "FINSURG_VLLM_PYTHON",
+        "vllm_python",
         ["vllm"],
         "vLLM",
         "run `make vllm-setup` and set FINSURG_VLLM_PYTHON=.venv-vllm/bin/python, or pip install 'finsurg[vllm]'",

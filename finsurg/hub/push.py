@@ -31,13 +31,13 @@ def check_repo_id(repo_id: str, what: str = "repo id") -> str:
 
 
 def default_repo_id(directory: Path, namespace: str) -> str:
-    return f"{namespace}/{repo_name(Variant(directory).surgery)}"
+    return f"{namespace}/{repo_name(Variant(directory).record)}"
 
 
 def checked(directory: Path, repo_id: str) -> tuple[SurgeryRecord, dict[str, str]]:
     """The variant's surgery record and verified SHA256SUMS: a damaged variant is never uploaded."""
     check_repo_id(repo_id)
-    return Variant(directory).surgery, check_sums(directory)
+    return Variant(directory).record, check_sums(directory)
 
 
 def plan(directory: Path, repo_id: str, private: bool, endpoint: str) -> dict:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from finsurg.environment import environment
 
 
 def finsurg_home() -> Path:
-    return Path(os.environ.get("FINSURG_HOME") or Path.home() / ".cache" / "finsurg")
+    return environment().home

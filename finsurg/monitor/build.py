@@ -31,9 +31,9 @@ from finsurg.monitor.classifier import (
     write_classifier,
 )
 from finsurg.monitor.labelled import labelled, require_data
+from finsurg.monitor.monitor_options import MonitorOptions
 from finsurg.monitor.probes import last_token_inputs, train
 from finsurg.packs import Pack
-from finsurg.steer.arch import for_config
 from finsurg.steer.recipe import Recipe
 
 CHECK_TEXTS = 16
@@ -46,11 +46,10 @@ def build_monitor(
     out: Path,
     overwrite: bool,
     placement: Placement,
-    batch_size: int = 16,
-    seed: int = 0,
+    options: MonitorOptions = MonitorOptions(),
 ) -> MonitorSpec:
     """Learn, write and check the monitor in `out` (complete or not at all); the base is only read."""
-    arch = for_config(model.config, model.name)
+    arch = model.arch
     monitor = arch.monitoring(model.name)
     recipe.check_model(model.config)
     refuse_existing(out, overwrite)
@@ -67,9 +66,10 @@ def build_monitor(
     dtype = weight_dtype(checkpoint, arch)
     hf = load_model(model.path, torch.float32, device=placement.device, max_memory=placement.dispatch)
     ensure_pad_token(tokenizer)
-    trained = train(hf, tokenizer, monitor, pack, recipe, dtype, batch_size, seed)
+    trained = train(hf, tokenizer, monitor, pack, recipe, dtype, options.batch_size, options.seed)
     check_texts = _check_texts(pack, tokenizer)
-    hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [trained.layer], batch_size)[trained.layer]
+    layer = trained.layer
+    hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [layer], options.batch_size)[layer]
     del hf
     gc.collect()
     fingerprint = embeddings_sha256(checkpoint, arch)
@@ -78,7 +78,7 @@ def build_monitor(
         write_classifier(
             partial, checkpoint, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
         )
-        check = _check(partial, check_texts, hooked @ trained.head.T, batch_size)
+        check = _check(partial, check_texts, hooked @ trained.head.T, options.batch_size)
         spec = MonitorSpec(
             labels=["topic", "behaviour"],
             thresholds=trained.thresholds,

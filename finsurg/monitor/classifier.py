@@ -189,6 +189,10 @@ class TransformersClassifier:
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """[texts, labels] raw logits, float32 on the CPU; the batch padded as the tokenizer pads."""
-        batch = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        return self.logits_of_ids(self.tokenizer(texts)["input_ids"])
+
+    def logits_of_ids(self, ids: list[list[int]]) -> torch.Tensor:
+        """The same, from token ids already encoded (and cut) by the caller."""
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             return self.model(**batch).logits.float().cpu()

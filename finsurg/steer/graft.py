@@ -47,6 +47,17 @@ class Neurons:
     gate_bias: torch.Tensor  # [NEURONS]
     down: torch.Tensor  # [hidden, NEURONS]
 
+    @classmethod
+    def joined(cls, parts: list[Neurons]) -> Neurons:
+        """Several gates' neurons side by side in one layer."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            torch.cat([p.gate_weight for p in parts]),
+            torch.cat([p.gate_bias for p in parts]),
+            torch.cat([p.down for p in parts], dim=1),
+        )
+
     def output(self, normed: torch.Tensor) -> torch.Tensor:
         """What they add to the MLP's output (before any residual multiplier), in `normed`'s dtype."""
         dtype = normed.dtype
@@ -60,17 +71,3 @@ def neurons(gate: Gate, offset: torch.Tensor, dtype: torch.dtype, divisor: float
     bias = torch.tensor([gate.bias + RAMP, gate.bias - RAMP], dtype=torch.float64).to(dtype).float()
     column = (offset.double() / divisor / (2 * RAMP)).to(dtype).float()
     return Neurons(torch.stack([weight, weight]), bias, torch.stack([column, -column], dim=1))
-
-
-def graft_width(gated: bool) -> int:
-    """How many neurons every layer of a variant grows by."""
-    return ALIGN if gated else 0
-
-
-def split(
-    offsets: dict[int, torch.Tensor], gates: dict[int, Gate], dtype: torch.dtype, divisor: float = 1.0
-) -> tuple[dict[int, torch.Tensor], dict[int, Neurons]]:
-    """The offsets added everywhere, and the grafted neurons of the gated layers (rounded to `dtype`)."""
-    plain = {layer: value for layer, value in offsets.items() if layer not in gates}
-    grafts = {layer: neurons(gates[layer], value, dtype, divisor) for layer, value in offsets.items() if layer in gates}
-    return plain, grafts

@@ -1,9 +1,9 @@
 """The offset hooks of a surgery, in TransformerLens and in plain PyTorch.
 
-Every place that adds a recipe's offsets at inference time uses these two: `offset_hooks` for a
+Every place that applies a surgery at inference time uses these two: `offset_hooks` for a
 TransformerLens bridge and `offsets_added` for a plain transformers model. Where they land comes
-from the architecture descriptor. Grafted neurons (a conditional recipe's gated offsets,
-finsurg.steer.graft) are added to the MLP's output, computed from its input, as the graft does.
+from the architecture descriptor. Gated steers' grafted neurons (finsurg.steer.graft) are added to
+the MLP's output, computed from its input, as the bake's neurons do.
 """
 
 from __future__ import annotations
@@ -14,16 +14,10 @@ from contextlib import contextmanager
 import torch
 
 from finsurg.steer.arch import Architecture
-from finsurg.steer.graft import Neurons, split
+from finsurg.steer.graft import Neurons
+from finsurg.steer.surgery import Surgery
 
 HookList = list[tuple[str, Callable]]
-Grafts = dict[int, Neurons]
-
-
-def recipe_hooks(recipe, alpha: float, arch: Architecture, model) -> tuple[dict[int, torch.Tensor], Grafts]:
-    """A recipe at alpha as the hooks take it: offsets added everywhere, and grafted neurons in float32."""
-    divisor = arch.offset_divisor(model.config.to_dict())
-    return split(recipe.offsets(alpha), recipe.gates(), torch.float32, divisor)
 
 
 def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None = None) -> Callable:
@@ -38,12 +32,16 @@ def add_hook(vector: torch.Tensor, then: Callable[[torch.Tensor], None] | None =
     return hook
 
 
-def offset_hooks(offsets: dict[int, torch.Tensor], arch: Architecture, grafts: Grafts | None = None) -> HookList:
-    """Hooks that add offsets[L] at layer L's site, at every position, and grafts[L]'s output to its MLP's."""
-    hooks = [(arch.tl_hook(layer), add_hook(vector)) for layer, vector in sorted(offsets.items())]
-    for layer, graft in sorted((grafts or {}).items()):
+def offset_hooks(
+    surgery: Surgery, arch: Architecture, config: dict, dtype: torch.dtype = torch.float32, sites: bool = True
+) -> HookList:
+    """TransformerLens hooks of a surgery: its ungated offsets at their layer's site (unless `sites` is off), its
+    gated steers' neurons (rounded to `dtype`) on their MLP."""
+    hooks = [(arch.tl_hook(layer), add_hook(vector)) for layer, vector in surgery.always().items()] if sites else []
+    grafts = surgery.neurons(dtype, arch.offset_divisor(config))
+    route = arch.grafting(arch.family) if grafts else None
+    for layer, graft in grafts.items():
         seen: list[torch.Tensor] = []
-        route = arch.grafting(arch.family)
 
         def keep(activation, hook=None, seen=seen):
             seen[:] = [activation]
@@ -80,20 +78,18 @@ def graft_output(graft: Neurons) -> Callable:
 
 
 @contextmanager
-def offsets_added(
-    model, offsets: dict[int, torch.Tensor], arch: Architecture, grafts: Grafts | None = None
-) -> Iterator[None]:
-    """Plain PyTorch forward hooks on a transformers model: offsets[L] added to its site's output, grafts[L]'s
-    neurons to its MLP's."""
+def offsets_added(model, surgery: Surgery, arch: Architecture, dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """Plain PyTorch forward hooks on a transformers model: ungated offsets added to their site's output, gated
+    steers' neurons (rounded to `dtype`) to their MLP's."""
     handles = [
         model.get_submodule(arch.module(layer)).register_forward_hook(shift_output(vector))
-        for layer, vector in sorted(offsets.items())
+        for layer, vector in surgery.always().items()
     ]
+    grafts = surgery.neurons(dtype, arch.offset_divisor(model.config.to_dict()))
+    mlp = arch.grafting(arch.family).mlp if grafts else ""
     handles += [
-        model.get_submodule(arch.grafting(arch.family).mlp.format(layer=layer)).register_forward_hook(
-            graft_output(graft)
-        )
-        for layer, graft in sorted((grafts or {}).items())
+        model.get_submodule(mlp.format(layer=layer)).register_forward_hook(graft_output(graft))
+        for layer, graft in grafts.items()
     ]
     try:
         yield

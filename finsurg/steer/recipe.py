@@ -24,6 +24,7 @@ from finsurg.jsonfile import read_json, validation_message
 from finsurg.options import finite_alpha
 from finsurg.steer.arch import for_config
 from finsurg.steer.graft import Gate
+from finsurg.steer.surgery import Surgery
 
 RECIPE_FORMAT = "finsurg.recipe/1"
 CONDITIONAL_FORMAT = "finsurg.recipe/2"  # a recipe with a topic condition
@@ -253,6 +254,10 @@ class Recipe:
                 total += self.spec.steering.coefficient * self.vectors[layer].double()
             result[layer] = (alpha * total).float()
         return result
+
+    def surgery(self, alpha: float) -> Surgery:
+        """The recipe at alpha: each steered layer's offset, under its gate where the recipe is conditional."""
+        return Surgery.of(self.offsets(alpha), self.gates())
 
     # ---- output -------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -12,11 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from finsurg import DISCLAIMER, __version__
-from finsurg.dtypes import name_of, weight_dtype
+from finsurg.dtypes import name_of
 from finsurg.jsonfile import write_json
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
 from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
+from finsurg.steer.surgery import Surgery
 from finsurg.variant.record import OFFSETS_NAME, PLOTS_DIR, SURGERY_NAME, BaseModelInfo, SurgeryRecord
 from finsurg.variant.seal import seal
 
@@ -49,19 +50,12 @@ def surgery_record(
     )
 
 
-def recorded_offsets(recipe: Recipe, alpha: float, dtype: str) -> dict[int, torch.Tensor]:
-    """The offsets as finsurg_offsets.safetensors records them: rounded to the variant's dtype, held in float32."""
-    return {layer: value.to(weight_dtype(dtype)).float() for layer, value in recipe.offsets(alpha).items()}
-
-
-def assemble(out: Path, recipe: Recipe, record: SurgeryRecord, known: dict[str, str]) -> dict[str, str]:
-    """Write the records into `out`, a variant's checkpoint, and seal it; `known` holds the checkpoint's hashes."""
-    offsets = recorded_offsets(recipe, record.alpha, record.dtype)
-    tensors = {f"offset.{layer}": value.contiguous() for layer, value in sorted(offsets.items())}
-    for layer, gate in sorted(recipe.gates().items()):
-        tensors[f"gate.{layer}.weight"] = gate.weight.float().contiguous()
-        tensors[f"gate.{layer}.bias"] = torch.tensor([gate.bias], dtype=torch.float32)
-    save_file(tensors, out / OFFSETS_NAME, metadata={"format": "pt"})
+def assemble(
+    out: Path, recipe: Recipe, surgery: Surgery, record: SurgeryRecord, known: dict[str, str]
+) -> dict[str, str]:
+    """Write the records into `out`, a variant's checkpoint, and seal it; `surgery` is what was baked (rounded to
+    the variant's dtype), `known` holds the checkpoint's hashes."""
+    save_file(surgery.tensors(), out / OFFSETS_NAME, metadata={"format": "pt"})
     write_json(out / SURGERY_NAME, record.model_dump(mode="json"))
     _copy_plots(recipe, out)
     for path in out.iterdir():

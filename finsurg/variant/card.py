@@ -40,7 +40,7 @@ def repo_name(surgery: SurgeryRecord) -> str:
 
 def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
     variant = Variant(directory)
-    surgery = variant.surgery
+    surgery = variant.record
     arch = by_name(surgery.base_model.architecture)
     evaluation = variant.report(VariantEvalReport)
     base = surgery.base_model

