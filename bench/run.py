@@ -443,17 +443,18 @@ def measure_steering(results: dict) -> None:
 
 
 def render_steering(steering: dict) -> list[str]:
-    from finsurg.effect_tables import heldout_table
+    from finsurg.steer.finding_tables import heldout_table
+    from finsurg.steer.findings import Findings
 
     analysis, compare, evaluation = steering["analysis"], steering["matched_kl"], steering["eval"]
-    heldout = analysis["behaviour"]["heldout"]
-    chosen = analysis["behaviour"]["tuning"]["chosen"]
+    findings = Findings.model_validate(analysis["behaviour"])
+    heldout, chosen = findings.heldout, findings.tuning.chosen
     lines = [
         "## Steering efficacy (default model, held-out questions)",
         "",
         f"`finsurg analyze` with tuning: {analysis['seconds']:.0f} s wall (target < 300 s), peak RSS "
-        f"{analysis['child_peak_rss_mb']:.0f} MB. Chosen: trial {chosen['trial']}, {chosen['method']}, layers "
-        f"{chosen['layers'][0]}-{chosen['layers'][1]}, KL {chosen['kl']:.3f} on the tune split.",
+        f"{analysis['child_peak_rss_mb']:.0f} MB. Chosen: trial {chosen.trial}, {chosen.method}, layers "
+        f"{chosen.layers[0]}-{chosen.layers[1]}, KL {chosen.kl:.3f} on the tune split.",
         "",
         "At alpha ±3 (the tuned point), from the analysis:",
         "",

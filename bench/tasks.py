@@ -286,7 +286,7 @@ def generation_speed(base: str, variant: str, rounds: int = 5, new_tokens: int =
     from finsurg.packs import Pack
     from finsurg.steer.arch import by_name
     from finsurg.steer.hooks import offset_hooks, offsets_added
-    from finsurg.variant.record import Variant
+    from finsurg.variant.directory import Variant
 
     torch.manual_seed(0)
     record = Variant(Path(variant))
@@ -386,8 +386,8 @@ def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
     from safetensors.torch import load_file
 
     from finsurg import progress
-    from finsurg.analysis.answers import Batches, Measure, answer_items, margins, reply_items
     from finsurg.analysis.behaviour import reply_split
+    from finsurg.analysis.measures import Batches, Measure, answer_items, margins, reply_items
     from finsurg.effects import effect, preference
     from finsurg.models.loading import load_model, load_tokenizer
     from finsurg.models.source import resolve_model
@@ -421,8 +421,8 @@ def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
                     "scale": scale,
                     "kl_up": kl_up,
                     "kl_down": measure.kl(offsets_at(-scale)),
-                    "up": effect(up, 1.0),
-                    "down": effect(down, -1.0),
+                    "up": effect(up, 1.0).model_dump(),
+                    "down": effect(down, -1.0).model_dump(),
                 }
             )
     base = measure.base_margins
@@ -439,7 +439,7 @@ def steering_compare(recipe: str, repeng: str, targets: list[float]) -> dict:
         ) / sum(b.shape[0] for b in measure.base_neutral)
         prompts[name] = {
             "system_prompt": system,
-            "shift": effect([a - b for a, b in zip(after, base)], sign),
+            "shift": effect([a - b for a, b in zip(after, base)], sign).model_dump(),
             "preference": preference(after),
             "kl": kl,
         }

@@ -243,7 +243,7 @@ def evaluate(settings: EvalSettings) -> EvalOutcome:
 def verify(settings: VerifySettings) -> VerifyOutcome:
     """The checksum, transformers, vLLM or llama.cpp report; recorded in the variant only with `record`."""
     from finsurg.io.hashing import check_sums
-    from finsurg.variant.record import ChecksumReport
+    from finsurg.variant.reports import ChecksumReport
     from finsurg.variant.seal import write_report
 
     progress.set_enabled(not settings.quiet)

@@ -25,7 +25,8 @@ from finsurg.packs import Pack
 from finsurg.settings import ExportOptions
 from finsurg.steer.recipe import Recipe
 from finsurg.variant.assemble import assemble, surgery_record
-from finsurg.variant.record import VARIANT_SIGNS, VerificationReport
+from finsurg.variant.record import VARIANT_SIGNS
+from finsurg.variant.reports import VerificationReport
 from finsurg.variant.seal import write_report
 
 

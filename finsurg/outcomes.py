@@ -38,11 +38,13 @@ class AnalyzeOutcome(Outcome):
     analysis: object  # finsurg.analysis.analyze.Analysis
 
     def payload(self) -> dict:
-        results = self.analysis.results
-        return {k: v for k, v in results.items() if k not in ("features", "heads")} | {"out": str(self.analysis.out)}
+        results, findings = self.analysis.results, self.analysis.findings
+        behaviour = None if findings is None else findings.model_dump(mode="json")
+        kept = {k: v for k, v in results.items() if k not in ("features", "heads")}
+        return kept | {"behaviour": behaviour, "out": str(self.analysis.out)}
 
     def text(self) -> str:
-        from finsurg.effect_tables import heldout_table, routes_table
+        from finsurg.steer.finding_tables import heldout_table, routes_table
 
         results, recipe = self.analysis.results, self.analysis.recipe
         massive = list(results["massive_dims"]) or "none"
@@ -53,24 +55,24 @@ class AnalyzeOutcome(Outcome):
                 f"  alpha {row['alpha']:+4g}: preference {row['preference']:.3f}, log-odds {row['log_odds']:+.3f}, "
                 f"perplexity {row['perplexity']:.3f} ({row['perplexity_change']:+.1%})"
             )
-        behaviour = results.get("behaviour")
-        if behaviour:
-            chosen = behaviour["tuning"]["chosen"]
+        findings = self.analysis.findings
+        if findings is not None:
+            chosen = findings.tuning.chosen
             lines.append(
-                f"Tuned on the tune split: trial {chosen['trial']}, {chosen['method']}, layers "
-                f"{chosen['layers'][0]}-{chosen['layers'][1]}, strength {chosen['strength']:g} = alpha "
-                f"{recipe.spec.default_alpha:g} (KL {chosen['kl']:.3f} within {behaviour['tuning']['budget']:g})"
+                f"Tuned on the tune split: trial {chosen.trial}, {chosen.method}, layers "
+                f"{chosen.layers[0]}-{chosen.layers[1]}, strength {chosen.strength:g} = alpha "
+                f"{recipe.spec.default_alpha:g} (KL {chosen.kl:.3f} within {findings.tuning.budget:g})"
             )
-            routes = behaviour.get("routes")
-            if routes:
+            routes = findings.routes
+            if routes is not None:
                 lines.append(
-                    f"Route: {routes['chosen']} ({routes['reason']}). Both routes on held-out finance and off-topic "
+                    f"Route: {routes.chosen} ({routes.reason}). Both routes on held-out on-topic and off-topic "
                     "questions, with greedy answers:"
                 )
-                lines += ["  " + line for line in routes_table(routes["heldout"])]
-            lines.append(f"Held-out effects of the recipe ({behaviour['splits']['heldout']} questions):")
-            lines += ["  " + line for line in heldout_table(behaviour["heldout"])]
-            lines.append("  " + behaviour["neuron_ablation"]["reason"])
+                lines += ["  " + line for line in routes_table(routes.heldout)]
+            lines.append(f"Held-out effects of the recipe ({findings.splits.heldout} questions):")
+            lines += ["  " + line for line in heldout_table(findings.heldout)]
+            lines.append("  " + findings.neuron_ablation.reason)
         lines.append(f"Wrote {self.analysis.out}/recipe.json, mech_interp_results.json, report.md and plots/")
         return "\n".join(lines + [DISCLAIMER])
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 from finsurg.analysis.options import AnalysisOptions
-from finsurg.checks.options import EvalOptions
+from finsurg.checks.eval_options import EvalOptions
 from finsurg.errors import FinsurgError
 from finsurg.jsonfile import validation_message
 from finsurg.monitor.monitor_options import MonitorOptions, ScoreOptions

@@ -9,7 +9,7 @@ import torch
 
 from finsurg.analysis import directions
 from finsurg.analysis.analyze import analyze
-from finsurg.analysis.answers import Batches, Measure, answer_items
+from finsurg.analysis.measures import Batches, Measure, answer_items
 from finsurg.analysis.options import AnalysisOptions
 from finsurg.analysis.tune import Search, Trial, search
 from finsurg.cli import main
@@ -153,11 +153,11 @@ def test_direction_methods_match_independent_computations(tiny, tmp_path):
 def test_effect_statistics():
     shifts = [2.0, 1.0, -0.5, 3.0, 0.5, -1.0, 2.5, 1.5]
     result = effect(shifts, direction=1.0)
-    assert result["mean"] == pytest.approx(sum(shifts) / 8)
-    assert result["wrong_way"] == pytest.approx(2 / 8)
-    assert effect(shifts, direction=-1.0)["wrong_way"] == pytest.approx(6 / 8)
-    low, high = result["ci95"]
-    assert low < result["mean"] < high
+    assert result.mean == pytest.approx(sum(shifts) / 8)
+    assert result.wrong_way == pytest.approx(2 / 8)
+    assert effect(shifts, direction=-1.0).wrong_way == pytest.approx(6 / 8)
+    low, high = result.ci95
+    assert low < result.mean < high
     rng = random.Random(0)  # an independent bootstrap agrees on the interval to within resampling noise
     means = sorted(sum(rng.choices(shifts, k=8)) / 8 for _ in range(20000))
     assert low == pytest.approx(means[500], abs=0.15) and high == pytest.approx(means[19499], abs=0.15)
@@ -208,9 +208,10 @@ def test_the_search_agrees_across_thread_counts(tiny, tmp_path):
     one, two = ([t.row() for t in run.trials] for run in runs)
     assert runs[0].chosen().number == runs[1].chosen().number
     for a, b in zip(one, two, strict=True):
-        assert (a["method"], a["layers"]) == (b["method"], b["layers"])
+        assert (a.method, a.layers) == (b.method, b.layers)
         for key in ("strength", "kl", "shift_up", "shift_down"):
-            assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+            x, y = getattr(a, key), getattr(b, key)
+            assert (x is None and y is None) or x == pytest.approx(y, rel=1e-4, abs=1e-7), key
 
 
 @pytest.mark.slow
@@ -218,12 +219,12 @@ def test_tuned_analysis_bakes_exactly(tiny_model, tmp_path):
     model = resolve_model(str(tiny_model))
     pack = write_pack(tmp_path / "pack")
     options = AnalysisOptions(out=tmp_path / "run", behaviour=str(pack), trials=4, kl_budget=0.05, batch_size=4)
-    behaviour = analyze(model, options).results["behaviour"]
+    findings = analyze(model, options).findings
     recipe = Recipe.load(tmp_path / "run")
-    assert recipe.spec.direction.method == behaviour["tuning"]["chosen"]["method"]
+    assert recipe.spec.direction.method == findings.tuning.chosen.method
     assert recipe.spec.tuning.kl <= 0.05 and recipe.spec.tuning.split == "tune"
-    assert set(behaviour["heldout"]) >= {"base", "steered", "conservative", "prompt_positive", "prompt_negative"}
-    assert len(behaviour["heldout"]["steered"]["per_item"]) == 3
+    assert set(findings.heldout) >= {"base", "steered", "conservative", "prompt_positive", "prompt_negative"}
+    assert len(findings.heldout["steered"].per_item) == 3
     assert (tmp_path / "run" / "plots" / "pareto.png").is_file()
     assert "Held-out effects" in (tmp_path / "run" / "report.md").read_text()
     out = export_checked(model, recipe, 3.0, tmp_path / "out")

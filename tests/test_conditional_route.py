@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_behaviour import write_pack
 
-from finsurg.analysis import condition
+from finsurg.analysis import topic_probes
 from finsurg.analysis.generations import judge, unchanged
 from finsurg.cli import main
 from finsurg.models.source import resolve_model
@@ -60,11 +60,11 @@ def test_probe_and_auroc_match_independent_computations():
     axis = torch.randn(16, generator=generator)
     on = torch.randn(300, 16, generator=generator) + 0.8 * axis
     off = torch.randn(300, 16, generator=generator) - 0.8 * axis
-    probe = condition.fit(on, off, seed=0)
+    probe = topic_probes.fit(on, off, seed=0)
     assert float(probe.direction @ axis / axis.norm()) > 0.9  # the planted axis
     on_logits, off_logits = probe.logits(on), probe.logits(off)
     pairs = (on_logits[:, None] > off_logits[None, :]).double().mean()  # AUROC as P(on scores above off)
-    assert condition.auroc(on_logits, off_logits) == pytest.approx(float(pairs), abs=1e-9)
+    assert topic_probes.auroc(on_logits, off_logits) == pytest.approx(float(pairs), abs=1e-9)
     threshold, slope = probe.gate(shift=1.0, sharpness=2.0)
     gate = probe.as_gate(1.0, 2.0)
     x = on[:5]
@@ -73,15 +73,15 @@ def test_probe_and_auroc_match_independent_computations():
 
 
 def test_shared_prefix_and_conversation_means():
-    assert condition.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert condition.shared_prefix([[7, 8], [7, 8]]) == 1  # never the whole of the shortest
-    means = condition.conversation_means(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0, 0, 1]))
+    assert topic_probes.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert topic_probes.shared_prefix([[7, 8], [7, 8]]) == 1  # never the whole of the shortest
+    means = topic_probes.conversation_means(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0, 0, 1]))
     assert means.tolist() == [2.0, 10.0]
 
 
 def test_generation_judgement_and_unchanged_share():
     rules = GenerationRules(positive=[r"\bbuy\b"], negative=[r"\bconsult"])
-    assert judge(["Buy the fund.", "Please CONSULT someone.", "nothing"], rules) == {
+    assert judge(["Buy the fund.", "Please CONSULT someone.", "nothing"], rules).model_dump() == {
         "positive": pytest.approx(1 / 3),
         "negative": pytest.approx(1 / 3),
     }

@@ -6,8 +6,8 @@ import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
+from finsurg.checks.eval_options import EvalOptions
 from finsurg.checks.evaluation import Runner, evaluate
-from finsurg.checks.options import EvalOptions
 from finsurg.cli import main
 from finsurg.io.hashing import check_sums, write_sums
 from finsurg.models.source import resolve_model

@@ -184,7 +184,7 @@ def test_refuses_existing_output_and_overwrites_on_request(tmp_path, tiny_model)
 
 def test_failed_verification_leaves_nothing(tmp_path, tiny_model, monkeypatch):
     import finsurg.export as export_module
-    from finsurg.variant.record import VerificationReport
+    from finsurg.variant.reports import VerificationReport
 
     def failing(directory, *args, **kwargs):
         comparison = {"max_abs_logit_diff": 9.0, "kl_mean": 1.0, "kl_max": 1.0, "argmax_agreement": 0.0}

@@ -13,7 +13,7 @@ from finsurg.cli import main
 from finsurg.io.gguf_reading import open_gguf
 from finsurg.io.hashing import check_sums, sha256_file
 from finsurg.models.source import _default_model_gguf
-from finsurg.variant.record import Variant
+from finsurg.variant.directory import Variant
 
 from conftest import tree_hashes
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from finsurg.analysis.condition import auroc
+from finsurg.analysis.topic_probes import auroc
 from finsurg.devices import Placement
 from finsurg.monitor.build import build_monitor
 from finsurg.monitor.classifier import TransformersClassifier

@@ -58,8 +58,8 @@ def test_settings_are_the_api(tmp_path, tiny_model):
             quiet=True,
         )
     )
-    assert [v["alpha"] for v in outcome.variants] == [1.0, -1.0]
-    assert outcome.status() == 0 and outcome.payload()["variants"] == outcome.variants
+    assert [v.alpha for v in outcome.variants] == [1.0, -1.0]
+    assert outcome.status() == 0 and outcome.payload()["variants"] == [v.payload() for v in outcome.variants]
     assert tree_hashes(tiny_model) == before
 
 

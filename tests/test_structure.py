@@ -98,7 +98,7 @@ def test_root_holds_only_foundations_and_the_app():
     """Modules at the package root: the few foundations every package uses, the packs, and the app."""
     root = {name for name in modules() if name.count(".") == 1 and name.split(".")[1] not in PACKAGES}
     foundations = {"finsurg.errors", "finsurg.dtypes", "finsurg.jsonfile", "finsurg.progress", "finsurg.devices"}
-    foundations |= {"finsurg.options", "finsurg.effects", "finsurg.effect_tables", "finsurg.environment"}
+    foundations |= {"finsurg.options", "finsurg.effects", "finsurg.environment"}
     assert root - {"finsurg"} == foundations | {"finsurg.packs"} | APP
 
 
@@ -120,8 +120,8 @@ def test_the_check_catches_an_upward_import():
         "finsurg.variant.card", "def f():\n    from finsurg.checks.evaluation import render_table\n", known
     )
     assert violations("finsurg.io.checkpoint", "from finsurg.steer.arch import Architecture\n", known)
-    assert violations("finsurg.engines.runner", "from finsurg.variant.record import Variant\n", known)
-    assert not violations("finsurg.checks.verify", "from finsurg.variant.record import Variant\n", known)
+    assert violations("finsurg.engines.runner", "from finsurg.variant.directory import Variant\n", known)
+    assert not violations("finsurg.checks.verify", "from finsurg.variant.directory import Variant\n", known)
 
 
 def test_no_import_cycles():

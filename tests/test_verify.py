@@ -78,7 +78,7 @@ def test_block_checks_run_elsewhere_stand_only_for_the_surgery_each_variant_reco
     from finsurg.checks.local_proof import Baking, prove
     from finsurg.checks.verify import OpenedVariant
     from finsurg.steer.surgery import Surgery
-    from finsurg.variant.record import BlockCheck
+    from finsurg.variant.reports import BlockCheck
 
     opened = OpenedVariant(variant, None, base_trusted=False)
     recorded = Baking.of(opened.variant)

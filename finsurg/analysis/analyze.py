@@ -14,6 +14,7 @@ from finsurg.analysis import plots, report
 from finsurg.analysis.activations import POOLS, collect, keyword_ids
 from finsurg.analysis.batching import ensure_pad_token
 from finsurg.analysis.behaviour import steer_by_answers
+from finsurg.analysis.context import AnalysisContext
 from finsurg.analysis.derive import band_width, choose_band, derive, separation
 from finsurg.analysis.directions import seed as seed_direction
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
@@ -27,6 +28,7 @@ from finsurg.models.bridge import boot_bridge
 from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
+from finsurg.steer.findings import Findings
 from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
 
 REPORT_NAME = "report.md"
@@ -52,10 +54,12 @@ def parse_layers(text: str | None, depth: int) -> list[int] | None:
 
 @dataclass
 class Analysis:
-    """What `finsurg analyze` made: the recipe, and the results it wrote to mech_interp_results.json."""
+    """What `finsurg analyze` made: the recipe, the results of phases 1-5 and the answer-behaviour findings, all of
+    which it wrote to mech_interp_results.json."""
 
     recipe: Recipe
     results: dict
+    findings: Findings | None
     out: Path
 
 
@@ -131,21 +135,17 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
     steps.update()
     steps.close()
 
-    behaviour, tuning = None, options.tuning()
+    findings, tuning = None, options.tuning()
     if tuning is not None:  # phases 6-8: answer-behaviour directions, tuned, judged on held-out items
         loaded.load()
-        recipe, behaviour = steer_by_answers(
-            loaded.hf_model,
-            loaded.tokenizer,
-            arch,
-            pack,
-            recipe,
-            seed_direction(features.pos.mean, features.neg.mean, features.exclude),
-            tuning,
+        ctx = AnalysisContext(loaded.hf_model, loaded.tokenizer, arch, pack, tuning.batch_size)
+        steered = steer_by_answers(
+            ctx, recipe, seed_direction(features.pos.mean, features.neg.mean, features.exclude), tuning
         )
         loaded.boot()
-        band, reason = recipe.layers, _tuned_reason(behaviour, tuning.kl_budget)
-        timings.update({f"behaviour_{k}": v for k, v in behaviour.pop("timings").items()})
+        recipe, findings = steered.recipe, steered.findings
+        band, reason = recipe.layers, _tuned_reason(findings, tuning.kl_budget)
+        timings.update({f"behaviour_{k}": v for k, v in steered.timings.items()})
     with progress.timed(timings, "logit_lens"):
         surgery = recipe.surgery(recipe.spec.default_alpha)
         lens_after = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack, surgery)
@@ -167,12 +167,11 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
         },
         "recipe": recipe.to_dict(),
         "sweep": sweep,
-        "behaviour": behaviour,
         "timings": timings,
         "disclaimer": DISCLAIMER,
     }
-    _write(out_dir, recipe, results, features, head_diff, band)
-    return Analysis(recipe, results, out_dir)
+    _write(out_dir, recipe, results, findings, features, (head_diff, band))
+    return Analysis(recipe, results, findings, out_dir)
 
 
 def _findings(model, pack: Pack, options: AnalysisOptions, features: _Features, sep, reason, head_diff, heads):
@@ -240,17 +239,19 @@ def _heads(attention: dict, names: tuple[str, ...]) -> tuple[torch.Tensor, list[
     return head_diff, heads
 
 
-def _tuned_reason(behaviour: dict, budget: float) -> str:
-    chosen = behaviour["tuning"]["chosen"]
+def _tuned_reason(findings: Findings, budget: float) -> str:
+    chosen = findings.tuning.chosen
     return (
-        f"tuned: trial {chosen['trial']} ({chosen['method']}), the largest two-sided shift on the tune "
+        f"tuned: trial {chosen.trial} ({chosen.method}), the largest two-sided shift on the tune "
         f"split within KL {budget:g}"
     )
 
 
-def _write(out_dir: Path, recipe: Recipe, results: dict, features: _Features, head_diff, band) -> None:
-    """The run directory, complete or not at all: recipe, results, report and plots."""
+def _write(out_dir: Path, recipe: Recipe, results: dict, findings: Findings | None, features: _Features, heads) -> None:
+    """The run directory, complete or not at all: recipe, results, report and plots; `heads` is the head
+    differences and the steered band."""
     names = features.names
+    head_diff, band = heads
     with building(out_dir) as partial:
         recipe.save(partial)
         plot_dir = partial / "plots"
@@ -270,20 +271,10 @@ def _write(out_dir: Path, recipe: Recipe, results: dict, features: _Features, he
         ]
         if results["sweep"]:
             made.append(plots.sweep_plot(results["sweep"]["rows"], names[0], plot_dir / "alpha_sweep.png"))
-        behaviour = results["behaviour"]
-        if behaviour:
-            tuned = behaviour["tuning"]
-            made.append(
-                plots.pareto_plot(
-                    tuned["trials"],
-                    tuned["pareto"],
-                    tuned["chosen"],
-                    tuned["budget"],
-                    recipe.spec.default_alpha,
-                    plot_dir / "pareto.png",
-                )
-            )
-            made.append(plots.item_plot(behaviour["heldout"], plot_dir / "heldout_items.png"))
+        if findings is not None:
+            made.append(plots.pareto_plot(findings.tuning, recipe.spec.default_alpha, plot_dir / "pareto.png"))
+            made.append(plots.item_plot(findings.heldout, plot_dir / "heldout_items.png"))
         results["plots"] = [p.name for p in made]
-        (partial / ANALYSIS_NAME).write_text(json.dumps(results, indent=2) + "\n")
-        (partial / REPORT_NAME).write_text(report.render(results))
+        behaviour = None if findings is None else findings.model_dump(mode="json")
+        (partial / ANALYSIS_NAME).write_text(json.dumps(results | {"behaviour": behaviour}, indent=2) + "\n")
+        (partial / REPORT_NAME).write_text(report.render(results, findings))

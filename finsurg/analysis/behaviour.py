@@ -7,17 +7,30 @@ report states is measured on `heldout`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from finsurg import progress
 from finsurg.analysis import directions as methods
-from finsurg.analysis.answers import Batches, Measure, answer_items, margins
-from finsurg.analysis.gating import choose_route
+from finsurg.analysis.context import AnalysisContext
+from finsurg.analysis.measures import Batches, Measure, answer_items, margins
+from finsurg.analysis.route_choice import Unconditional, choose_route
 from finsurg.analysis.tune import TUNED_ALPHA, search
 from finsurg.effects import effect, preference
 from finsurg.models.loading import encode, hf_greedy
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
+from finsurg.steer.findings import (
+    Example,
+    Findings,
+    HeldoutRow,
+    NeuronAblation,
+    OffTopicCounts,
+    Positions,
+    Splits,
+    Tuning,
+)
 from finsurg.steer.hooks import offsets_added
 from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
 from finsurg.steer.surgery import Surgery
@@ -33,81 +46,78 @@ EXAMPLES = 3
 EXAMPLE_TOKENS = 40
 
 
-def steer_by_answers(
-    model, tokenizer, arch: Architecture, pack: Pack, seed_recipe: Recipe, seed_direction: torch.Tensor, options
-) -> tuple[Recipe, dict]:
+@dataclass
+class Steered:
+    """The tuned recipe, what the analysis found on the way, and where the time went."""
+
+    recipe: Recipe
+    findings: Findings
+    timings: dict[str, float]
+
+
+def steer_by_answers(ctx: AnalysisContext, seed_recipe: Recipe, seed_direction: torch.Tensor, options) -> Steered:
     """The tuned recipe, and everything the report says about how it was found and what it does.
 
     `options` is the analysis's TuneOptions.
     """
+    pack = ctx.pack
     splits = pack.answer_pairs()
     tune_replies, heldout_replies = reply_split(pack.neutral_reply_items())
-    off_topic = _off_topic(pack, arch, options.route)
+    off_topic = _off_topic(pack, ctx.arch, options.route)
     timings: dict[str, float] = {}
     with progress.timed(timings, "contrast"):
-        candidates, scale = _candidates(model, tokenizer, arch, splits.train, seed_direction, options)
+        candidates, scale = _candidates(ctx, splits.train, seed_direction, options)
     with progress.timed(timings, "tuning"):
         progress.say("phase 7: measuring the unsteered model on the tune split")
-        tune = Measure(model, tokenizer, arch, splits.tune, tune_replies, options.batch_size)
-        found = search(
-            tune, candidates, scale, model.config.num_hidden_layers, options.trials, options.kl_budget, options.seed
-        )
+        tune = ctx.measure(splits.tune, tune_replies)
+        found = search(tune, candidates, scale, ctx.depth, options.trials, options.kl_budget, options.seed)
     chosen = found.chosen()
     vectors = {layer: (scale[layer] * candidates[chosen.method][layer].double()).float() for layer in chosen.layers}
     recipe = _tuned_recipe(chosen, vectors, [], seed_recipe, pack, options)
     with progress.timed(timings, "neuron_ablation"):
         ablation = _neuron_ablation(tune, recipe, seed_recipe, chosen.items, options.kl_budget)
-        if ablation["kept"]:
+        if ablation.kept:
             recipe = _tuned_recipe(chosen, vectors, seed_recipe.spec.neurons, seed_recipe, pack, options)
-    heldout = Measure(model, tokenizer, arch, splits.heldout, heldout_replies, options.batch_size)
+    heldout = ctx.measure(splits.heldout, heldout_replies)
     routes = None
     if off_topic is not None:
         with progress.timed(timings, "conditional_route"):
-            recipe, routes = choose_route(
-                model,
-                tokenizer,
-                arch,
-                pack,
-                recipe,
-                candidates[chosen.method],
-                scale,
-                tune,
-                heldout,
-                off_topic,
-                options,
-            )
+            searched = Unconditional(recipe, candidates[chosen.method], scale, tune, heldout)
+            recipe, routes = choose_route(ctx, searched, off_topic, options)
     with progress.timed(timings, "heldout"):
         progress.say("phase 8: held-out effects and the prompting baseline")
-        effects = _heldout_effects(model, tokenizer, arch, heldout, recipe, splits.heldout, pack, options.batch_size)
+        effects = _heldout_effects(ctx, heldout, recipe, splits.heldout)
     with progress.timed(timings, "examples"):
-        examples = _examples(model, tokenizer, arch, recipe, splits.heldout[:EXAMPLES])
-    results = {
-        "splits": {
-            "train": len(splits.train),
-            "tune": len(splits.tune),
-            "heldout": len(splits.heldout),
-            "neutral_replies": len(heldout_replies),
-            "neutral_replies_tuning": len(tune_replies),
-        },
-        "methods": {name: methods.METHODS[name] for name in candidates},
-        "positions": {"name": options.positions, "description": methods.POSITIONS[options.positions]},
-        "residual_norm": [round(float(v), 4) for v in scale],
-        "tuning": {
-            "budget": options.kl_budget,
-            "trials": [t.row() for t in found.trials],
-            "pareto": [t.row() for t in found.pareto()],
-            "chosen": chosen.row(),
-            "seed": options.seed,
-        },
-        "neuron_ablation": ablation,
-        "heldout": effects,
-        "examples": examples,
-        "timings": timings,
-    }
-    if routes is not None:
-        results["routes"] = routes
-        results["splits"]["off_topic"] = {name: len(getattr(off_topic, name)) for name in ("train", "tune", "heldout")}
-    return recipe, results
+        examples = _examples(ctx, recipe, splits.heldout[:EXAMPLES])
+    findings = Findings(
+        splits=Splits(
+            train=len(splits.train),
+            tune=len(splits.tune),
+            heldout=len(splits.heldout),
+            neutral_replies=len(heldout_replies),
+            neutral_replies_tuning=len(tune_replies),
+            off_topic=None if off_topic is None else _counts(off_topic),
+        ),
+        methods={name: methods.METHODS[name] for name in candidates},
+        positions=Positions(name=options.positions, description=methods.POSITIONS[options.positions]),
+        residual_norm=[round(float(v), 4) for v in scale],
+        tuning=Tuning(
+            budget=options.kl_budget,
+            trials=[t.row() for t in found.trials],
+            pareto=[t.row() for t in found.pareto()],
+            chosen=chosen.row(),
+            seed=options.seed,
+        ),
+        neuron_ablation=ablation,
+        heldout=effects,
+        examples=examples,
+        routes=routes,
+    )
+    return Steered(recipe, findings, timings)
+
+
+def _counts(off_topic) -> OffTopicCounts:
+    return OffTopicCounts(train=len(off_topic.train), tune=len(off_topic.tune), heldout=len(off_topic.heldout))
 
 
 def _off_topic(pack: Pack, arch: Architecture, route: str):
@@ -121,11 +131,11 @@ def _off_topic(pack: Pack, arch: Architecture, route: str):
     return None
 
 
-def _candidates(model, tokenizer, arch, train, seed_direction, options) -> tuple[dict[str, dict], torch.Tensor]:
+def _candidates(ctx: AnalysisContext, train, seed_direction, options) -> tuple[dict[str, dict], torch.Tensor]:
     """Phase 6: each direction method's per-layer unit directions, and the residual norm that scales them."""
     with progress.bar(total=2 * len(train), desc="phase 6: answer contrast (train)") as bar:
         contrast = methods.read_contrast(
-            model, tokenizer, arch, train, options.positions, options.batch_size, bar.update
+            ctx.model, ctx.tokenizer, ctx.arch, train, options.positions, ctx.batch_size, bar.update
         )
     candidates = {"caa": methods.caa(contrast), "pca": methods.pca(contrast), "seed": seed_direction}
     if options.method != "auto":
@@ -169,14 +179,16 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _neuron_ablation(tune: Measure, recipe: Recipe, seed_recipe: Recipe, without: dict, budget: float) -> dict:
+def _neuron_ablation(
+    tune: Measure, recipe: Recipe, seed_recipe: Recipe, without: dict, budget: float
+) -> NeuronAblation:
     """Keep the seed's single-dimension terms only if adding them moves the tune split their stated way.
 
     "Moves" means the 95% bootstrap interval of the per-item added shift excludes zero, both ways,
     and the cost with them stays within the budget.
     """
     if not seed_recipe.spec.neurons:
-        return {"kept": False, "reason": "the seed recipe has no single-dimension terms", "terms": []}
+        return NeuronAblation(kept=False, reason="the seed recipe has no single-dimension terms")
     alpha = recipe.spec.default_alpha
     unit = torch.zeros(seed_recipe.spec.model.hidden_size)
     for neuron in seed_recipe.spec.neurons:
@@ -189,7 +201,8 @@ def _neuron_ablation(tune: Measure, recipe: Recipe, seed_recipe: Recipe, without
         shifts = tune.shifts(with_terms)
         added[sign] = effect([w - wo for w, wo in zip(shifts, without[sign])], sign)  # the chosen trial's items
         costs.append(tune.kl(with_terms))
-    moved = added[1.0]["ci95"][0] > 0 and added[-1.0]["ci95"][1] < 0
+    up, down = added[1.0], added[-1.0]
+    moved = up.ci95[0] > 0 and down.ci95[1] < 0
     cost = max(costs)
     kept = moved and cost <= budget
     verdict = (
@@ -200,67 +213,64 @@ def _neuron_ablation(tune: Measure, recipe: Recipe, seed_recipe: Recipe, without
         else "not clearly their stated way (an interval includes zero or points the other way), dropped"
     )
     reason = (
-        f"adding them moved the tune split's log-odds by {added[1.0]['mean']:+.3f} "
-        f"[{added[1.0]['ci95'][0]:+.3f}, {added[1.0]['ci95'][1]:+.3f}] at alpha +{alpha:g} and "
-        f"{added[-1.0]['mean']:+.3f} [{added[-1.0]['ci95'][0]:+.3f}, {added[-1.0]['ci95'][1]:+.3f}] at alpha "
+        f"adding them moved the tune split's log-odds by {up.mean:+.3f} [{up.ci95[0]:+.3f}, {up.ci95[1]:+.3f}] "
+        f"at alpha +{alpha:g} and {down.mean:+.3f} [{down.ci95[0]:+.3f}, {down.ci95[1]:+.3f}] at alpha "
         f"-{alpha:g}: {verdict}"
     )
-    return {
-        "kept": kept,
-        "reason": reason,
-        "terms": [n.model_dump() for n in seed_recipe.spec.neurons],
-        "added": {"up": added[1.0], "down": added[-1.0]},
-        "kl_with_terms": cost,
-    }
+    return NeuronAblation(
+        kept=kept,
+        reason=reason,
+        terms=[n.model_dump() for n in seed_recipe.spec.neurons],
+        added={"up": up, "down": down},
+        kl_with_terms=cost,
+    )
 
 
-def _heldout_effects(
-    model, tokenizer, arch, heldout: Measure, recipe: Recipe, pairs, pack: Pack, batch_size: int
-) -> dict:
+def _heldout_effects(ctx: AnalysisContext, heldout: Measure, recipe: Recipe, pairs) -> dict[str, HeldoutRow]:
     alpha = recipe.spec.default_alpha
     base = heldout.base_margins
-    rows = {"base": {"preference": preference(base), "log_odds": _mean(base), "kl": 0.0}}
+    rows = {"base": HeldoutRow(preference=preference(base), log_odds=_mean(base), kl=0.0)}
     for name, sign in (("steered", 1.0), ("conservative", -1.0)):
         surgery = recipe.surgery(sign * alpha)
         shifts = heldout.shifts(surgery)
         after = [b + s for b, s in zip(base, shifts)]
-        rows[name] = {
-            "alpha": sign * alpha,
-            "preference": preference(after),
-            "log_odds": _mean(after),
-            "shift": effect(shifts, sign),
-            "kl": heldout.kl(surgery),
-            "per_item": shifts,
-        }
-    prompts = pack.manifest.system_prompts
+        rows[name] = HeldoutRow(
+            alpha=sign * alpha,
+            preference=preference(after),
+            log_odds=_mean(after),
+            shift=effect(shifts, sign),
+            kl=heldout.kl(surgery),
+            per_item=shifts,
+        )
+    prompts = ctx.pack.manifest.system_prompts
     if prompts is not None:
         for name, sign, system in (
             ("prompt_positive", 1.0, prompts.positive),
             ("prompt_negative", -1.0, prompts.negative),
         ):
-            batches = Batches(model, tokenizer, arch, answer_items(tokenizer, pairs, system), batch_size)
-            after = margins(batches.base)
+            items = answer_items(ctx.tokenizer, pairs, system)
+            after = margins(Batches(ctx.model, ctx.tokenizer, ctx.arch, items, ctx.batch_size).base)
             shifts = [a - b for a, b in zip(after, base)]
-            rows[name] = {
-                "system_prompt": system,
-                "preference": preference(after),
-                "log_odds": _mean(after),
-                "shift": effect(shifts, sign),
-                "per_item": shifts,
-            }
+            rows[name] = HeldoutRow(
+                system_prompt=system,
+                preference=preference(after),
+                log_odds=_mean(after),
+                shift=effect(shifts, sign),
+                per_item=shifts,
+            )
     return rows
 
 
-def _examples(model, tokenizer, arch, recipe: Recipe, pairs) -> list[dict]:
+def _examples(ctx: AnalysisContext, recipe: Recipe, pairs) -> list[Example]:
     """Greedy answers to a few held-out questions: base, steered and conservative side by side."""
     alpha = recipe.spec.default_alpha
     examples = []
     for pair in pairs:
-        ids = encode(tokenizer, pair.question)
+        ids = encode(ctx.tokenizer, pair.question)
         row = {"question": pair.question}
         for name, sign in (("base", 0.0), ("steered", 1.0), ("conservative", -1.0)):
-            with offsets_added(model, recipe.surgery(sign * alpha) if sign else Surgery(), arch):
-                tokens = hf_greedy(model, ids, EXAMPLE_TOKENS)
-            row[name] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        examples.append(row)
+            with offsets_added(ctx.model, recipe.surgery(sign * alpha) if sign else Surgery(), ctx.arch):
+                tokens = hf_greedy(ctx.model, ids, EXAMPLE_TOKENS)
+            row[name] = ctx.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        examples.append(Example(**row))
     return examples

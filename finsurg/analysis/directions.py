@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from finsurg.analysis.answers import answer_items
 from finsurg.analysis.batching import chunked, left_pad
+from finsurg.analysis.measures import answer_items
 from finsurg.packs import AnswerPair
 from finsurg.steer.arch import Architecture
 from finsurg.steer.hooks import site_outputs

@@ -16,6 +16,7 @@ from finsurg.analysis.batching import chunked, left_pad
 from finsurg.models.loading import prompt_ids
 from finsurg.packs import GenerationRules
 from finsurg.steer.arch import Architecture
+from finsurg.steer.findings import Judged
 from finsurg.steer.hooks import offsets_added
 from finsurg.steer.surgery import Surgery
 
@@ -51,13 +52,13 @@ def greedy_answers(
     return answers
 
 
-def judge(texts: Sequence[str], rules: GenerationRules) -> dict[str, float]:
+def judge(texts: Sequence[str], rules: GenerationRules) -> Judged:
     """The share of answers each rule set matches (case-insensitive)."""
     shares = {}
     for side in ("positive", "negative"):
         patterns = [re.compile(rule, re.IGNORECASE) for rule in getattr(rules, side)]
         shares[side] = sum(any(p.search(text) for p in patterns) for text in texts) / len(texts)
-    return shares
+    return Judged(**shares)
 
 
 def unchanged(base: Sequence[Sequence[int]], steered: Sequence[Sequence[int]], tokens: int = UNCHANGED_TOKENS) -> float:

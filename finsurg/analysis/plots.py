@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from finsurg.steer.findings import HeldoutRow, Tuning  # noqa: E402
+
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
     ax.set_xlabel(xlabel)
@@ -78,22 +80,20 @@ def sweep_plot(rows: list[dict], positive: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def pareto_plot(trials: list[dict], pareto: list[dict], chosen: dict, budget: float, alpha: float, path: Path) -> Path:
+def pareto_plot(tuning: Tuning, alpha: float, path: Path) -> Path:
     """Every measured trial's cost against its two-sided shift; the front and the chosen point marked."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    measured = [t for t in trials if t["two_sided"] is not None]
+    measured = [t for t in tuning.trials if t.two_sided is not None]
     for method, marker in (("caa", "o"), ("pca", "s"), ("seed", "^")):
-        points = [t for t in measured if t["method"] == method]
+        points = [t for t in measured if t.method == method]
         if points:
-            ax.scatter(
-                [t["kl"] for t in points], [t["two_sided"] for t in points], marker=marker, alpha=0.6, label=method
-            )
-    ax.plot(
-        [t["kl"] for t in pareto], [t["two_sided"] for t in pareto], color="black", linewidth=1, label="Pareto front"
-    )
+            ax.scatter([t.kl for t in points], [t.two_sided for t in points], marker=marker, alpha=0.6, label=method)
+    front = tuning.pareto
+    ax.plot([t.kl for t in front], [t.two_sided for t in front], color="black", linewidth=1, label="Pareto front")
+    budget = tuning.budget
     ax.scatter(
-        [chosen["kl"]],
-        [chosen["two_sided"]],
+        [tuning.chosen.kl],
+        [tuning.chosen.two_sided],
         s=160,
         facecolors="none",
         edgecolors="red",
@@ -112,7 +112,7 @@ def pareto_plot(trials: list[dict], pareto: list[dict], chosen: dict, budget: fl
     )
 
 
-def item_plot(heldout: dict, path: Path) -> Path:
+def item_plot(heldout: dict[str, HeldoutRow], path: Path) -> Path:
     """Per held-out item, the log-odds shift of each steering and prompt, sorted."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {
@@ -123,7 +123,7 @@ def item_plot(heldout: dict, path: Path) -> Path:
     }
     for name, color in styles.items():
         if name in heldout:
-            values = sorted(heldout[name]["per_item"])
+            values = sorted(heldout[name].per_item)
             ax.plot(range(len(values)), values, marker=".", color=color, label=name.replace("_", " "))
     ax.axhline(0, color="black", linewidth=0.8)
     return _finish(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from finsurg import DISCLAIMER
-from finsurg.effect_tables import examples_table, heldout_table, routes_table
+from finsurg.steer.finding_tables import examples_table, heldout_table, routes_table
+from finsurg.steer.findings import Findings, Routes, Splits
 
 
 def _dims(items: list[dict], n: int = 6) -> str:
     return ", ".join(f"{item['dim']} ({item['value']:+.2f})" for item in items[:n])
 
 
-def render(results: dict) -> str:
+def render(results: dict, findings: Findings | None = None) -> str:
     names = results["categories"]
     pos, neg, neu = names["positive"], names["negative"], names["neutral"]
     recipe = results["recipe"]
@@ -67,8 +68,8 @@ def render(results: dict) -> str:
             f"| {row['alpha']:+g} | {row['preference']:.3f} | {row['log_odds']:+.3f} | "
             f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
         )
-    if results.get("behaviour"):
-        lines += behaviour_section(results["behaviour"], recipe["default_alpha"])
+    if findings is not None:
+        lines += behaviour_section(findings, recipe["default_alpha"])
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in results["plots"]]
     lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
     return "\n".join(lines)
@@ -78,72 +79,72 @@ def _num(value, spec: str = "+.3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def behaviour_section(behaviour: dict, alpha: float) -> list[str]:
-    splits, tuning = behaviour["splits"], behaviour["tuning"]
-    chosen = tuning["chosen"]
+def behaviour_section(findings: Findings, alpha: float) -> list[str]:
+    splits, tuning = findings.splits, findings.tuning
+    chosen = tuning.chosen
     lines = [
         "",
         "## Answer behaviour: directions, tuning and held-out effects",
         "",
-        f"Paired answers: {splits['train']} train (directions), {splits['tune']} tune (search), "
-        f"{splits['heldout']} held-out (every effect below); {splits['neutral_replies']} neutral replies "
-        f"({splits['neutral_replies_tuning']} while tuning). Activations read at "
-        f"{behaviour['positions']['description']}. Methods searched: "
-        + "; ".join(f"`{name}`: {text}" for name, text in behaviour["methods"].items())
+        f"Paired answers: {splits.train} train (directions), {splits.tune} tune (search), "
+        f"{splits.heldout} held-out (every effect below); {splits.neutral_replies} neutral replies "
+        f"({splits.neutral_replies_tuning} while tuning). Activations read at "
+        f"{findings.positions.description}. Methods searched: "
+        + "; ".join(f"`{name}`: {text}" for name, text in findings.methods.items())
         + ".",
         "",
-        f"### Tuning (Optuna TPE, seed {tuning['seed']}, {len(tuning['trials'])} trials, KL budget {tuning['budget']:g})",
+        f"### Tuning (Optuna TPE, seed {tuning.seed}, {len(tuning.trials)} trials, KL budget {tuning.budget:g})",
         "",
-        f"Chosen: trial {chosen['trial']}, `{chosen['method']}`, layers {chosen['layers'][0]}–{chosen['layers'][1]}, "
-        f"strength {chosen['strength']:g} (alpha {alpha:g}). The Pareto front, tune split:",
+        f"Chosen: trial {chosen.trial}, `{chosen.method}`, layers {chosen.layers[0]}–{chosen.layers[1]}, "
+        f"strength {chosen.strength:g} (alpha {alpha:g}). The Pareto front, tune split:",
         "",
         "| trial | method | layers | strength | KL | shift at +s | shift at −s | two-sided |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in tuning["pareto"]:
+    for row in tuning.pareto:
         lines.append(
-            f"| {row['trial']} | {row['method']} | {row['layers'][0]}–{row['layers'][1]} | {row['strength']:g} | "
-            f"{row['kl']:.4f} | {_num(row['shift_up'])} | {_num(row['shift_down'])} | {_num(row['two_sided'])} |"
+            f"| {row.trial} | {row.method} | {row.layers[0]}–{row.layers[1]} | {row.strength:g} | "
+            f"{row.kl:.4f} | {_num(row.shift_up)} | {_num(row.shift_down)} | {_num(row.two_sided)} |"
         )
-    if behaviour.get("routes"):
-        lines += routes_section(behaviour["routes"], behaviour["splits"])
+    if findings.routes is not None:
+        lines += routes_section(findings.routes, splits)
     lines += ["", "### Held-out effects of the recipe (alpha ±3) beside the prompting baseline", ""] + heldout_table(
-        behaviour["heldout"]
+        findings.heldout
     )
-    lines += ["", "### Single-dimension terms", "", behaviour["neuron_ablation"]["reason"], ""]
-    lines += ["### Greedy answers to held-out questions", ""] + examples_table(behaviour["examples"])
+    lines += ["", "### Single-dimension terms", "", findings.neuron_ablation.reason, ""]
+    lines += ["### Greedy answers to held-out questions", ""] + examples_table(findings.examples)
     return lines
 
 
-def routes_section(routes: dict, splits: dict) -> list[str]:
+def routes_section(routes: Routes, splits: Splits) -> list[str]:
     """The two routes: the topic condition, the conditional search, and both routes on held-out."""
-    condition, budgets = routes["condition"], routes["budgets"]
-    heldout = routes["heldout"]
+    condition, budgets, heldout = routes.condition, routes.budgets, routes.heldout
+    off_topic = splits.off_topic
     lines = [
         "",
         "### Routes: an offset everywhere, or gated by the topic condition",
         "",
-        f"Chosen: **{routes['chosen']}** ({routes['reason']}; `--route {routes['flag']}`). Budgets on the tune "
-        f"splits: off-topic KL {budgets['off_topic_kl']:g}, on-topic prose perplexity "
-        f"+{budgets['prose_perplexity_change']:.0%}. Off-topic conversations: {splits['off_topic']['train']} train "
-        f"(the condition), {splits['off_topic']['tune']} tune (the search), {splits['off_topic']['heldout']} held-out.",
+        f"Chosen: **{routes.chosen}** ({routes.reason}; `--route {routes.flag}`). Budgets on the tune "
+        f"splits: off-topic KL {budgets.off_topic_kl:g}, on-topic prose perplexity "
+        f"+{budgets.prose_perplexity_change:.0%}. Off-topic conversations: {off_topic.train} train "
+        f"(the condition), {off_topic.tune} tune (the search), {off_topic.heldout} held-out.",
         "",
-        f"The condition is read at {condition['read_at']}, after the {condition['skipped_prefix_tokens']} tokens every "
+        f"The condition is read at {condition.read_at}, after the {condition.skipped_prefix_tokens} tokens every "
         "conversation shares. Held-out AUROC of the probe at each layer of the band:",
         "",
         "| layer | per token | per conversation |",
         "|---|---|---|",
         *[
-            f"| {layer} | {row['token_auroc']:.3f} | {row['conversation_auroc']:.3f} |"
-            for layer, row in condition["heldout"].items()
+            f"| {layer} | {row.token_auroc:.3f} | {row.conversation_auroc:.3f} |"
+            for layer, row in condition.heldout.items()
         ],
         "",
     ]
-    if condition["open_shares"]:
-        shares = condition["open_shares"]
+    if condition.open_shares is not None:
+        shares = condition.open_shares
         lines += [
-            f"The tuned gate opens (past half) on {shares['on_topic']:.0%} of held-out on-topic tokens and "
-            f"{shares['off_topic']:.1%} of held-out off-topic tokens.",
+            f"The tuned gate opens (past half) on {shares.on_topic:.0%} of held-out on-topic tokens and "
+            f"{shares.off_topic:.1%} of held-out off-topic tokens.",
             "",
         ]
     lines += ["Both routes' best points on the tune splits, then the conditional route's Pareto front:", ""]
@@ -152,18 +153,18 @@ def routes_section(routes: dict, splits: dict) -> list[str]:
         "shift at +s | shift at −s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [routes["unconditional_tune"]] + ([routes["conditional_tune"]] if routes["conditional_tune"] else [])
-    for row in rows + routes["conditional_pareto"]:
+    rows = [routes.unconditional_tune] + ([routes.conditional_tune] if routes.conditional_tune else [])
+    for row in rows + routes.conditional_pareto:
         lines.append(
-            f"| {row['route']} | {row['trial']} | {row['layers'][0]}–{row['layers'][1]} | {row['strength']:g} | "
-            f"{_num(row['gate_shift'], '+.2f')} | {_num(row['gate_sharpness'], '.2f')} | {row['off_topic_kl']:.4f} | "
-            f"{_num(row['prose_perplexity_change'], '+.1%')} | {row['shift_up']:+.2f} | {row['shift_down']:+.2f} |"
+            f"| {row.route} | {row.trial} | {row.layers[0]}–{row.layers[1]} | {row.strength:g} | "
+            f"{_num(row.gate_shift, '+.2f')} | {_num(row.gate_sharpness, '.2f')} | {row.off_topic_kl:.4f} | "
+            f"{_num(row.prose_perplexity_change, '+.1%')} | {row.shift_up:+.2f} | {row.shift_down:+.2f} |"
         )
     lines += [
         "",
-        f"Held-out, both routes at alpha ±3: {heldout['questions']['on_topic']} on-topic questions (greedy answers of "
-        f"{heldout['tokens']['answers']} tokens, judged by the pack's phrase rules) and {heldout['questions']['off_topic']} "
-        f"off-topic ones (unchanged: the first {heldout['tokens']['unchanged']} tokens equal the base's).",
+        f"Held-out, both routes at alpha ±3: {heldout.questions.on_topic} on-topic questions (greedy answers of "
+        f"{heldout.tokens.answers} tokens, judged by the pack's phrase rules) and {heldout.questions.off_topic} "
+        f"off-topic ones (unchanged: the first {heldout.tokens.unchanged} tokens equal the base's).",
         "",
         *routes_table(heldout),
     ]

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from finsurg import progress
-from finsurg.analysis.answers import Measure
+from finsurg.analysis.measures import Measure
 from finsurg.errors import FinsurgError
+from finsurg.steer.findings import TrialRow
 from finsurg.steer.surgery import Surgery
 
 SHARE_RANGE = (0.05, 1.0)  # the share of the KL budget a trial aims at
@@ -49,17 +50,17 @@ class Trial:
     def two_sided(self) -> float:
         return min(self.shift_up, -self.shift_down) if self.measured else -math.inf
 
-    def row(self) -> dict:
-        return {
-            "trial": self.number,
-            "method": self.method,
-            "layers": [self.layers[0], self.layers[-1]],
-            "strength": round(self.strength, 5),
-            "kl": self.kl,
-            "shift_up": self.shift_up,
-            "shift_down": self.shift_down,
-            "two_sided": None if not self.measured else self.two_sided,
-        }
+    def row(self) -> TrialRow:
+        return TrialRow(
+            trial=self.number,
+            method=self.method,
+            layers=[self.layers[0], self.layers[-1]],
+            strength=round(self.strength, 5),
+            kl=self.kl,
+            shift_up=self.shift_up,
+            shift_down=self.shift_down,
+            two_sided=None if not self.measured else self.two_sided,
+        )
 
 
 @dataclass

@@ -12,7 +12,7 @@ from finsurg.errors import FinsurgError
 from finsurg.io.gguf_file import write_baked_gguf, write_control_vector, written
 from finsurg.io.hashing import check_sums, sha256_file
 from finsurg.steer.arch import Architecture, by_name
-from finsurg.variant.record import Variant
+from finsurg.variant.directory import Variant
 from finsurg.variant.seal import seal
 
 CONTROL_VECTOR_NAME = "finsurg-control-vector.gguf"

@@ -26,13 +26,7 @@ from finsurg.jsonfile import write_json
 from finsurg.models.source import ResolvedModel
 from finsurg.steer.arch import Architecture
 from finsurg.steer.surgery import Surgery
-from finsurg.variant.record import (
-    CARD_NAME,
-    OFFSETS_NAME,
-    SURGERY_NAME,
-    VERIFICATION_NAME,
-    BaseModelInfo,
-)
+from finsurg.variant.record import CARD_NAME, OFFSETS_NAME, SURGERY_NAME, VERIFICATION_NAME, BaseModelInfo
 
 SKIPPED_FILES = {INDEX_NAME, CARD_NAME, "SHA256SUMS", OFFSETS_NAME, SURGERY_NAME, VERIFICATION_NAME}
 SKIPPED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".lock"}

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from finsurg import DISCLAIMER, __version__, progress
-from finsurg.checks.options import EvalOptions
+from finsurg.checks.eval_options import EvalOptions
 from finsurg.devices import Placement
 from finsurg.dtypes import name_of, weight_dtype
-from finsurg.effect_tables import shift_table
 from finsurg.effects import effect
 from finsurg.engines.runner import run_script
 from finsurg.engines.vllm_env import vllm_python
@@ -32,18 +31,11 @@ from finsurg.models.loading import load_model, load_tokenizer
 from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture, by_name
+from finsurg.steer.finding_tables import shift_table
 from finsurg.steer.hooks import offsets_added
-from finsurg.variant.record import (
-    BASE_RUN,
-    EVAL_NAME,
-    EvalReport,
-    Parity,
-    RunKey,
-    Variant,
-    VariantEval,
-    VariantEvalReport,
-    find_variants,
-)
+from finsurg.variant.directory import Variant, find_variants
+from finsurg.variant.eval_report import BASE_RUN, EvalReport, Parity, RunKey, VariantEval, VariantEvalReport
+from finsurg.variant.record import EVAL_NAME
 from finsurg.variant.seal import write_report
 
 EVAL_TABLE_NAME = "eval.md"
@@ -422,7 +414,7 @@ def render_table(report: EvalReport) -> str:
         lines.append("- engines: " + "; ".join(f"{run}: {engine}" for run, engine in sorted(report.engines.items())))
     if report.shifts:
         lines += ["", "Log-odds shift from the base on the preference task, item by item:", ""]
-        lines += shift_table({name: e.model_dump() for name, e in report.shifts.items()})
+        lines += shift_table(report.shifts)
     return "\n".join(lines)
 
 

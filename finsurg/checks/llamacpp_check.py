@@ -23,7 +23,7 @@ from finsurg.engines.converter import converter
 from finsurg.engines.runner import engine_python, run_script
 from finsurg.io.gguf_file import write_baked_gguf, write_control_vector
 from finsurg.models.loading import hf_greedy, load_model
-from finsurg.variant.record import Agreement, LlamaCppReport
+from finsurg.variant.reports import Agreement, LlamaCppReport
 
 RELATIVE_TOLERANCE = 1e-4  # of the largest logit: F32 compute, the bias added inside ffn_down or after the block
 

@@ -27,7 +27,8 @@ from finsurg.io.lazy_model import PieceError
 from finsurg.models.source import read_config
 from finsurg.steer.arch import Architecture
 from finsurg.steer.surgery import Surgery
-from finsurg.variant.record import BlockCheck, LocalProof, StructureCheck, Variant
+from finsurg.variant.directory import Variant
+from finsurg.variant.reports import BlockCheck, LocalProof, StructureCheck
 
 INPUT_RMS = (1.0, 16.0)  # residual streams sit in this range; the check holds at both ends
 INPUT_TOKENS = 16  # of the first verification prompt: the identity is per position, attention mixes them

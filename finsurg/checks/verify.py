@@ -30,14 +30,8 @@ from finsurg.models.source import read_config
 from finsurg.packs import Pack
 from finsurg.steer.arch import by_name
 from finsurg.steer.hooks import offset_hooks
-from finsurg.variant.record import (
-    DtypeCheck,
-    ExactCheck,
-    LogitComparison,
-    SteeringEffect,
-    Variant,
-    VerificationReport,
-)
+from finsurg.variant.directory import Variant
+from finsurg.variant.reports import DtypeCheck, ExactCheck, LogitComparison, SteeringEffect, VerificationReport
 
 KL_LIMIT = 1e-6
 NEW_TOKENS = 32

@@ -23,7 +23,7 @@ from finsurg.engines.runner import run_script
 from finsurg.engines.vllm_env import KV_CACHE_GIB, TIMEOUT, vllm_python
 from finsurg.models.bridge import boot_bridge, greedy
 from finsurg.models.loading import hf_greedy, load_model
-from finsurg.variant.record import Agreement, VllmReport
+from finsurg.variant.reports import Agreement, VllmReport
 
 
 def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_tokens: int) -> dict:

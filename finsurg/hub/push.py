@@ -15,7 +15,8 @@ from finsurg import __version__
 from finsurg.errors import FinsurgError
 from finsurg.io.hashing import check_sums, sealed_files
 from finsurg.variant.card import repo_name
-from finsurg.variant.record import SurgeryRecord, Variant
+from finsurg.variant.directory import Variant
+from finsurg.variant.record import SurgeryRecord
 from finsurg.variant.seal import seal
 
 

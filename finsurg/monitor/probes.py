@@ -3,7 +3,7 @@ transformers and vLLM pool), learnt on the pack's train split, thresholded on tu
 
 A conditional recipe's topic condition is the `topic` probe: its direction at a gated layer is reused, not
 learnt again. Elsewhere the topic direction, and always the behaviour direction, are learnt with the same
-logistic fit the condition uses (finsurg.analysis.condition.fit).
+logistic fit the condition uses (finsurg.analysis.topic_probes.fit).
 
 A stock classifier's head has no bias. The normed MLP input has a near-constant component along its mean
 direction, so each probe's intercept is folded onto that direction: the head's raw logit then reads as the
@@ -20,7 +20,7 @@ import torch
 
 from finsurg import progress
 from finsurg.analysis.batching import chunked
-from finsurg.analysis.condition import Probe, auroc, fit
+from finsurg.analysis.topic_probes import Probe, auroc, fit
 from finsurg.monitor.labelled import LABELS, Labelled, labelled
 from finsurg.packs import Pack
 from finsurg.steer.arch import Monitor

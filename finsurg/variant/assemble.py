@@ -9,13 +9,16 @@ import shutil
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from finsurg import DISCLAIMER, __version__
 from finsurg.dtypes import name_of
-from finsurg.jsonfile import write_json
+from finsurg.errors import FinsurgError
+from finsurg.jsonfile import validation_message, write_json
 from finsurg.packs import Pack
 from finsurg.steer.arch import Architecture
+from finsurg.steer.findings import Findings
 from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
 from finsurg.steer.surgery import Surgery
 from finsurg.variant.record import OFFSETS_NAME, PLOTS_DIR, SURGERY_NAME, BaseModelInfo, SurgeryRecord
@@ -64,7 +67,7 @@ def assemble(
     return seal(out, known=known)
 
 
-def _behaviour(recipe: Recipe) -> dict | None:
+def _behaviour(recipe: Recipe) -> Findings | None:
     """The held-out effects and examples of the analysis beside the recipe, for the model card."""
     path = recipe.source_dir / ANALYSIS_NAME if recipe.source_dir else None
     if path is None or not path.is_file():
@@ -72,17 +75,10 @@ def _behaviour(recipe: Recipe) -> dict | None:
     behaviour = json.loads(path.read_text()).get("behaviour")
     if not behaviour:
         return None
-    heldout = {name: {k: v for k, v in row.items() if k != "per_item"} for name, row in behaviour["heldout"].items()}
-    routes = behaviour.get("routes")
-    if routes:
-        routes = {k: v for k, v in routes.items() if k not in ("conditional_trials", "conditional_pareto")}
-    return {
-        "heldout": heldout,
-        "examples": behaviour["examples"],
-        "splits": behaviour["splits"],
-        "tuning": {"budget": behaviour["tuning"]["budget"], "chosen": behaviour["tuning"]["chosen"]},
-        "routes": routes,
-    }
+    try:
+        return Findings.model_validate(behaviour).summary()
+    except ValidationError as exc:
+        raise FinsurgError(f"{path}: {validation_message(exc, path.name)}") from None
 
 
 def _vector_digest(recipe: Recipe) -> str:

@@ -13,20 +13,12 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finsurg import DISCLAIMER
-from finsurg.effect_tables import examples_table, heldout_table, routes_table, shift_table
 from finsurg.steer.arch import by_name
-from finsurg.variant.record import (
-    BASE_RUN,
-    CARD_NAME,
-    PLOTS_DIR,
-    LlamaCppReport,
-    RunKey,
-    SurgeryRecord,
-    Variant,
-    VariantEvalReport,
-    VerificationReport,
-    VllmReport,
-)
+from finsurg.steer.finding_tables import examples_table, heldout_table, routes_table, shift_table
+from finsurg.variant.directory import Variant
+from finsurg.variant.eval_report import BASE_RUN, RunKey, VariantEvalReport
+from finsurg.variant.record import CARD_NAME, PLOTS_DIR, SurgeryRecord
+from finsurg.variant.reports import LlamaCppReport, VerificationReport, VllmReport
 
 TAGS = ["finsurg", "steering", "neuron-surgery", "mechanistic-interpretability", "activation-steering"]
 
@@ -181,20 +173,20 @@ def _gate(surgery: SurgeryRecord) -> str:
         "layer's MLP is wider by the same count; the neurons beyond the graft are exact zeros. Off the topic the gate "
         "stays shut and the variant answers as the base does."
     )
-    routes = (surgery.behaviour or {}).get("routes")
-    if routes:
-        condition = routes["condition"]
-        aurocs = [row["token_auroc"] for row in condition["heldout"].values()]
-        conversations = [row["conversation_auroc"] for row in condition["heldout"].values()]
+    routes = None if surgery.behaviour is None else surgery.behaviour.routes
+    if routes is not None:
+        condition = routes.condition
+        aurocs = [row.token_auroc for row in condition.heldout.values()]
+        conversations = [row.conversation_auroc for row in condition.heldout.values()]
         text += (
             f" Held-out AUROC of the condition: {min(aurocs):.3f}–{max(aurocs):.3f} per token, "
             f"{min(conversations):.3f}–{max(conversations):.3f} per conversation."
         )
-        if condition["open_shares"]:
-            shares = condition["open_shares"]
+        if condition.open_shares is not None:
+            shares = condition.open_shares
             text += (
-                f" The gate opens past half on {shares['on_topic']:.0%} of held-out on-topic tokens and "
-                f"{shares['off_topic']:.1%} of held-out off-topic tokens."
+                f" The gate opens past half on {shares.on_topic:.0%} of held-out on-topic tokens and "
+                f"{shares.off_topic:.1%} of held-out off-topic tokens."
             )
     return text
 
@@ -202,31 +194,31 @@ def _gate(surgery: SurgeryRecord) -> str:
 def _efficacy(surgery: SurgeryRecord) -> str:
     """The analysis's held-out effects beside the prompting baseline, and greedy answers side by side."""
     behaviour = surgery.behaviour
-    if not behaviour:
+    if behaviour is None:
         return ""
-    splits = behaviour["splits"]
+    splits = behaviour.splits
     lines = [
         "## Steering efficacy (held-out questions, from the analysis)",
         "",
-        f"Measured by `finsurg analyze` on {splits['heldout']} held-out questions the directions and the tuning "
+        f"Measured by `finsurg analyze` on {splits.heldout} held-out questions the directions and the tuning "
         f"never saw (alpha ±3, the tuned point; this variant is alpha {surgery.alpha:+g}). Log-odds are "
         "log P(positive answer) − log P(negative answer) per question; KL is the mean per-token KL from the base "
-        f"on {splits['neutral_replies']} neutral replies. Published evaluations find that prompting often beats "
+        f"on {splits.neutral_replies} neutral replies. Published evaluations find that prompting often beats "
         "steering, so the plain system prompts stand beside it.",
         "",
     ]
-    lines += heldout_table(behaviour["heldout"])
-    routes = behaviour.get("routes")
-    if routes:
+    lines += heldout_table(behaviour.heldout)
+    routes = behaviour.routes
+    if routes is not None:
         lines += [
             "",
-            f"Both routes, the constant offset and the gated one (this recipe: **{routes['chosen']}**), on held-out "
+            f"Both routes, the constant offset and the gated one (this recipe: **{routes.chosen}**), on held-out "
             "finance and off-topic questions: greedy answers judged by the pack's phrase rules, and the share of "
             "off-topic answers whose first tokens equal the base's.",
             "",
-            *routes_table(routes["heldout"]),
+            *routes_table(routes.heldout),
         ]
-    lines += ["", "Greedy answers to held-out questions:", ""] + examples_table(behaviour["examples"])
+    lines += ["", "Greedy answers to held-out questions:", ""] + examples_table(behaviour.examples)
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from finsurg.io.hashing import write_sums
 from finsurg.jsonfile import write_json
 from finsurg.variant.card import write_card
-from finsurg.variant.record import CARD_NAME, REPORT_FILES, Record
+from finsurg.variant.directory import REPORT_FILES
+from finsurg.variant.record import CARD_NAME, Record
 
 
 def seal(directory: Path, known: dict[str, str] | None = None, repo_id: str | None = None) -> dict[str, str]:

@@ -13,10 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from finsurg import progress
-from finsurg.analysis.answers import Divergence, Measure, Perplexity
-from finsurg.analysis.condition import Probe
+from finsurg.analysis.measures import Divergence, Measure, Perplexity
+from finsurg.analysis.topic_probes import Probe
 from finsurg.analysis.tune import offsets_for
+from finsurg.steer.findings import RoutePoint
 from finsurg.steer.surgery import Surgery
 
 STRENGTH_RANGE = (0.0, 0.5)  # offset norm per layer, as a fraction of the residual norm there
@@ -51,20 +54,20 @@ class Point:
     def within(self, kl_budget: float, prose_budget: float) -> bool:
         return self.off_topic_kl <= kl_budget and (self.prose is None or self.prose <= prose_budget)
 
-    def row(self) -> dict:
-        return {
-            "route": self.route,
-            "trial": self.number,
-            "layers": [self.layers[0], self.layers[-1]],
-            "strength": round(self.strength, 5),
-            "gate_shift": self.shift,
-            "gate_sharpness": self.sharpness,
-            "off_topic_kl": self.off_topic_kl,
-            "prose_perplexity_change": self.prose,
-            "shift_up": self.shift_up,
-            "shift_down": self.shift_down,
-            "two_sided": self.two_sided,
-        }
+    def row(self) -> RoutePoint:
+        return RoutePoint(
+            route=self.route,
+            trial=self.number,
+            layers=[self.layers[0], self.layers[-1]],
+            strength=round(self.strength, 5),
+            gate_shift=self.shift,
+            gate_sharpness=self.sharpness,
+            off_topic_kl=self.off_topic_kl,
+            prose_perplexity_change=self.prose,
+            shift_up=self.shift_up,
+            shift_down=self.shift_down,
+            two_sided=self.two_sided,
+        )
 
 
 @dataclass
@@ -103,10 +106,18 @@ class Costs:
         )
 
 
-def gated_surgery(direction, scale, probes: dict[int, Probe], layers, strength, shift, sharpness) -> Surgery:
-    """The band's offsets at +strength, each under a gate with the settings every layer of the band shares."""
-    up = offsets_for(direction, scale, layers, strength)
-    return Surgery.of(up, {layer: probes[layer].as_gate(shift, sharpness) for layer in layers})
+@dataclass(frozen=True)
+class Gated:
+    """What a gated trial is built from: the tuned direction, its per-layer scale, and each layer's topic probe."""
+
+    direction: dict
+    scale: torch.Tensor
+    probes: dict[int, Probe]
+
+    def surgery(self, layers: list[int], strength: float, shift: float, sharpness: float) -> Surgery:
+        """The band's offsets at +strength, each under a gate with the settings every layer of the band shares."""
+        up = offsets_for(self.direction, self.scale, layers, strength)
+        return Surgery.of(up, {layer: self.probes[layer].as_gate(shift, sharpness) for layer in layers})
 
 
 def reach(first: list[int], band_range: tuple[int, int]) -> tuple[int, int]:
@@ -115,11 +126,11 @@ def reach(first: list[int], band_range: tuple[int, int]) -> tuple[int, int]:
 
 
 def search_gated(
-    costs: Costs, direction, scale, probes, band_range: tuple[int, int], trials: int, budgets, seed: int, first
+    costs: Costs, gated: Gated, band_range: tuple[int, int], first: list[int], budgets, trials: int, seed: int
 ) -> list[Point]:
-    """The conditional route's trials. `budgets` is (off-topic KL, prose perplexity change), `probes` maps a layer
-    in `band_range` to its probe, and `first` is the band the search starts from (the unconditional route's, whose
-    direction it gates).
+    """The conditional route's trials. `budgets` is (off-topic KL, prose perplexity change), `gated.probes` maps a
+    layer in `band_range` to its probe, and `first` is the band the search starts from (the unconditional route's,
+    whose direction it gates).
 
     A trial's strength is found as the share of the binding budget it aims to spend (the prose budget, or the
     off-topic one for a pack without prose): that cost grows about as the square of the strength, so one reading
@@ -154,9 +165,9 @@ def search_gated(
             band = list(range(start, min(start + width, highest + 1)))
             strength = PROBE_STRENGTH
             for _attempt in range(2):  # the probe reading, then one correction
-                cost = costs.binding(gated_surgery(direction, scale, probes, band, strength, shift, sharpness))
+                cost = costs.binding(gated.surgery(band, strength, shift, sharpness))
                 strength = min(strength * math.sqrt(share * budget / max(cost, 1e-12)), STRENGTH_RANGE[1])
-            up = gated_surgery(direction, scale, probes, band, strength, shift, sharpness)
+            up = gated.surgery(band, strength, shift, sharpness)
             point = costs.point("conditional", trial.number, band, strength, up, shift=shift, sharpness=sharpness)
             trial.set_user_attr("strength", strength)
             points.append(point)

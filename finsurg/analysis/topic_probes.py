@@ -20,6 +20,7 @@ from finsurg.analysis.batching import chunked, left_pad
 from finsurg.models.loading import prompt_ids
 from finsurg.packs import AnswerPair, NeutralReply
 from finsurg.steer.arch import Architecture
+from finsurg.steer.findings import Auroc, OpenShares
 from finsurg.steer.graft import Gate
 
 STORED = torch.float16  # token features are held at half precision: the probe needs no more
@@ -163,24 +164,24 @@ class Probes(dict):
         return probe
 
 
-def judged(probes: dict[int, Probe], on: Tokens, off: Tokens) -> dict[int, dict]:
-    """Held-out AUROC of each layer's probe, per token and per conversation."""
+def judged(probes: dict[int, Probe], on: Tokens, off: Tokens) -> dict[str, Auroc]:
+    """Held-out AUROC of each layer's probe, per token and per conversation, by layer."""
     rows = {}
     for layer, probe in probes.items():
         on_logits, off_logits = probe.logits(on.features[layer]), probe.logits(off.features[layer])
-        rows[layer] = {
-            "token_auroc": auroc(on_logits, off_logits),
-            "conversation_auroc": auroc(
+        rows[str(layer)] = Auroc(
+            token_auroc=auroc(on_logits, off_logits),
+            conversation_auroc=auroc(
                 conversation_means(on_logits, on.conversation), conversation_means(off_logits, off.conversation)
             ),
-        }
+        )
     return rows
 
 
-def open_shares(gates: dict[int, Gate], on: Tokens, off: Tokens) -> dict[str, float]:
+def open_shares(gates: dict[int, Gate], on: Tokens, off: Tokens) -> OpenShares:
     """The share of held-out tokens whose gate opens past half, on topic and off it, over the gated layers."""
     shares = {"on_topic": [], "off_topic": []}
     for layer, gate in gates.items():
         shares["on_topic"].append(float((gate.opening(on.features[layer]) > 0.5).double().mean()))
         shares["off_topic"].append(float((gate.opening(off.features[layer]) > 0.5).double().mean()))
-    return {name: sum(values) / len(values) for name, values in shares.items()}
+    return OpenShares(**{name: sum(values) / len(values) for name, values in shares.items()})
