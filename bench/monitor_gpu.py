@@ -27,11 +27,8 @@ def build():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finsurg.devices import Placement
-    from finsurg.models.source import resolve_model
-    from finsurg.monitor.build import build_monitor
-    from finsurg.monitor.monitor_options import MonitorOptions
-    from finsurg.steer.recipe import Recipe
+    from finsurg import api
+    from finsurg.settings import MonitorExportSettings
 
     config = json.loads((FILES / "config.json").read_text())
     base = work / "base"
@@ -41,34 +38,26 @@ def build():
     for f in FILES.iterdir():
         if f.name != "config.json":
             (base / f.name).write_bytes(f.read_bytes())
-    resolved = resolve_model(str(base))
-    recipe = Recipe.preset("smollm2-135m")
-    clock = time.perf_counter()
-    spec = build_monitor(
-        resolved, recipe, work / "monitor", True, Placement.of(DEV, "float32"), MonitorOptions(batch_size=64)
+    settings = MonitorExportSettings(
+        model=str(base), recipe="smollm2-135m", out=work / "monitor", overwrite=True, device=DEV, batch_size=64
     )
+    clock = time.perf_counter()
+    spec = api.monitor_export(settings.model_copy(update={"quiet": True})).spec
     return {"build_seconds": time.perf_counter() - clock, "layer": spec.layer, "check": spec.check, "cost": spec.cost}
 
 
 def score(lines):
     import torch
 
-    from finsurg import progress
-    from finsurg.monitor.monitor_options import ScoreOptions
-    from finsurg.monitor.score import score_log
-    from finsurg.monitor.synthetic import planted_log
+    from finsurg import api
+    from finsurg.monitor.synthetic import planted_log  # the planted log is the benchmark's input, not a command
     from finsurg.packs import Pack
+    from finsurg.settings import MonitorScoreSettings
 
-    progress.set_enabled(False)
     log = planted_log(work / f"log{lines}.jsonl", Pack.load("finance"), lines, 0.1, 0.3)
-    s = score_log(
-        work / "monitor",
-        log,
-        work / f"scores{lines}.jsonl",
-        "transformers",
-        ScoreOptions(batch_size=256),
-        torch.device(DEV),
-    )
+    out = work / f"scores{lines}.jsonl"
+    settings = MonitorScoreSettings(log=log, monitor=work / "monitor", out=out, device=DEV, batch_size=256)
+    s = api.monitor_score(settings.model_copy(update={"quiet": True})).summary
     return {
         "lines": lines,
         "scored": s.scored,

@@ -33,27 +33,33 @@ def timed(fn) -> dict:
 def export_stream(
     model: str, recipe: str, out: str, link: str = "copy", variants: str = "both", verify: bool = False
 ) -> dict:
-    from finsurg import progress
-    from finsurg.bake.writer import VariantWriter
-    from finsurg.export import export_variants
+    """`finsurg export` of both variants through the API; or the writer alone, one variant (the stream's cost)."""
+    from finsurg import api, progress
+    from finsurg.settings import ExportSettings
+
+    if variants == "both":
+        settings = ExportSettings(model=model, recipe=recipe, alpha=3.0, out=Path(out), verify=verify, link=link)
+
+        def run():
+            results = api.export(settings.model_copy(update={"quiet": True})).variants
+            checks = [r.verification.checks for r in results if r.verification is not None]
+            return {"shards": [r.shards for r in results], "checks": checks}
+
+        return timed(run)
+    from finsurg.bake.writer import VariantWriter  # a micro-benchmark of the writer: no API runs it alone
     from finsurg.models.source import resolve_model
-    from finsurg.settings import ExportOptions
     from finsurg.steer.recipe import resolve_recipe
 
     progress.set_enabled(False)
     resolved = resolve_model(model)
     chosen = resolve_recipe(recipe, resolved.name, resolved.config)
 
-    def run():
-        if variants == "both":
-            results = export_variants(resolved, chosen, 3.0, ExportOptions(out=Path(out), verify=verify, link=link))
-            checks = [r.verification.checks for r in results if r.verification is not None]
-            return {"shards": [r.shards for r in results], "checks": checks}
+    def write():
         Path(out).mkdir(parents=True)
         baked = VariantWriter(resolved, link=link).write(chosen.surgery(3.0), "steered", Path(out))
         return {"shards": [baked.copied]}
 
-    return timed(run)
+    return timed(write)
 
 
 def conditional_recipe(recipe: str, out: str) -> dict:
@@ -81,13 +87,11 @@ def conditional_recipe(recipe: str, out: str) -> dict:
 
 def verify(variant: str, full: bool = False) -> dict:
     """`finsurg verify` of one variant: the layer-local proof, and the end-to-end check with `full`."""
-    from finsurg import progress
-    from finsurg.checks.verify import verify_variant
-
-    progress.set_enabled(False)
+    from finsurg import api
+    from finsurg.settings import VerifySettings
 
     def run():
-        report = verify_variant(Path(variant), full=full)
+        report = api.verify(VerifySettings(variant=Path(variant), full=full, quiet=True)).report
         blocks = report.proof.blocks
         summary = {
             "passed": report.passed,
@@ -107,37 +111,33 @@ def verify(variant: str, full: bool = False) -> dict:
 def family_route(family: str, out: str) -> dict:
     """A tiny random model of one family (the test suite's): export against a plain copy, then verify."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from finsurg import progress
-    from finsurg.checks.verify import verify_variant
-    from finsurg.export import export_variants
-    from finsurg.models.source import resolve_model
-    from finsurg.settings import ExportOptions
+    from finsurg import api
+    from finsurg.settings import ExportSettings, VerifySettings
 
     from conftest import ROUTES, make_family_model, tiny_recipe
 
-    progress.set_enabled(False)
     root = Path(out)
     architecture, site = ROUTES[family]
     base = make_family_model(root / "base", family)
     recipe = tiny_recipe(root / "recipe", architecture=architecture, site=site)
-    model = resolve_model(str(base))
 
     def copy_twice():
         for k in range(2):
             shutil.copytree(base, root / f"copy-{k}")
 
     copy = timed(copy_twice)
-    options = ExportOptions(out=root / "out", verify=False)
-    export = timed(lambda: {"variants": len(export_variants(model, recipe, 3.0, options))})
-    report = verify_variant(root / "out" / "steered")
+    settings = ExportSettings(
+        model=str(base), recipe=str(recipe.source_dir), alpha=3.0, out=root / "out", verify=False, quiet=True
+    )
+    export = timed(lambda: {"variants": len(api.export(settings).variants)})
+    steered = root / "out" / "steered"
+    report = api.verify(VerifySettings(variant=steered, quiet=True)).report
     figures = {"architecture": architecture, "site": site, "copy_both_seconds": copy["seconds"]}
     figures["export_both_seconds"] = export["seconds"]
     figures["float32"] = report.float32.model_dump()
     figures["proof_passed"] = report.proof.passed
     if os.environ.get("FINSURG_VLLM_PYTHON"):
-        from finsurg.checks.vllm_check import verify_with_vllm
-
-        served = verify_with_vllm(root / "out" / "steered", new_tokens=32)
+        served = api.verify(VerifySettings(variant=steered, engine="vllm", tokens=32, quiet=True)).report
         figures["vllm"] = {
             "vs_hooks": served.vs_hooks.model_dump(),
             "vs_transformers": served.vs_transformers.model_dump(),
@@ -189,11 +189,11 @@ def plain_copy(source: str, out: str) -> dict:
 
 def gguf_export(variant: str, out: str, kind: str) -> dict:
     """`finsurg gguf` of one variant: the base GGUF streamed, plus the ffn_down biases."""
-    from finsurg import progress
-    from finsurg.bake.gguf_variant import variant_gguf
+    from finsurg import api
+    from finsurg.settings import GgufSettings
 
-    progress.set_enabled(False)
-    return timed(lambda: {"bytes": variant_gguf(Path(variant), Path(out), kind, None)["bytes"]})
+    settings = GgufSettings(variant=Path(variant), out=Path(out), gguf_type=kind, quiet=True)
+    return timed(lambda: {"bytes": api.gguf(settings).written["bytes"]})
 
 
 def make_synthetic(out: str, shards: int = 4) -> dict:
@@ -331,6 +331,7 @@ def generation_speed(base: str, variant: str, rounds: int = 5, new_tokens: int =
 def analysis_phase1(batch_size: int) -> dict:
     """Phase 1 (activations and head attention) over the shipped train prompts."""
     from finsurg.analysis.activations import collect, keyword_ids
+    from finsurg.analysis.batching import padded
     from finsurg.models.bridge import boot_bridge
     from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
     from finsurg.models.source import resolve_model
@@ -345,7 +346,7 @@ def analysis_phase1(batch_size: int) -> dict:
     sequences = [prompt_ids(tokenizer, t) for c in prompts.categories for t in c.train]
 
     def run():
-        collect(bridge, tokenizer, arch, sequences, "last", batch_size, keywords)
+        collect(bridge, arch, padded(tokenizer, sequences, batch_size), "last", keywords)
         return {"prompts": len(sequences)}
 
     result = timed(run)
@@ -512,27 +513,22 @@ def export_eval(recipe: str, out: str) -> dict:
 # ---- compliance monitor -------------------------------------------------------------------------
 def monitor_build(out: str, tiny: bool = False) -> dict:
     """`finsurg monitor export` of the default model's preset, or of a tiny random Llama with a chat template."""
-    from finsurg import progress
-    from finsurg.devices import Placement
-    from finsurg.models.source import resolve_model
-    from finsurg.monitor.build import build_monitor
-    from finsurg.steer.recipe import resolve_recipe
+    from finsurg import api
+    from finsurg.settings import MonitorExportSettings
 
-    progress.set_enabled(False)
     root = Path(out)
+    settings = MonitorExportSettings(out=root / "monitor", device="cpu", quiet=True)
     if tiny:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from conftest import make_tiny_llama, tiny_recipe, with_template
 
-        model = resolve_model(str(with_template(make_tiny_llama(root / "base"))))
+        model = with_template(make_tiny_llama(root / "base"))
         recipe = tiny_recipe(root / "recipe")
-    else:
-        model = resolve_model(None)
-        recipe = resolve_recipe(None, model.name, model.config)
+        settings = settings.model_copy(update={"model": str(model), "recipe": str(recipe.source_dir)})
     built = {}
 
     def build():
-        built["spec"] = build_monitor(model, recipe, root / "monitor", False, Placement.of("cpu"))
+        built["spec"] = api.monitor_export(settings).spec
 
     figures = timed(build)
     return figures | {"spec": built["spec"].model_dump(mode="json"), "cost": built["spec"].cost}
@@ -578,18 +574,22 @@ def monitor_cost(monitor: str, conversations: int = 64, batch_size: int = 16, ro
 def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after: float = 0.3) -> dict:
     """`finsurg monitor score` of a planted log of `lines` conversations, in this process; then `monitor drift`
     of its scores in windows of a tenth of the log against the first fifth."""
-    from finsurg import progress
-    from finsurg.monitor.drift import Span, drift
-    from finsurg.monitor.score import score_log
-    from finsurg.monitor.synthetic import planted_log
+    from finsurg import api
+    from finsurg.monitor.synthetic import planted_log  # the planted log is the benchmark's input, not a command
     from finsurg.packs import Pack
+    from finsurg.settings import MonitorDriftSettings, MonitorScoreSettings
 
-    progress.set_enabled(False)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     log = planted_log(root / "chats.jsonl", Pack.load("finance"), lines, before, after)
-    summary = score_log(Path(monitor), log, root / "scores.jsonl")
-    report = drift(root / "scores.jsonl", Span(lines=lines // 10), Span(lines=lines // 5))
+    scores = root / "scores.jsonl"
+    summary = api.monitor_score(
+        MonitorScoreSettings(log=log, monitor=Path(monitor), out=scores, device="cpu", quiet=True)
+    ).summary
+    drift = MonitorDriftSettings(
+        scored=scores, window=str(lines // 10), reference=str(lines // 5), out=root / "drift", quiet=True
+    )
+    report = api.monitor_drift(drift).report
     alarms = [alarm["first_line"] for alarm in report["alarms"] if alarm["label"] == "behaviour"]
     return {
         "lines": lines,

@@ -265,16 +265,10 @@ def verify(settings: VerifySettings) -> VerifyOutcome:
             settings.variant, settings.model, new_tokens=settings.tokens, python=settings.vllm_python
         )
     else:
-        from finsurg.checks.verify import verify_variant
+        from finsurg.checks.verify import Scope, verify_variant
 
-        report = verify_variant(
-            settings.variant,
-            settings.model,
-            new_tokens=settings.tokens,
-            full=settings.full,
-            max_memory=placement.max_memory,
-            device=placement.device,
-        )
+        scope = Scope(settings.tokens, settings.full, placement.max_memory, placement.device)
+        report = verify_variant(settings.variant, settings.model, scope)
     if settings.record:
         write_report(settings.variant, report)
     return VerifyOutcome(report, settings.variant if settings.record else None)

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from finsurg.bake.bake import largest_alpha
 from finsurg.bake.writer import VariantWriter
 from finsurg.checks.local_proof import Baking, BlockProof
-from finsurg.checks.verify import verify_variants
+from finsurg.checks.verify import Scope, verify_variants
 from finsurg.devices import GIB, Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.errors import FinsurgError
@@ -137,16 +137,8 @@ class _Verifier:
         proven = self._result[0]
         if isinstance(proven, BaseException):
             raise proven
-        return verify_variants(
-            paths,
-            self.model.path,
-            base_trusted=True,
-            full=self.options.full_verify,
-            max_memory=self.placement.max_memory,
-            device=self.placement.device,
-            sums=sums,
-            proven=proven,
-        )
+        scope = Scope(full=self.options.full_verify, max_memory=self.placement.max_memory, device=self.placement.device)
+        return verify_variants(paths, self.model.path, scope, base_trusted=True, sums=sums, proven=proven)
 
 
 def _check_finite(recipe: Recipe, alpha: float, writer: VariantWriter) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from finsurg.analysis.activations import RunningStats, collect, keyword_ids
 from finsurg.analysis.analyze import analyze, parse_layers
+from finsurg.analysis.batching import padded
 from finsurg.analysis.derive import choose_band, derive
 from finsurg.analysis.features import effect_size, massive_dims, rank_layers
 from finsurg.analysis.logit_lens import lens
@@ -52,7 +53,7 @@ def hidden_states(model, ids):
 def test_batched_activation_stats_match_plain_hf(loaded, how):
     tokenizer, _, bridge, reference = loaded
     sequences = [tokenizer(t).input_ids for t in TEXTS]
-    acts, _ = collect(bridge, tokenizer, LLAMA, sequences, how, batch_size=3, keywords={5})
+    acts, _ = collect(bridge, LLAMA, padded(tokenizer, sequences, 3), how, keywords={5})
     samples = []
     for ids in sequences:
         # HF's last hidden_states entry comes after the final norm, so compare the layers below it
@@ -72,7 +73,7 @@ def test_keyword_attention_matches_hf_attentions(loaded):
     tokenizer, _, bridge, reference = loaded
     keywords = keyword_ids(tokenizer, ["stock", "invest", "savings"])
     sequences = [tokenizer(t).input_ids for t in TEXTS]
-    _, attention = collect(bridge, tokenizer, LLAMA, sequences, "last", batch_size=2, keywords=keywords)
+    _, attention = collect(bridge, LLAMA, padded(tokenizer, sequences, 2), "last", keywords=keywords)
     expected = []
     for ids in sequences:
         attentions = hidden_states(reference, ids).attentions

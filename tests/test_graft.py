@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finsurg.checks.verify import verify_variants
+from finsurg.checks.verify import Scope, verify_variants
 from finsurg.cli import main
 from finsurg.models.source import resolve_model
 from finsurg.steer.graft import ALIGN, NEURONS, RAMP, Gate, neurons
@@ -102,7 +102,7 @@ def test_the_proof_catches_a_wrong_graft(fault, tmp_path):
         del index["weight_map"][name]
         (variant / "model.safetensors.index.json").write_text(json.dumps(index))
     seal(variant)  # the checksums pass: only the proof can tell
-    report = verify_variants([variant], new_tokens=0)[0]
+    report = verify_variants([variant], scope=Scope(new_tokens=0))[0]
     proof = report.proof
     assert not proof.passed and not report.passed
     assert any("mlp" in problem for problem in proof.structure.problems)

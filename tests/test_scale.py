@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finsurg.checks.verify import verify_variant
+from finsurg.checks.verify import Scope, verify_variant
 from finsurg.cli import main
 from finsurg.devices import Placement, compute_dtype, parameter_count, resolve_device
 from finsurg.errors import FinsurgError
@@ -79,7 +79,7 @@ def test_streamed_and_in_memory_agree(exported):
     variant = exported / "out" / "steered"
     before = tree_hashes(variant)
     memory = verify_variant(variant)
-    streamed = verify_variant(variant, full=True, max_memory={"default": 1024})
+    streamed = verify_variant(variant, scope=Scope(full=True, max_memory={"default": 1024}))
     assert tree_hashes(variant) == before
     assert memory.float32.mode == "in_memory" and streamed.float32.mode == "streamed"
     assert memory.passed and streamed.passed
@@ -89,7 +89,7 @@ def test_streamed_and_in_memory_agree(exported):
     assert abs(a.max_abs_logit_diff - b.max_abs_logit_diff) < 1e-5
     assert a.prefix_layers_bit_identical and b.prefix_layers_bit_identical
     assert abs(a.steering_effect.kl_base_vs_hooked_mean - b.steering_effect.kl_base_vs_hooked_mean) < 1e-6
-    skipped = verify_variant(variant, max_memory={"default": 1024})
+    skipped = verify_variant(variant, scope=Scope(max_memory={"default": 1024}))
     assert skipped.float32 is None and skipped.proof.passed and "--full" in skipped.end_to_end_note
 
 

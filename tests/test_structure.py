@@ -42,6 +42,32 @@ ALLOWED = {
     },
 }
 SCRIPTS = PACKAGE / "engines" / "scripts"  # run inside other environments, never imported
+BENCH = ROOT / "bench"
+# bench/ runs what a user runs through the API and the settings; below the API it measures only these, each for a
+# reason no command serves
+BENCH_API = {"finsurg", "finsurg.api", "finsurg.settings", "finsurg.progress"}
+BENCH_INTERNALS = {
+    "finsurg.bake.writer": "the writer alone, one variant: the stream an export's verification runs beside",
+    "finsurg.models.source": "the models a benchmark loads, and the default model's GGUF it copies",
+    "finsurg.models.loading": "generation speed of the baked variant against the base and both hook routes",
+    "finsurg.models.bridge": "the TransformerLens hook route and phase 1's batched throughput",
+    "finsurg.steer.hooks": "the two hook routes, timed against the baked variant",
+    "finsurg.steer.arch": "where the hook routes land",
+    "finsurg.variant.directory": "the surgery a variant records, for its hook routes",
+    "finsurg.analysis.activations": "phase 1 throughput, batched against one prompt at a time",
+    "finsurg.analysis.batching": "phase 1's batches, padded as the analysis pads them",
+    "finsurg.analysis.measures": "repeng's vector and finsurg's recipe measured by the same code at matched KL",
+    "finsurg.analysis.behaviour": "the neutral replies' held-out half, as the analysis splits them",
+    "finsurg.effects": "the matched-KL comparison's intervals",
+    "finsurg.steer.surgery": "repeng's vector as a surgery, for the same measurement",
+    "finsurg.steer.recipe": "presets made conditional, and the tuned recipe for the matched-KL comparison",
+    "finsurg.io.safetensors_io": "the synthetic 8B-shaped checkpoint, written in slices",
+    "finsurg.monitor.labelled": "the monitor's cost per conversation against a full forward of its base",
+    "finsurg.monitor.synthetic": "planted logs: the scoring benchmark's input",
+    "finsurg.packs": "the pack whose texts the benchmarks feed",
+    "finsurg.steer.findings": "results.md renders the analysis's findings",
+    "finsurg.steer.finding_tables": "results.md renders the analysis's findings",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -122,6 +148,20 @@ def test_the_check_catches_an_upward_import():
     assert violations("finsurg.io.checkpoint", "from finsurg.steer.arch import Architecture\n", known)
     assert violations("finsurg.engines.runner", "from finsurg.variant.directory import Variant\n", known)
     assert not violations("finsurg.checks.verify", "from finsurg.variant.directory import Variant\n", known)
+
+
+def test_bench_goes_through_the_api():
+    """bench/ imports the API and the settings, and below them only what BENCH_INTERNALS names a reason for."""
+    known = set(modules())
+    stray = {
+        f"{path.name} imports {name}"
+        for path in sorted(BENCH.glob("*.py"))
+        for name in imported(path.read_text(), known)
+        if name not in BENCH_API and name not in BENCH_INTERNALS
+    }
+    assert not stray, "\n".join(sorted(stray))
+    used = {name for path in BENCH.glob("*.py") for name in imported(path.read_text(), known)}
+    assert set(BENCH_INTERNALS) <= used, f"named but unused: {sorted(set(BENCH_INTERNALS) - used)}"
 
 
 def test_no_import_cycles():

@@ -7,12 +7,11 @@ accumulated in the same batched pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
-from finsurg.analysis.batching import chunked, left_pad
 from finsurg.steer.arch import Architecture
 
 POOLS = {
@@ -76,15 +75,14 @@ def pool(resid: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 def collect(
     bridge,
-    tokenizer,
     arch: Architecture,
-    sequences: list[list[int]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     how: str,
-    batch_size: int,
     keywords: set[int],
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> tuple[RunningStats, RunningStats]:
-    """Activation stats [layers, hidden] at the architecture's site, and keyword-attention stats [layers, heads]."""
+    """Activation stats [layers, hidden] at the architecture's site, and keyword-attention stats [layers, heads],
+    over left-padded batches (finsurg.analysis.batching.padded)."""
     config = bridge.cfg
     layers, heads = config.n_layers, config.n_heads
     acts = RunningStats.empty(layers, config.d_model)
@@ -92,8 +90,7 @@ def collect(
     keyword_tensor = torch.tensor(sorted(keywords), dtype=torch.long)
     site = [arch.tl_hook(layer) for layer in range(layers)]
     wanted = set(site) | {f"blocks.{layer}.attn.hook_pattern" for layer in range(layers)}
-    for batch in chunked(sequences, batch_size):
-        ids, mask = left_pad(tokenizer, batch)
+    for ids, mask in batches:
         with torch.no_grad():
             _, cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda name: name in wanted)
         acts.update(torch.stack([pool(cache[site[layer]].cpu(), mask, how) for layer in range(layers)], dim=1))
@@ -106,5 +103,5 @@ def collect(
             dim=1,
         )
         attention.update(mass)
-        on_batch(len(batch))
+        on_batch(ids.shape[0])
     return acts, attention

@@ -12,8 +12,8 @@ import torch
 from finsurg import DISCLAIMER, __version__, progress
 from finsurg.analysis import plots, report
 from finsurg.analysis.activations import POOLS, collect, keyword_ids
-from finsurg.analysis.batching import ensure_pad_token
-from finsurg.analysis.behaviour import steer_by_answers
+from finsurg.analysis.batching import ensure_pad_token, padded
+from finsurg.analysis.behaviour import Steered, steer_by_answers
 from finsurg.analysis.context import AnalysisContext
 from finsurg.analysis.derive import band_width, choose_band, derive, separation
 from finsurg.analysis.directions import seed as seed_direction
@@ -104,15 +104,9 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
     """Phases 1-4 on the pack's question categories, the derived recipe, then tuning (6-8) or the sweep (5)."""
     placement = placement or Placement.of("cpu")
     out_dir = options.out
-    if out_dir.exists() and any(out_dir.iterdir()) and not options.overwrite:
-        raise FinsurgError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
-    pack = Pack.load(options.behaviour)
+    pack = _refused_early(model, options, placement)
     layers = parse_layers(options.layers, model.num_layers)
     arch = model.arch
-    if options.tune and options.route == "conditional":  # refused before any work
-        arch.grafting(model.name)
-        pack.off_topic_splits()
-    placement.require("analyze", model.config)
     timings: dict[str, float] = {}
     with progress.timed(timings, "load"):
         loaded = _Loaded(model, placement, ensure_pad_token(load_tokenizer(model.path)))
@@ -137,12 +131,7 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
 
     findings, tuning = None, options.tuning()
     if tuning is not None:  # phases 6-8: answer-behaviour directions, tuned, judged on held-out items
-        loaded.load()
-        ctx = AnalysisContext(loaded.hf_model, loaded.tokenizer, arch, pack, tuning.batch_size)
-        steered = steer_by_answers(
-            ctx, recipe, seed_direction(features.pos.mean, features.neg.mean, features.exclude), tuning
-        )
-        loaded.boot()
+        steered = _steer(loaded, pack, recipe, features, tuning)
         recipe, findings = steered.recipe, steered.findings
         band, reason = recipe.layers, _tuned_reason(findings, tuning.kl_budget)
         timings.update({f"behaviour_{k}": v for k, v in steered.timings.items()})
@@ -157,14 +146,8 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
             else {}
         )
     results = {
-        **_findings(model, pack, options, features, sep, reason, head_diff, heads),
-        "logit_lens": {
-            "probes": pack.manifest.probes,
-            "alpha": recipe.spec.default_alpha,
-            "before": lens_before,
-            "after": lens_after,
-            "unchanged_before_first_steered_layer": unchanged_before(lens_before, lens_after, band[0]),
-        },
+        **_phases(model, pack, options, features, (sep, reason), (head_diff, heads)),
+        "logit_lens": _lens(pack, recipe, lens_before, lens_after, band[0]),
         "recipe": recipe.to_dict(),
         "sweep": sweep,
         "timings": timings,
@@ -174,8 +157,44 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
     return Analysis(recipe, results, findings, out_dir)
 
 
-def _findings(model, pack: Pack, options: AnalysisOptions, features: _Features, sep, reason, head_diff, heads):
-    """The results of phases 1-3 and the band, as mech_interp_results.json records them."""
+def _lens(pack: Pack, recipe: Recipe, before: dict, after: dict, first: int) -> dict:
+    return {
+        "probes": pack.manifest.probes,
+        "alpha": recipe.spec.default_alpha,
+        "before": before,
+        "after": after,
+        "unchanged_before_first_steered_layer": unchanged_before(before, after, first),
+    }
+
+
+def _refused_early(model: ResolvedModel, options: AnalysisOptions, placement: Placement) -> Pack:
+    """The pack, once every input that would fail later is refused before any work."""
+    out_dir = options.out
+    if out_dir.exists() and any(out_dir.iterdir()) and not options.overwrite:
+        raise FinsurgError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
+    pack = Pack.load(options.behaviour)
+    if options.tune and options.route == "conditional":
+        model.arch.grafting(model.name)
+        pack.off_topic_splits()
+    placement.require("analyze", model.config)
+    return pack
+
+
+def _steer(loaded: _Loaded, pack: Pack, recipe: Recipe, features: _Features, tuning) -> Steered:
+    """Phases 6-8 on a fresh model (booting the bridge rewrote the last one's modules), then the bridge again."""
+    loaded.load()
+    ctx = AnalysisContext(loaded.hf_model, loaded.tokenizer, loaded.model.arch, pack, tuning.batch_size)
+    steered = steer_by_answers(
+        ctx, recipe, seed_direction(features.pos.mean, features.neg.mean, features.exclude), tuning
+    )
+    loaded.boot()
+    return steered
+
+
+def _phases(model, pack: Pack, options: AnalysisOptions, features: _Features, band, heads) -> dict:
+    """The results of phases 1-3 and the band, as mech_interp_results.json records them; `band` is the separation
+    per layer and the reason for the band, `heads` the head differences and the top heads."""
+    (sep, reason), (head_diff, top) = band, heads
     return {
         "format": "finsurg.mech_interp/1",
         "finsurg_version": __version__,
@@ -189,7 +208,7 @@ def _findings(model, pack: Pack, options: AnalysisOptions, features: _Features, 
         "separation_per_layer": [round(float(v), 5) for v in sep],
         "band_reason": reason,
         "features": features.table,
-        "heads": {"differential": head_diff.tolist(), "top": heads},
+        "heads": {"differential": head_diff.tolist(), "top": top},
     }
 
 
@@ -201,8 +220,9 @@ def _activations(loaded: _Loaded, arch, pack: Pack, options: AnalysisOptions) ->
     with progress.bar(total=sum(len(c.train) for c in pack.categories), desc="phase 1: activations") as bar:
         for category in pack.categories:
             sequences = [prompt_ids(tokenizer, text) for text in category.train]
+            batches = padded(tokenizer, sequences, options.batch_size)
             acts[category.name], attention[category.name] = collect(
-                loaded.bridge, tokenizer, arch, sequences, options.pool, options.batch_size, keywords, bar.update
+                loaded.bridge, arch, batches, options.pool, keywords, bar.update
             )
     return acts, attention
 

@@ -14,6 +14,12 @@ def left_pad(tokenizer, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tenso
     return batch["input_ids"], batch["attention_mask"]
 
 
+def padded(tokenizer, sequences: Sequence[Sequence[int]], size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The sequences in left-padded batches of `size`: (ids, attention mask) each."""
+    for chunk in chunked(sequences, size):
+        yield left_pad(tokenizer, chunk)
+
+
 def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -16,6 +16,7 @@ from finsurg.steer.arch import by_name
 from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
 
 BAND_FRACTION = 0.2
+SEED_ALPHA = 3.0  # the derived recipe's default alpha
 NEURON_STRENGTH = 0.7  # per-layer shift at alpha=1, in the neuron's own standard deviations × band width
 STEERING_STRENGTH = 0.07  # per-layer steering norm at alpha=1, as a fraction of the residual norm × band width
 ROLES = (("toggle", 1, 0.5), ("amplifier", 4, 0.3), ("caution", 2, 0.3))
@@ -60,7 +61,6 @@ def derive(
     architecture: str,
     names: tuple[str, str],
     pack: str,
-    default_alpha: float = 3.0,
 ) -> Recipe:
     layers, hidden = pos.mean.shape
     width = len(band)
@@ -106,7 +106,7 @@ def derive(
             "layers": band,
             "neurons": [{k: v for k, v in n.items() if k != "role_key"} for n in neurons],
             "steering": {"file": STEERING_NAME, "coefficient": round(coefficient, 8)},
-            "default_alpha": default_alpha,
+            "default_alpha": SEED_ALPHA,
             "pack": pack,
             "site": by_name(architecture).site.name,
         }

@@ -58,21 +58,29 @@ def render(results: dict, findings: Findings | None = None) -> str:
         f"Probability of the {pos} and {neg} token groups, averaged over the probe prompts. "
         f"Layers before the first steered layer unchanged by surgery: {results['logit_lens']['unchanged_before_first_steered_layer']}.",
         "",
-        "## The dial (held-out prompts)",
-        "",
-        f"| alpha | {pos} preference | log-odds | neutral perplexity | change |",
-        "|---|---|---|---|---|",
     ]
-    for row in results.get("sweep", {}).get("rows", []):
-        lines.append(
-            f"| {row['alpha']:+g} | {row['preference']:.3f} | {row['log_odds']:+.3f} | "
-            f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
-        )
+    lines += _dial(results.get("sweep", {}).get("rows", []), pos)
     if findings is not None:
         lines += behaviour_section(findings, recipe["default_alpha"])
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in results["plots"]]
     lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings"].items()), ""]
     return "\n".join(lines)
+
+
+def _dial(rows: list[dict], positive: str) -> list[str]:
+    """The seed method's alpha sweep on the held-out prompts."""
+    lines = [
+        "## The dial (held-out prompts)",
+        "",
+        f"| alpha | {positive} preference | log-odds | neutral perplexity | change |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['alpha']:+g} | {row['preference']:.3f} | {row['log_odds']:+.3f} | "
+            f"{row['perplexity']:.3f} | {row['perplexity_change']:+.1%} |"
+        )
+    return lines
 
 
 def _num(value, spec: str = "+.3f") -> str:

@@ -79,14 +79,15 @@ def bake(
             elif name not in existing:
                 baked.tensors[name] = torch.zeros(arch.bias_size(template, sizes), dtype=dtype)
         if grown:
-            _graft(baked, arch, layer, grafts.get(layer), existing, dtype, grown, int(config[arch.graft.width]))
+            widths = (int(config[arch.graft.width]), grown)
+            _graft(baked, arch, layer, grafts.get(layer), existing, dtype, widths)
     return baked
 
 
-def _graft(
-    baked: Baked, arch: Architecture, layer: int, graft: Neurons | None, existing, dtype, grown: int, width: int
-) -> None:
-    """Layer `layer`'s MLP grown by `grown` neurons: the graft's first, zeros after."""
+def _graft(baked: Baked, arch: Architecture, layer: int, graft: Neurons | None, existing, dtype, widths) -> None:
+    """Layer `layer`'s MLP, `widths` (the base's width, the neurons it grows by), grown: the graft's neurons
+    first, zeros after."""
+    width, grown = widths
     names = arch.graft.names(layer)
     hidden = existing.info(f"{names['gate']}.weight").shape[1]
     gate_rows, gate_bias = torch.zeros(grown, hidden), torch.zeros(grown)

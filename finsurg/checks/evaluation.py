@@ -224,8 +224,9 @@ def evaluate(
     chat = bool(getattr(tokenizer, "chat_template", None)) if options.chat is None else options.chat
     runner = Runner(subject.pack, options.tasks, chat, options.limit, options.eval_batch_size)
     prompting = _prompting(subject.pack)  # the baseline steering has to beat: a plain system prompt
-    runs, engines, parity_note = _runs(runner, subject, options, placement, tokenizer, prompting)
-    report = _report(runner, subject, runs, engines, parity_note, prompting, chat, options.limit, placement.dtype)
+    report = _report(
+        runner, subject, _runs(runner, subject, options, placement, tokenizer, prompting), prompting, placement.dtype
+    )
     for variant in subject.variants:
         common = report.model_dump(exclude={"variants", "passed"})
         own = VariantEvalReport(**common, **report.variants[variant.name].model_dump(), variant=variant.name)
@@ -264,7 +265,9 @@ def _runs(runner, subject: _Subject, options: EvalOptions, placement, tokenizer,
     return runs, engines, parity_note
 
 
-def _report(runner, subject: _Subject, runs, engines, parity_note, prompting, chat, limit, compute) -> EvalReport:
+def _report(runner, subject: _Subject, done: tuple, prompting, compute) -> EvalReport:
+    """`done` is what _runs returns: every run by key, the engine of each, and how hook parity was checked."""
+    runs, engines, parity_note = done
     parity_kind = "baked" if engines.get(str(BASE_RUN)) == "transformers" else "baked:transformers"
     results = {}
     for v in subject.variants:
@@ -283,8 +286,8 @@ def _report(runner, subject: _Subject, runs, engines, parity_note, prompting, ch
         tasks=runner.tasks,
         headlines=runner.headlines,
         task_titles=runner.titles,
-        chat_template=chat,
-        limit=limit,
+        chat_template=runner.chat,
+        limit=runner.limit,
         compute_dtype=name_of(compute),
         weights_dtype=name_of(subject.weights),
         prompting=prompting,

@@ -61,6 +61,32 @@ def _transformers(path: Path, opened: OpenedVariant, new_tokens: int) -> dict:
     return {"logits": logits, "greedy": greedy}
 
 
+def _llamacpp_runs(python: str, opened: OpenedVariant, source: Path, new_tokens: int, bar) -> tuple:
+    """llama.cpp on the variant's GGUF, on the base with the control vector (none for a gated surgery, which a
+    control vector cannot express), and on the plain base (the conversion's noise floor)."""
+    variant = opened.variant
+    surgery, alpha = variant.surgery, variant.record.alpha
+    with tempfile.TemporaryDirectory(prefix="finsurg-gguf-") as scratch:
+        scratch = Path(scratch)
+        if surgery.gated:  # the grafted checkpoint itself, through llama.cpp's converter
+            converted_variant(variant.directory, converter(python), "f32", scratch / "baked.gguf")
+        else:
+            write_baked_gguf(source, surgery.always(), scratch / "baked.gguf", "f32")
+        write_baked_gguf(source, {}, scratch / "base.gguf", "f32")
+        baked = run_llamacpp(python, scratch / "baked.gguf", opened.prompts, new_tokens)
+        bar.update(1)
+        steered = None
+        if not surgery.gated:
+            unit = {layer: offset / alpha for layer, offset in surgery.always().items()}
+            write_control_vector(unit, opened.arch.family, scratch / "control.gguf")
+            control = (scratch / "control.gguf", alpha)
+            steered = run_llamacpp(python, scratch / "base.gguf", opened.prompts, new_tokens, control)
+        bar.update(1)
+        plain = run_llamacpp(python, scratch / "base.gguf", opened.prompts, 0)
+        bar.update(1)
+    return baked, steered, plain
+
+
 def verify_with_llamacpp(
     directory: Path,
     base_override: Path | None = None,
@@ -73,25 +99,8 @@ def verify_with_llamacpp(
     alpha = variant.record.alpha
     check_expressible(opened.arch)
     source = base_gguf(variant.record.base_model, opened.base, converter(python))
-    conditional = variant.surgery.gated
-    with tempfile.TemporaryDirectory(prefix="finsurg-gguf-") as scratch, progress.bar(total=5, desc="llama.cpp") as bar:
-        scratch = Path(scratch)
-        if conditional:  # the grafted checkpoint itself, through llama.cpp's converter
-            converted_variant(directory, converter(python), "f32", scratch / "baked.gguf")
-        else:
-            write_baked_gguf(source, variant.surgery.always(), scratch / "baked.gguf", "f32")
-        write_baked_gguf(source, {}, scratch / "base.gguf", "f32")
-        baked = run_llamacpp(python, scratch / "baked.gguf", opened.prompts, new_tokens)
-        bar.update(1)
-        steered = None
-        if not conditional:
-            unit = {layer: offset / alpha for layer, offset in variant.surgery.always().items()}
-            write_control_vector(unit, opened.arch.family, scratch / "control.gguf")
-            control = (scratch / "control.gguf", alpha)
-            steered = run_llamacpp(python, scratch / "base.gguf", opened.prompts, new_tokens, control)
-        bar.update(1)
-        plain = run_llamacpp(python, scratch / "base.gguf", opened.prompts, 0)
-        bar.update(1)
+    with progress.bar(total=5, desc="llama.cpp") as bar:
+        baked, steered, plain = _llamacpp_runs(python, opened, source, new_tokens, bar)
         hf_variant = _transformers(variant.directory, opened, new_tokens)
         bar.update(1)
         hf_base = _transformers(opened.base, opened, 0)

@@ -13,6 +13,7 @@ because bf16 differs from itself by about as much. Verifying reads the variant a
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -206,14 +207,22 @@ def end_to_end_mode(config: dict, full: bool, device, max_memory: dict | None) -
     return None, f"skipped: {need}, over the memory budget; --full runs it layer-streamed"
 
 
+@dataclass(frozen=True)
+class Scope:
+    """How far verification goes: greedy tokens compared end to end, whether that check runs layer-streamed where
+    the model does not fit (`full`), and the memory and device it may use."""
+
+    new_tokens: int = NEW_TOKENS
+    full: bool = False
+    max_memory: dict | None = None
+    device: torch.device | None = None
+
+
 def verify_variant(
     directory: Path,
     base_override: Path | None = None,
-    new_tokens: int = NEW_TOKENS,
+    scope: Scope = Scope(),
     base_trusted: bool = False,
-    full: bool = False,
-    max_memory: dict | None = None,
-    device: torch.device | None = None,
     sums: dict[str, str] | None = None,
 ) -> VerificationReport:
     """The layer-local proof, then the end-to-end check where it fits (or with `full`); the directory is not touched.
@@ -221,25 +230,20 @@ def verify_variant(
     `sums` are SHA256SUMS already known to be right (an export that just wrote them); otherwise every
     file is re-hashed.
     """
-    return verify_variants(
-        [directory], base_override, new_tokens, base_trusted, full, max_memory, device, None if sums is None else [sums]
-    )[0]
+    return verify_variants([directory], base_override, scope, base_trusted, None if sums is None else [sums])[0]
 
 
 def verify_variants(
     directories: list[Path],
     base_override: Path | None = None,
-    new_tokens: int = NEW_TOKENS,
+    scope: Scope = Scope(),
     base_trusted: bool = False,
-    full: bool = False,
-    max_memory: dict | None = None,
-    device: torch.device | None = None,
     sums: list[dict[str, str]] | None = None,
     proven: tuple | None = None,
 ) -> list[VerificationReport]:
     """verify_variant for variants of one base, whose proofs read each base block once; `proven` holds the
     proof's block checks where they already ran, with their surgeries (an export runs them while it writes)."""
-    device = device or torch.device("cpu")
+    device = scope.device or torch.device("cpu")
     opened = [
         OpenedVariant(directory, base_override, base_trusted, None if sums is None else sums[k])
         for k, directory in enumerate(directories)
@@ -247,8 +251,8 @@ def verify_variants(
     first = opened[0]
     variants = [o.variant for o in opened]
     proofs = prove(variants, first.base, first.arch, [o.sums for o in opened], first.prompts, proven)
-    mode, note = end_to_end_mode(read_config(first.base), full, device, max_memory)
-    return [_report(one, proof, mode, note, new_tokens, device) for one, proof in zip(opened, proofs)]
+    mode, note = end_to_end_mode(read_config(first.base), scope.full, device, scope.max_memory)
+    return [_report(one, proof, mode, note, scope.new_tokens, device) for one, proof in zip(opened, proofs)]
 
 
 def _report(opened: OpenedVariant, proof, mode, note, new_tokens, device) -> VerificationReport:

@@ -53,12 +53,7 @@ def build_monitor(
     monitor = arch.monitoring(model.name)
     recipe.check_model(model.config)
     refuse_existing(out, overwrite)
-    tokenizer = load_tokenizer(model.path)
-    if not getattr(tokenizer, "chat_template", None):
-        raise FinsurgError(
-            f"{model.name}: its tokenizer has no chat template, and the monitor scores conversations as the "
-            "template renders them"
-        )
+    tokenizer = _chat_tokenizer(model)
     pack = Pack.load(recipe.spec.pack)
     require_data(pack, recipe.origin)
     placement.require("learning the monitor's probes", model.config)
@@ -66,7 +61,7 @@ def build_monitor(
     dtype = weight_dtype(checkpoint, arch)
     hf = load_model(model.path, torch.float32, device=placement.device, max_memory=placement.dispatch)
     ensure_pad_token(tokenizer)
-    trained = train(hf, tokenizer, monitor, pack, recipe, dtype, options.batch_size, options.seed)
+    trained = train(hf, tokenizer, monitor, recipe, dtype, options)
     check_texts = _check_texts(pack, tokenizer)
     layer = trained.layer
     hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [layer], options.batch_size)[layer]
@@ -79,25 +74,7 @@ def build_monitor(
             partial, checkpoint, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
         )
         check = _check(partial, check_texts, hooked @ trained.head.T, options.batch_size)
-        spec = MonitorSpec(
-            labels=["topic", "behaviour"],
-            thresholds=trained.thresholds,
-            layer=trained.layer,
-            base={
-                "name": model.name,
-                "architecture": model.architecture,
-                "num_hidden_layers": model.num_layers,
-                "embeddings_sha256": fingerprint,
-            },
-            recipe=recipe.origin,
-            pack=pack.source,
-            topic_source=trained.topic_source,
-            layers=trained.layers,
-            tune=trained.tune,
-            heldout=trained.heldout,
-            counts=trained.counts,
-            check=check,
-        )
+        spec = _spec(model, recipe, trained, fingerprint, check)
         (partial / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
         write_card(partial, spec)
         write_sums(partial)
@@ -107,6 +84,38 @@ def build_monitor(
                 f"(tolerance {CHECK_TOLERANCE:g}); nothing was written"
             )
     return spec
+
+
+def _chat_tokenizer(model: ResolvedModel):
+    tokenizer = load_tokenizer(model.path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise FinsurgError(
+            f"{model.name}: its tokenizer has no chat template, and the monitor scores conversations as the "
+            "template renders them"
+        )
+    return tokenizer
+
+
+def _spec(model: ResolvedModel, recipe: Recipe, trained, fingerprint: str, check: dict) -> MonitorSpec:
+    return MonitorSpec(
+        labels=["topic", "behaviour"],
+        thresholds=trained.thresholds,
+        layer=trained.layer,
+        base={
+            "name": model.name,
+            "architecture": model.architecture,
+            "num_hidden_layers": model.num_layers,
+            "embeddings_sha256": fingerprint,
+        },
+        recipe=recipe.origin,
+        pack=Pack.load(recipe.spec.pack).source,
+        topic_source=trained.topic_source,
+        layers=trained.layers,
+        tune=trained.tune,
+        heldout=trained.heldout,
+        counts=trained.counts,
+        check=check,
+    )
 
 
 def _check_texts(pack: Pack, tokenizer) -> list[str]:

@@ -16,74 +16,7 @@ MEANING = {
 }
 
 
-def render_card(spec: MonitorSpec) -> str:
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["finsurg", "compliance-monitor", "linear-probe"],
-    )
-    labels = "\n".join(
-        f"| `{label}` | {MEANING[label]} | {spec.thresholds[label]:+.3f} | {sigmoid(spec.thresholds[label]):.4f} |"
-        for label in spec.labels
-    )
-    heldout = "\n".join(
-        f"| `{label}` | {row['auroc']:.3f} | {row['tpr']:.3f} | {row['fpr']:.3f} | {row['positives']} / "
-        f"{row['negatives']} |"
-        for label, row in spec.heldout.items()
-    )
-    per_layer = "\n".join(
-        f"| {layer}{' (chosen)' if int(layer) == spec.layer else ''} | {row['tune_topic_auroc']:.3f} | "
-        f"{row['tune_behaviour_auroc']:.3f} | {row['heldout_topic_auroc']:.3f} | {row['heldout_behaviour_auroc']:.3f} |"
-        for layer, row in sorted(spec.layers.items(), key=lambda item: int(item[0]))
-    )
-    check = spec.check or {}
-    topic_source = (
-        "the recipe's topic condition (the direction its conditional surgery's gate reads), not learnt again"
-        if spec.topic_source == "condition"
-        else "a logistic probe learnt on the pack's train split"
-    )
-    body = f"""> **{DISCLAIMER}**
-
-# Compliance monitor for `{spec.base["name"]}`
-
-Made by finsurg {__version__} from recipe `{spec.recipe}` (pack `{spec.pack}`). It is `{spec.base["name"]}` cut after
-decoder layer **{spec.layer}** of {spec.base["num_hidden_layers"]}, saved as a stock
-`{_classifier(spec)}` whose head holds two linear probes on layer {spec.layer}'s MLP input at the last token.
-Layer {spec.layer}'s MLP is zeroed and its norm is the final norm, so the head reads exactly the hidden state
-the probes were learnt on. It runs beside serving: it never changes what the model says.
-
-## Labels (multi-label: an independent sigmoid each)
-
-| label | fires when | threshold (raw logit) | threshold (sigmoid score) |
-|---|---|---|---|
-{labels}
-
-Flag a conversation when a label's raw logit exceeds its threshold (equivalently, its sigmoid score exceeds the
-score threshold). Thresholds maximise TPR − FPR on the pack's tune split. The `topic` probe is {topic_source};
-the `behaviour` probe is learnt on the train split.
-
-## Held-out figures
-
-| label | AUROC | TPR at threshold | FPR at threshold | positives / negatives |
-|---|---|---|---|---|
-{heldout}
-
-Per candidate layer (the layer was chosen on tune, by the worse label's AUROC):
-
-| layer | tune topic | tune behaviour | held-out topic | held-out behaviour |
-|---|---|---|---|---|
-{per_layer}
-
-Checked at export: on {check.get("texts", 0)} held-out conversations, this checkpoint in float32 gives the
-probes' logits on the base's own hidden states (read through hooks) within
-{check.get("max_abs_diff", float("nan")):.1e} (tolerance {check.get("tolerance", float("nan")):g}).
-
-## Cost
-
-It runs {spec.depth} of the base's {spec.base["num_hidden_layers"]} decoder layers and no LM head: at most
-{spec.cost:.2f} of a full forward pass per token.
-
-## Use
+USE = """## Use
 
 A conversation is scored as its messages rendered by the chat template, as text:
 
@@ -99,10 +32,10 @@ vLLM's pooling runner serves it as it is (last-token pooling, a sigmoid per labe
 
 ```bash
 vllm serve path/to/monitor --runner pooling
-curl localhost:8000/classify -d '{{"model": "path/to/monitor", "input": ["<rendered conversation>"]}}'
+curl localhost:8000/classify -d '{"model": "path/to/monitor", "input": ["<rendered conversation>"]}'
 ```
 
-finsurg scores chat logs (`{{"messages": [...]}}` per line) and watches them drift:
+finsurg scores chat logs (`{"messages": [...]}` per line) and watches them drift:
 
 ```bash
 finsurg monitor score --monitor path/to/monitor chats.jsonl --out scores.jsonl
@@ -114,7 +47,89 @@ finsurg monitor drift scores.jsonl --window 500 --out drift/
 `monitor.json` holds the thresholds, the layer, the base's fingerprint (SHA256 of its embeddings) and the
 figures above; `SHA256SUMS` covers every file.
 """
+
+
+def render_card(spec: MonitorSpec) -> str:
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["finsurg", "compliance-monitor", "linear-probe"],
+    )
+    body = "\n".join([_what(spec), _labels(spec), _figures(spec), _cost(spec), USE])
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
+
+
+def _what(spec: MonitorSpec) -> str:
+    return f"""> **{DISCLAIMER}**
+
+# Compliance monitor for `{spec.base["name"]}`
+
+Made by finsurg {__version__} from recipe `{spec.recipe}` (pack `{spec.pack}`). It is `{spec.base["name"]}` cut after
+decoder layer **{spec.layer}** of {spec.base["num_hidden_layers"]}, saved as a stock
+`{_classifier(spec)}` whose head holds two linear probes on layer {spec.layer}'s MLP input at the last token.
+Layer {spec.layer}'s MLP is zeroed and its norm is the final norm, so the head reads exactly the hidden state
+the probes were learnt on. It runs beside serving: it never changes what the model says.
+"""
+
+
+def _labels(spec: MonitorSpec) -> str:
+    rows = "\n".join(
+        f"| `{label}` | {MEANING[label]} | {spec.thresholds[label]:+.3f} | {sigmoid(spec.thresholds[label]):.4f} |"
+        for label in spec.labels
+    )
+    topic_source = (
+        "the recipe's topic condition (the direction its conditional surgery's gate reads), not learnt again"
+        if spec.topic_source == "condition"
+        else "a logistic probe learnt on the pack's train split"
+    )
+    return f"""## Labels (multi-label: an independent sigmoid each)
+
+| label | fires when | threshold (raw logit) | threshold (sigmoid score) |
+|---|---|---|---|
+{rows}
+
+Flag a conversation when a label's raw logit exceeds its threshold (equivalently, its sigmoid score exceeds the
+score threshold). Thresholds maximise TPR − FPR on the pack's tune split. The `topic` probe is {topic_source};
+the `behaviour` probe is learnt on the train split.
+"""
+
+
+def _figures(spec: MonitorSpec) -> str:
+    heldout = "\n".join(
+        f"| `{label}` | {row['auroc']:.3f} | {row['tpr']:.3f} | {row['fpr']:.3f} | {row['positives']} / "
+        f"{row['negatives']} |"
+        for label, row in spec.heldout.items()
+    )
+    per_layer = "\n".join(
+        f"| {layer}{' (chosen)' if int(layer) == spec.layer else ''} | {row['tune_topic_auroc']:.3f} | "
+        f"{row['tune_behaviour_auroc']:.3f} | {row['heldout_topic_auroc']:.3f} | {row['heldout_behaviour_auroc']:.3f} |"
+        for layer, row in sorted(spec.layers.items(), key=lambda item: int(item[0]))
+    )
+    check = spec.check or {}
+    return f"""## Held-out figures
+
+| label | AUROC | TPR at threshold | FPR at threshold | positives / negatives |
+|---|---|---|---|---|
+{heldout}
+
+Per candidate layer (the layer was chosen on tune, by the worse label's AUROC):
+
+| layer | tune topic | tune behaviour | held-out topic | held-out behaviour |
+|---|---|---|---|---|
+{per_layer}
+
+Checked at export: on {check.get("texts", 0)} held-out conversations, this checkpoint in float32 gives the
+probes' logits on the base's own hidden states (read through hooks) within
+{check.get("max_abs_diff", float("nan")):.1e} (tolerance {check.get("tolerance", float("nan")):g}).
+"""
+
+
+def _cost(spec: MonitorSpec) -> str:
+    return f"""## Cost
+
+It runs {spec.depth} of the base's {spec.base["num_hidden_layers"]} decoder layers and no LM head: at most
+{spec.cost:.2f} of a full forward pass per token.
+"""
 
 
 def _classifier(spec: MonitorSpec) -> str:

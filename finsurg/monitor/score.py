@@ -138,47 +138,18 @@ def score_log(
 ) -> Summary:
     """Score every line of `log` into `out` (complete or not at all)."""
     spec = load_spec(directory)
-    context = int(read_config(directory).get("max_position_embeddings") or 0) or None
-    if limits.max_tokens is None:
-        limits = limits.model_copy(update={"max_tokens": context})
-    elif context is not None and limits.max_tokens > context:
-        raise FinsurgError(f"--max-tokens {limits.max_tokens} is past the monitor's context ({context} tokens)")
-    try:
-        check_sums(directory)
-    except FinsurgError as exc:
-        raise FinsurgError(f"monitor {directory} does not match its SHA256SUMS: {exc}") from None
-    if not log.is_file():
-        raise FinsurgError(f"log not found: {log}")
-    if out.resolve() == log.resolve():
-        raise FinsurgError("--out must not be the log itself")
-    summary = Summary(str(log), str(out), engine, flagged=dict.fromkeys(spec.labels, 0))
-    sums = dict.fromkeys(spec.labels, 0.0)
+    limits = _within_context(directory, limits)
+    _check_inputs(directory, log, out)
+    tally = _Tally(spec, Summary(str(log), str(out), engine, flagged=dict.fromkeys(spec.labels, 0)), limits)
     clock = time.perf_counter()
     partial = partial_dir(out)
     try:
         with open(partial, "w") as handle, progress.bar(desc="monitor: scoring", unit=" lines") as bar:
             for buffer, encoded, logits in _scored(directory, log, engine, limits, device, python):
                 for item in buffer:
-                    summary.lines += 1
-                    if isinstance(item, Problem):
-                        summary.skipped.append({"line": item.line, "reason": item.reason})
-                        print(f"finsurg: warning: line {item.line} skipped: {item.reason}", file=sys.stderr)
-                        handle.write(json.dumps({"line": item.line, "error": item.reason}) + "\n")
-                        continue
-                    line = score_line(item, logits[item.line], spec, encoded[item.line])
-                    if "truncated" in line:
-                        summary.truncated.append(item.line)
-                        print(
-                            f"finsurg: warning: line {item.line} is {encoded[item.line].tokens} tokens; scored its "
-                            f"last {limits.max_tokens} (--max-tokens)",
-                            file=sys.stderr,
-                        )
-                    summary.scored += 1
-                    for label in spec.labels:
-                        summary.flagged[label] += line["flags"][label]
-                        sums[label] += line["scores"][label]
-                    handle.write(json.dumps(line) + "\n")
+                    handle.write(json.dumps(tally.line(item, encoded, logits)) + "\n")
                 bar.update(len(buffer))
+        summary = tally.summary
         if summary.scored == 0:
             raise FinsurgError(
                 f"{log}: no valid line to score"
@@ -188,9 +159,61 @@ def score_log(
     finally:
         partial.unlink(missing_ok=True)
     summary.seconds = time.perf_counter() - clock
-    summary.mean_score = {label: sums[label] / summary.scored for label in spec.labels}
+    summary.mean_score = {label: tally.sums[label] / summary.scored for label in spec.labels}
     summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return summary
+
+
+def _within_context(directory: Path, limits: ScoreOptions) -> ScoreOptions:
+    """The token budget per conversation: the monitor's context unless a smaller one is asked for."""
+    context = int(read_config(directory).get("max_position_embeddings") or 0) or None
+    if limits.max_tokens is None:
+        return limits.model_copy(update={"max_tokens": context})
+    if context is not None and limits.max_tokens > context:
+        raise FinsurgError(f"--max-tokens {limits.max_tokens} is past the monitor's context ({context} tokens)")
+    return limits
+
+
+def _check_inputs(directory: Path, log: Path, out: Path) -> None:
+    try:
+        check_sums(directory)
+    except FinsurgError as exc:
+        raise FinsurgError(f"monitor {directory} does not match its SHA256SUMS: {exc}") from None
+    if not log.is_file():
+        raise FinsurgError(f"log not found: {log}")
+    if out.resolve() == log.resolve():
+        raise FinsurgError("--out must not be the log itself")
+
+
+@dataclass
+class _Tally:
+    """Each log item's output line, counted into the summary, with a warning on stderr where it was cut or bad."""
+
+    spec: MonitorSpec
+    summary: Summary
+    limits: ScoreOptions
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def line(self, item: LogEntry | Problem, encoded: dict[int, Encoded], logits: dict[int, list[float]]) -> dict:
+        summary = self.summary
+        summary.lines += 1
+        if isinstance(item, Problem):
+            summary.skipped.append({"line": item.line, "reason": item.reason})
+            print(f"finsurg: warning: line {item.line} skipped: {item.reason}", file=sys.stderr)
+            return {"line": item.line, "error": item.reason}
+        line = score_line(item, logits[item.line], self.spec, encoded[item.line])
+        if "truncated" in line:
+            summary.truncated.append(item.line)
+            print(
+                f"finsurg: warning: line {item.line} is {encoded[item.line].tokens} tokens; scored its "
+                f"last {self.limits.max_tokens} (--max-tokens)",
+                file=sys.stderr,
+            )
+        summary.scored += 1
+        for label in self.spec.labels:
+            summary.flagged[label] += line["flags"][label]
+            self.sums[label] = self.sums.get(label, 0.0) + line["scores"][label]
+        return line
 
 
 def _scored(directory, log, engine, limits: ScoreOptions, device, python) -> Iterator[tuple[list, dict, dict]]:

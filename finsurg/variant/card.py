@@ -294,7 +294,7 @@ def _evaluation(report: VariantEvalReport | None) -> str:
 def _shifts(report: VariantEvalReport) -> str:
     """This variant's and the prompting baseline's preference shift, item by item."""
     own = [str(RunKey.of(report.variant, "baked")), *report.prompting]
-    shifts = {name: report.shifts[name].model_dump() for name in own if name in report.shifts}
+    shifts = {name: report.shifts[name] for name in own if name in report.shifts}
     if not shifts:
         return ""
     return (

@@ -68,6 +68,25 @@ class LocalProof(Record):
     relative_tolerance: float
     passed: bool
 
+    def rows(self) -> list[tuple[str, str]]:
+        structure, blocks = self.structure, self.blocks
+        steered = [b for b in blocks if b.steered]
+        worst = max((b.max_abs_error or 0.0) for b in blocks) if blocks else 0.0
+        return [
+            (
+                "structure: tensors byte-identical to the base, biases bit-equal to the offsets, config",
+                "passed"
+                if structure.passed
+                else "; ".join(structure.problems[:3])
+                + f" ({structure.identical_shards} shards by SHA256, {structure.tensors_compared} tensors compared)",
+            ),
+            (
+                f"blocks {', '.join(str(b.layer) for b in blocks)} alone: variant = base + offset (float32)",
+                f"{sum(b.passed for b in blocks)}/{len(blocks)} ({len(steered)} steered), max error "
+                f"{worst:.2e}" + "".join(f"; layer {b.layer}: {b.problem}" for b in blocks if b.problem),
+            ),
+        ]
+
 
 class VerificationReport(Record):
     format: Literal["finsurg.verification/2"] = "finsurg.verification/2"
@@ -87,29 +106,24 @@ class VerificationReport(Record):
 
     def rows(self) -> list[tuple[str, str]]:
         """The verification figures as (check, result) rows: the card's table and the CLI's summary."""
-        proof = self.proof
-        structure = proof.structure
-        steered = [b for b in proof.blocks if b.steered]
-        worst = max((b.max_abs_error or 0.0) for b in proof.blocks) if proof.blocks else 0.0
-        rows = [
-            (
-                "structure: tensors byte-identical to the base, biases bit-equal to the offsets, config",
-                "passed"
-                if structure.passed
-                else "; ".join(structure.problems[:3])
-                + f" ({structure.identical_shards} shards by SHA256, {structure.tensors_compared} tensors compared)",
-            ),
-            (
-                f"blocks {', '.join(str(b.layer) for b in proof.blocks)} alone: variant = base + offset (float32)",
-                f"{sum(b.passed for b in proof.blocks)}/{len(proof.blocks)} ({len(steered)} steered), max error "
-                f"{worst:.2e}" + "".join(f"; layer {b.layer}: {b.problem}" for b in proof.blocks if b.problem),
-            ),
-        ]
-        exact = self.float32
-        if exact is None:
+        rows = self.proof.rows()
+        if self.float32 is None:
             return rows + [("end-to-end check", self.end_to_end_note)]
+        rows += self._end_to_end(self.float32)
+        low = self.export_dtype
+        if low:
+            rows.append(
+                (
+                    f"{low.dtype}: KL mean / max vs its noise floor (fp32 vs {low.dtype} base)",
+                    f"{low.kl_mean:.2e} / {low.kl_max:.2e} vs {low.noise_floor.kl_mean:.2e}, argmax "
+                    f"{low.argmax_agreement:.1%} vs {low.noise_floor.argmax_agreement:.1%}",
+                )
+            )
+        return rows
+
+    def _end_to_end(self, exact: ExactCheck) -> list[tuple[str, str]]:
         mode = "in memory" if exact.mode == "in_memory" else "layer-streamed"
-        rows += [
+        rows = [
             (f"end to end ({mode}): max abs logit difference", f"{exact.max_abs_logit_diff:.2e}"),
             ("KL mean / max", f"{exact.kl_mean:.2e} / {exact.kl_max:.2e} (limit {self.kl_limit:.0e})"),
             (
@@ -124,7 +138,8 @@ class VerificationReport(Record):
                     f"{exact.greedy_prompts_identical}/{self.prompts}",
                 )
             )
-        rows += [
+        effect = exact.steering_effect
+        return rows + [
             (
                 f"hidden states before layer {exact.prefix_layers_checked} equal to the base's",
                 "bit-identical"
@@ -135,19 +150,9 @@ class VerificationReport(Record):
             ),
             (
                 "moves like the hooks (cosine of logit change)",
-                f"{exact.steering_effect.delta_cosine:.4f} (KL base→hooked {exact.steering_effect.kl_base_vs_hooked_mean:.3f})",
+                f"{effect.delta_cosine:.4f} (KL base→hooked {effect.kl_base_vs_hooked_mean:.3f})",
             ),
         ]
-        low = self.export_dtype
-        if low:
-            rows.append(
-                (
-                    f"{low.dtype}: KL mean / max vs its noise floor (fp32 vs {low.dtype} base)",
-                    f"{low.kl_mean:.2e} / {low.kl_max:.2e} vs {low.noise_floor.kl_mean:.2e}, argmax "
-                    f"{low.argmax_agreement:.1%} vs {low.noise_floor.argmax_agreement:.1%}",
-                )
-            )
-        return rows
 
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
