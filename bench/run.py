@@ -368,6 +368,7 @@ def measure_monitor(results: dict) -> None:
     try:
         built = task("monitor_build", out=str(work / "default"))
         cost = task("monitor_cost", monitor=str(work / "default" / "monitor"))
+        long = task("monitor_long", monitor=str(work / "default" / "monitor"), out=str(work / "long"))
         scored = task("monitor_score", monitor=str(work / "default" / "monitor"), lines=2000, out=str(work / "s"))
         flat = task(
             "monitor_score", monitor=str(work / "default" / "monitor"), lines=2000, out=str(work / "f"), after=0.1
@@ -390,6 +391,7 @@ def measure_monitor(results: dict) -> None:
         "score_default_model": scored,
         "score_default_model_flat": flat,
         "score_tiny": {str(lines): figures for lines, figures in streaming.items()},
+        "long_conversations": long,
     }
 
 
@@ -420,6 +422,25 @@ def render_monitor(m: dict) -> list[str]:
         f"{m['export']['peak_rss_mb']:.0f} MB; held-out AUROC topic {m['heldout']['topic']['auroc']:.3f}, behaviour "
         f"{m['heldout']['behaviour']['auroc']:.3f}; classifier against the hooked base max |Δlogit| "
         f"{m['check_max_abs_diff']:.1e}.",
+        *render_long(m.get("long_conversations")),
+    ]
+
+
+def render_long(long: dict | None) -> list[str]:
+    if not long:
+        return []
+    short, padded, one = long["short"], long["padded"], long["long_log"]
+    return [
+        "",
+        f"Held-out AUROC on long conversations: each held-out conversation padded in front with earlier off-topic "
+        f"exchanges (median {padded['median_tokens']:.0f} tokens against {short['median_tokens']:.0f}) and scored "
+        f"within `--max-tokens {long['budget']}`, which keeps its end ({padded['truncated']} cut): topic "
+        f"{padded['auroc']['topic']:.3f} (short {short['auroc']['topic']:.3f}), behaviour "
+        f"{padded['auroc']['behaviour']:.3f} (short {short['auroc']['behaviour']:.3f}).",
+        "",
+        f"`monitor score` on {one['lines']} lines, one of them {one['tokens']:,} tokens ({one['tokens'] / one['context']:.1f}× "
+        f"the context): {one['seconds']:.1f} s, peak RSS {one['peak_rss_mb']:.0f} MB; it warned "
+        f"`{one['warning'][0] if one['warning'] else 'nothing'}`.",
     ]
 
 

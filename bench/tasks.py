@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -608,9 +609,101 @@ def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after
     }
 
 
+def monitor_long(monitor: str, out: str, budget: int = 512, turns: int = 12) -> dict:
+    """The monitor's held-out AUROC on its short conversations, and on the same conversations padded in front with
+    `turns` earlier off-topic exchanges (the train split's) and scored within a token budget of `budget`, which
+    keeps their ends; then `monitor score` on a log with one conversation 2.5 times the default model's context."""
+    from sklearn.metrics import roc_auc_score
+    from transformers import AutoTokenizer
+
+    from finsurg import api
+    from finsurg.packs import Pack
+    from finsurg.settings import MonitorScoreSettings
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    pack = Pack.load("finance")
+    pairs, off = pack.answer_pairs().heldout, pack.off_topic_splits()
+    earlier = [turn for item in off.train[:turns] for turn in _exchange(item.question, item.reply)]
+    sets = {
+        "topic": (
+            [_exchange(p.question, a) for p in pairs for a in (p.positive, p.negative)],
+            [_exchange(item.question, item.reply) for item in off.heldout],
+        ),
+        "behaviour": (
+            [_exchange(p.question, p.positive) for p in pairs],
+            [_exchange(p.question, p.negative) for p in pairs] + [_exchange(i.question, i.reply) for i in off.heldout],
+        ),
+    }
+    figures = {}
+    tokenizer = AutoTokenizer.from_pretrained(monitor)
+    for name, prefix in (("short", []), ("padded", earlier)):
+        rows = [
+            (label, side, prefix + messages)
+            for label, both in sets.items()
+            for side in (1, 0)
+            for messages in both[side]
+        ]
+        log = root / f"{name}.jsonl"
+        log.write_text("".join(json.dumps({"messages": messages}) + "\n" for _, _, messages in rows))
+        lengths = [len(tokenizer(tokenizer.apply_chat_template(m, tokenize=False))["input_ids"]) for _, _, m in rows]
+        settings = MonitorScoreSettings(log=log, monitor=Path(monitor), out=root / f"{name}.scores.jsonl", quiet=True)
+        summary = api.monitor_score(settings.model_copy(update={"max_tokens": budget})).summary
+        scores = [json.loads(line)["logits"] for line in (root / f"{name}.scores.jsonl").read_text().splitlines()]
+        figures[name] = {
+            "median_tokens": statistics.median(lengths),
+            "truncated": len(summary.truncated),
+            "auroc": {
+                label: roc_auc_score(
+                    [side for lb, side, _ in rows if lb == label],
+                    [score[label] for (lb, _, _), score in zip(rows, scores) if lb == label],
+                )
+                for label in sets
+            },
+        }
+    figures["budget"] = budget
+    figures["long_log"] = _one_long_conversation(monitor, root, pack, tokenizer)
+    return figures
+
+
+def _exchange(question: str, reply: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+
+
+def _one_long_conversation(monitor: str, root: Path, pack, tokenizer) -> dict:
+    """`monitor score` at its default budget (the monitor's context) on 11 lines, one of them about 2.5 times that
+    context: its time, peak RSS and the warning it prints."""
+    context = json.loads((Path(monitor) / "config.json").read_text())["max_position_embeddings"]
+    off = pack.off_topic_splits().train
+    messages, k = [], 0
+    while len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]) < 2.5 * context:
+        messages += _exchange(off[k % len(off)].question, off[k % len(off)].reply)
+        k += 1
+    pair = pack.answer_pairs().heldout[0]
+    messages += _exchange(pair.question, pair.positive)
+    short = [_exchange(p.question, p.negative) for p in pack.answer_pairs().heldout[1:11]]
+    log = root / "long.jsonl"
+    log.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [messages] + short))
+    done = subprocess.run(
+        [sys.executable, "-m", "finsurg", "monitor", "score", "--monitor", monitor, str(log), "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    summary = json.loads(done.stdout)
+    return {
+        "lines": 11,
+        "tokens": len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]),
+        "context": context,
+        "seconds": summary["seconds"],
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "warning": [line for line in done.stderr.splitlines() if "warning" in line],
+    }
+
+
 TASKS = {
     f.__name__: f
     for f in (
+        monitor_long,
         monitor_build,
         monitor_cost,
         monitor_score,
