@@ -640,9 +640,9 @@ def monitor_long(monitor: str, out: str, budget: int = 512, turns: int = 12) -> 
     for name, prefix in (("short", []), ("padded", earlier)):
         rows = [
             (label, side, prefix + messages)
-            for label, both in sets.items()
-            for side in (1, 0)
-            for messages in both[side]
+            for label, (positives, negatives) in sets.items()
+            for side, group in ((1, positives), (0, negatives))
+            for messages in group
         ]
         log = root / f"{name}.jsonl"
         log.write_text("".join(json.dumps({"messages": messages}) + "\n" for _, _, messages in rows))
@@ -675,10 +675,13 @@ def _one_long_conversation(monitor: str, root: Path, pack, tokenizer) -> dict:
     context: its time, peak RSS and the warning it prints."""
     context = json.loads((Path(monitor) / "config.json").read_text())["max_position_embeddings"]
     off = pack.off_topic_splits().train
-    messages, k = [], 0
-    while len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]) < 2.5 * context:
-        messages += _exchange(off[k % len(off)].question, off[k % len(off)].reply)
-        k += 1
+    messages: list[dict] = []
+    while (
+        not messages
+        or len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]) < 2.5 * context
+    ):
+        item = off[len(messages) // 2 % len(off)]
+        messages += _exchange(item.question, item.reply)
     pair = pack.answer_pairs().heldout[0]
     messages += _exchange(pair.question, pair.positive)
     short = [_exchange(p.question, p.negative) for p in pack.answer_pairs().heldout[1:11]]
