@@ -617,6 +617,7 @@ def monitor_long(monitor: str, out: str, budget: int = 512, turns: int = 12) -> 
     from transformers import AutoTokenizer
 
     from finsurg import api
+    from finsurg.monitor.conversations import exchange
     from finsurg.packs import Pack
     from finsurg.settings import MonitorScoreSettings
 
@@ -624,15 +625,15 @@ def monitor_long(monitor: str, out: str, budget: int = 512, turns: int = 12) -> 
     root.mkdir(parents=True, exist_ok=True)
     pack = Pack.load("finance")
     pairs, off = pack.answer_pairs().heldout, pack.off_topic_splits()
-    earlier = [turn for item in off.train[:turns] for turn in _exchange(item.question, item.reply)]
+    earlier = [turn for item in off.train[:turns] for turn in exchange(item.question, item.reply)]
     sets = {
         "topic": (
-            [_exchange(p.question, a) for p in pairs for a in (p.positive, p.negative)],
-            [_exchange(item.question, item.reply) for item in off.heldout],
+            [exchange(p.question, a) for p in pairs for a in (p.positive, p.negative)],
+            [exchange(item.question, item.reply) for item in off.heldout],
         ),
         "behaviour": (
-            [_exchange(p.question, p.positive) for p in pairs],
-            [_exchange(p.question, p.negative) for p in pairs] + [_exchange(i.question, i.reply) for i in off.heldout],
+            [exchange(p.question, p.positive) for p in pairs],
+            [exchange(p.question, p.negative) for p in pairs] + [exchange(i.question, i.reply) for i in off.heldout],
         ),
     }
     figures = {}
@@ -666,13 +667,11 @@ def monitor_long(monitor: str, out: str, budget: int = 512, turns: int = 12) -> 
     return figures
 
 
-def _exchange(question: str, reply: str) -> list[dict]:
-    return [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-
-
 def _one_long_conversation(monitor: str, root: Path, pack, tokenizer) -> dict:
     """`monitor score` at its default budget (the monitor's context) on 11 lines, one of them about 2.5 times that
     context: its time, peak RSS and the warning it prints."""
+    from finsurg.monitor.conversations import exchange
+
     context = json.loads((Path(monitor) / "config.json").read_text())["max_position_embeddings"]
     off = pack.off_topic_splits().train
     messages: list[dict] = []
@@ -681,10 +680,10 @@ def _one_long_conversation(monitor: str, root: Path, pack, tokenizer) -> dict:
         or len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]) < 2.5 * context
     ):
         item = off[len(messages) // 2 % len(off)]
-        messages += _exchange(item.question, item.reply)
+        messages += exchange(item.question, item.reply)
     pair = pack.answer_pairs().heldout[0]
-    messages += _exchange(pair.question, pair.positive)
-    short = [_exchange(p.question, p.negative) for p in pack.answer_pairs().heldout[1:11]]
+    messages += exchange(pair.question, pair.positive)
+    short = [exchange(p.question, p.negative) for p in pack.answer_pairs().heldout[1:11]]
     log = root / "long.jsonl"
     log.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [messages] + short))
     done = subprocess.run(

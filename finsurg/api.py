@@ -12,7 +12,7 @@ from pathlib import Path
 
 from finsurg import progress
 from finsurg.errors import FinsurgError
-from finsurg.monitor.monitor_options import MonitorOptions, ScoreOptions
+from finsurg.monitor.monitor_options import MonitorOptions
 from finsurg.outcomes import (
     AnalyzeOutcome,
     CvectorOutcome,
@@ -159,8 +159,7 @@ def monitor_export(settings: MonitorExportSettings) -> MonitorOutcome:
     placement = _placement(settings)
     model = _model(settings)
     recipe = resolve_recipe(settings.recipe, model.name, model.config)
-    options = MonitorOptions(batch_size=settings.batch_size, seed=settings.seed)
-    return _monitor(model, recipe, settings.out, settings.overwrite, placement, options)
+    return _monitor(model, recipe, settings.out, settings.overwrite, placement, settings)  # settings: MonitorOptions
 
 
 def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:
@@ -183,9 +182,7 @@ def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:
             settings.log,
             out,
             settings.engine,
-            ScoreOptions(
-                batch_size=settings.batch_size, max_tokens=settings.max_tokens, batch_tokens=settings.batch_tokens
-            ),
+            settings,  # its ScoreOptions
             placement.device,
             settings.vllm_python,
         )

@@ -24,6 +24,7 @@ from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.settings import ExportOptions
 from finsurg.steer.recipe import Recipe
+from finsurg.steer.surgery import Surgery
 from finsurg.variant.assemble import assemble, surgery_record
 from finsurg.variant.record import VARIANT_SIGNS
 from finsurg.variant.reports import VerificationReport
@@ -84,9 +85,13 @@ def export_variants(
     targets = plan_targets(out_dir, options.overwrite)
     try:
         _check_disk(writer, out_dir, options.link)
-        check = _Verifier(model, recipe, alpha, writer, options, placement) if options.verify else None
+        # what each variant bakes, records and is proved against: one surgery, rounded to the variant's dtype
+        surgeries = {
+            name: recipe.surgery(sign * abs(alpha)).rounded(writer.dtype) for name, sign in VARIANT_SIGNS.items()
+        }
+        check = _Verifier(model, recipe.spec.pack, surgeries, writer, options, placement) if options.verify else None
         try:
-            return _bake_all(writer, recipe, alpha, targets, check)
+            return _bake_all(writer, recipe, alpha, surgeries, targets, check)
         finally:
             if check is not None:
                 check.close()
@@ -105,17 +110,14 @@ class _Verifier:
     builds no torch module, so the thread may build its models (accelerate's empty-weights context patches
     torch for the whole process while it does); `close` joins it before the export returns."""
 
-    def __init__(self, model: ResolvedModel, recipe: Recipe, alpha: float, writer, options, placement):
+    def __init__(self, model: ResolvedModel, pack: str, surgeries: dict[str, Surgery], writer, options, placement):
         self.model, self.options = model, options
         self.placement = placement or Placement.of("cpu")
         dtype = name_of(writer.dtype)
-        surgeries = [
-            Baking(recipe.surgery(sign * abs(alpha)).rounded(writer.dtype), dtype, writer.context_cap)
-            for sign in VARIANT_SIGNS.values()
-        ]
+        bakings = [Baking(surgery, dtype, writer.context_cap) for surgery in surgeries.values()]
         self._cancelled = threading.Event()
         self._result: list = []
-        args = (model.path, writer.arch, surgeries, recipe.spec.pack)
+        args = (model.path, writer.arch, bakings, pack)
         self._thread = threading.Thread(target=self._run, args=args)
         self._thread.start()
 
@@ -174,14 +176,15 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _bake_all(writer: VariantWriter, recipe, alpha, targets, check) -> list[ExportedVariant]:
+def _bake_all(
+    writer: VariantWriter, recipe, alpha, surgeries: dict[str, Surgery], targets, check
+) -> list[ExportedVariant]:
     """Write both variants, then verify them together (each base block is read once for both)."""
     results, partials, sums = [], [], []
     with ExitStack() as stack:
         for variant, final in targets.items():
             partial = stack.enter_context(building(final))
-            signed = VARIANT_SIGNS[variant] * abs(alpha)
-            surgery = recipe.surgery(signed).rounded(writer.dtype)  # what is baked is what is recorded
+            signed, surgery = VARIANT_SIGNS[variant] * abs(alpha), surgeries[variant]
             written = writer.write(surgery, variant, partial)
             record = surgery_record(
                 recipe, signed, variant, writer.dtype, writer.arch, writer.base_info(), writer.context_cap

@@ -64,6 +64,7 @@ BENCH_INTERNALS = {
     "finsurg.io.safetensors_io": "the synthetic 8B-shaped checkpoint, written in slices",
     "finsurg.monitor.labelled": "the monitor's cost per conversation against a full forward of its base",
     "finsurg.monitor.synthetic": "planted logs: the scoring benchmark's input",
+    "finsurg.monitor.conversations": "the long-conversation benchmark's conversations, built as the monitor's are",
     "finsurg.packs": "the pack whose texts the benchmarks feed",
     "finsurg.steer.findings": "results.md renders the analysis's findings",
     "finsurg.steer.finding_tables": "results.md renders the analysis's findings",

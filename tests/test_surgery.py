@@ -53,23 +53,20 @@ def test_several_gated_steers_in_one_layer_bake_exactly_as_their_hooks(tmp_path)
     surgery = _two_behaviours()
     out = tmp_path / "variant"
     out.mkdir()
-    VariantWriter(resolve_model(str(base))).write(surgery, "steered", out)
+    model = resolve_model(str(base))
+    VariantWriter(model).write(surgery, "steered", out)
     baked, hooked = load_model(out), load_model(base)
     ids = torch.tensor([[1, 20, 31, 44, 52, 7, 9, 60]])
     with torch.no_grad():
         plain = hooked(ids).logits
-        with offsets_added(hooked, surgery, hooked_arch(base)):
+        with offsets_added(hooked, surgery, model.arch):
             reference = hooked(ids).logits
         got = baked(ids).logits
     assert float((got - reference).abs().max()) < 1e-4
     assert float((plain - reference).abs().max()) > 1e-2  # the surgery did something
     alone = Surgery(surgery.steers[:1] + surgery.steers[2:])  # without the second gate: a different model
-    with torch.no_grad(), offsets_added(hooked, alone, hooked_arch(base)):
+    with torch.no_grad(), offsets_added(hooked, alone, model.arch):
         assert float((hooked(ids).logits - got).abs().max()) > 1e-4
-
-
-def hooked_arch(path):
-    return resolve_model(str(path)).arch
 
 
 def test_a_conditional_exports_proof_runs_once_beside_the_writing(tmp_path, monkeypatch):

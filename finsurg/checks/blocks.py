@@ -62,11 +62,12 @@ class BlockModel(LazyModel):
 def surgery_added(block: torch.nn.Module, layer: int, arch: Architecture, surgery: Surgery, dtype, config: dict):
     """The block with its layer's ungated offsets added at the site and its gated steers' neurons (rounded to
     `dtype`) added to its MLP's output."""
+    here = surgery.at(layer)
     with ExitStack() as stack:
-        offset = surgery.always().get(layer)
+        offset = here.always().get(layer)
         if offset is not None:
             stack.enter_context(output_hooked(block, arch.block_site(), shift_output(offset)))
-        graft = surgery.neurons(dtype, arch.offset_divisor(config)).get(layer)
+        graft = here.neurons(dtype, arch.offset_divisor(config)).get(layer)
         if graft is not None:
             stack.enter_context(output_hooked(block, arch.block_mlp(), graft_output(graft)))
         yield

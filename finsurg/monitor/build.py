@@ -61,7 +61,7 @@ def build_monitor(
     dtype = weight_dtype(checkpoint, arch)
     hf = load_model(model.path, torch.float32, device=placement.device, max_memory=placement.dispatch)
     ensure_pad_token(tokenizer)
-    trained = train(hf, tokenizer, monitor, recipe, dtype, options)
+    trained = train(hf, tokenizer, monitor, pack, recipe, dtype, options)
     check_texts = _check_texts(pack, tokenizer)
     layer = trained.layer
     hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [layer], options.batch_size)[layer]
@@ -74,7 +74,7 @@ def build_monitor(
             partial, checkpoint, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
         )
         check = _check(partial, check_texts, hooked @ trained.head.T, options.batch_size)
-        spec = _spec(model, recipe, trained, fingerprint, check)
+        spec = _spec(model, recipe, pack, trained, fingerprint, check)
         (partial / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
         write_card(partial, spec)
         write_sums(partial)
@@ -96,7 +96,7 @@ def _chat_tokenizer(model: ResolvedModel):
     return tokenizer
 
 
-def _spec(model: ResolvedModel, recipe: Recipe, trained, fingerprint: str, check: dict) -> MonitorSpec:
+def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint: str, check: dict) -> MonitorSpec:
     return MonitorSpec(
         labels=["topic", "behaviour"],
         thresholds=trained.thresholds,
@@ -108,7 +108,7 @@ def _spec(model: ResolvedModel, recipe: Recipe, trained, fingerprint: str, check
             "embeddings_sha256": fingerprint,
         },
         recipe=recipe.origin,
-        pack=Pack.load(recipe.spec.pack).source,
+        pack=pack.source,
         topic_source=trained.topic_source,
         layers=trained.layers,
         tune=trained.tune,

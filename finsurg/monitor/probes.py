@@ -140,10 +140,12 @@ def candidate_layers(recipe: Recipe, depth: int) -> list[int]:
     return recipe.layers if recipe.conditional else list(range(depth // 3, depth))
 
 
-def train(model, tokenizer, monitor: Monitor, recipe: Recipe, dtype: torch.dtype, options: MonitorOptions) -> Trained:
+def train(
+    model, tokenizer, monitor: Monitor, pack: Pack, recipe: Recipe, dtype: torch.dtype, options: MonitorOptions
+) -> Trained:
     """The probes at each candidate layer, as the checkpoint will store them (rounded to `dtype`); the layer
     whose worse label is best on tune; thresholds from tune; figures from held-out."""
-    pack, batch_size, seed = Pack.load(recipe.spec.pack), options.batch_size, options.seed
+    batch_size, seed = options.batch_size, options.seed
     depth = model.config.num_hidden_layers
     layers = candidate_layers(recipe, depth)
     splits = {split: labelled(pack, split, tokenizer) for split in ("train", "tune", "heldout")}
