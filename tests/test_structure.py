@@ -131,7 +131,7 @@ def test_root_holds_only_foundations_and_the_app():
 
 def test_engine_scripts_import_nothing_of_finsurg_and_nothing_imports_them():
     scripts = sorted(SCRIPTS.glob("*.py"))
-    assert {p.stem for p in scripts} == {"vllm_greedy", "vllm_classify", "lmeval_vllm", "llamacpp"}
+    assert {p.stem for p in scripts} == {"vllm_greedy", "vllm_classify", "lmeval_vllm", "llamacpp", "script_reply"}
     for path in scripts:
         assert not imported(path.read_text(), set()), f"{path.name} imports finsurg"
     for name, path in modules().items():

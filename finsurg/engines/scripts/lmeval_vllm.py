@@ -15,6 +15,8 @@ import json
 import sys
 import time
 
+from script_reply import reply, stop
+
 
 def _lm_eval_vllm():
     """lm-eval's VLLM class. lm-eval asks importlib.metadata for "vllm", but the CPU build is distributed
@@ -57,7 +59,9 @@ def main(request_path: str, result_path: str) -> None:
     out, loaded = {}, {}
     for run in request["runs"]:
         if run["model"] not in loaded:
-            loaded.clear()  # one model in memory at a time
+            for model in loaded.values():  # one model in memory at a time
+                stop(model.model)
+            loaded.clear()
             loaded[run["model"]] = VLLM(
                 pretrained=run["model"], dtype=request["dtype"], enforce_eager=True, seed=0, max_model_len=2048
             )
@@ -84,8 +88,9 @@ def main(request_path: str, result_path: str) -> None:
             },
             "seconds": time.perf_counter() - clock,
         }
-    with open(result_path, "w") as handle:
-        json.dump({"vllm_version": vllm.__version__, "runs": out}, handle)
+    for model in loaded.values():
+        stop(model.model)
+    reply({"vllm_version": vllm.__version__, "runs": out}, result_path)
 
 
 if __name__ == "__main__":  # vLLM's engine spawns processes that re-import this module

@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from script_reply import reply, stop
+
 
 def chunks(path, size):
     chunk = []
@@ -60,8 +62,8 @@ def main(request_path: str, result_path: str) -> None:
         "classify_seconds": time.perf_counter() - loaded,
         "vllm_version": vllm.__version__,
     }
-    with open(result_path, "w") as handle:
-        json.dump(result, handle)
+    stop(llm)
+    reply(result, result_path)
 
 
 if __name__ == "__main__":  # vLLM's engine spawns processes that re-import this module

@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from script_reply import reply, stop
+
 
 def main(request_path: str, result_path: str) -> None:
     with open(request_path) as handle:
@@ -32,8 +34,8 @@ def main(request_path: str, result_path: str) -> None:
         "generate_seconds": time.perf_counter() - loaded,
         "vllm_version": vllm.__version__,
     }
-    with open(result_path, "w") as handle:
-        json.dump(result, handle)
+    stop(llm)
+    reply(result, result_path)
 
 
 if __name__ == "__main__":  # vLLM's engine spawns processes that re-import this module
