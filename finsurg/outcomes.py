@@ -44,7 +44,7 @@ class AnalyzeOutcome(Outcome):
         return kept | {"behaviour": behaviour, "out": str(self.analysis.out)}
 
     def text(self) -> str:
-        from finsurg.steer.finding_tables import heldout_table, routes_table
+        from finsurg.steer.finding_tables import answers_table, dial_table, heldout_table, routes_table
 
         results, recipe = self.analysis.results, self.analysis.recipe
         massive = list(results["massive_dims"]) or "none"
@@ -57,18 +57,23 @@ class AnalyzeOutcome(Outcome):
             )
         findings = self.analysis.findings
         if findings is not None:
-            chosen = findings.tuning.chosen
+            routes, chosen = findings.routes, findings.tuning.chosen
+            if routes is not None:
+                lines.append(
+                    f"What users see: the base's and both routes' answers to held-out on-topic and off-topic "
+                    f"questions, judged (this recipe: {routes.chosen}, {routes.reason}):"
+                )
+                lines += ["  " + line for line in answers_table(routes.heldout)]
+                if routes.heldout.dial:
+                    lines.append("The dial, judged greedy answers at each alpha:")
+                    lines += ["  " + line for line in dial_table(routes.heldout)]
             lines.append(
                 f"Tuned on the tune split: trial {chosen.trial}, {chosen.method}, layers "
                 f"{chosen.layers[0]}-{chosen.layers[1]}, strength {chosen.strength:g} = alpha "
                 f"{recipe.spec.default_alpha:g} (KL {chosen.kl:.3f} within {findings.tuning.budget:g})"
             )
-            routes = findings.routes
             if routes is not None:
-                lines.append(
-                    f"Route: {routes.chosen} ({routes.reason}). Both routes on held-out on-topic and off-topic "
-                    "questions, with greedy answers:"
-                )
+                lines.append("Both routes' log-odds shift and costs, held-out:")
                 lines += ["  " + line for line in routes_table(routes.heldout)]
             lines.append(f"Held-out effects of the recipe ({findings.splits.heldout} questions):")
             lines += ["  " + line for line in heldout_table(findings.heldout)]
@@ -124,7 +129,7 @@ class MonitorOutcome(Outcome):
         for label in spec.labels:
             row = spec.heldout[label]
             lines.append(
-                f"  {label:<10} held-out AUROC {row['auroc']:.3f}  TPR {row['tpr']:.2f}  FPR {row['fpr']:.2f} "
+                f"  {label:<10} held-out AUROC {row.auroc:.3f}  TPR {row.tpr:.2f}  FPR {row.fpr:.2f} "
                 f"at logit {spec.thresholds[label]:+.2f}"
             )
         lines.append(f"  checked against the hooked base: max |Δlogit| {spec.check['max_abs_diff']:.1e}")

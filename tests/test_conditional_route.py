@@ -90,31 +90,106 @@ def test_generation_judgement_and_unchanged_share():
 
 
 @pytest.mark.slow
-def test_conditional_route_end_to_end(tiny_model, tmp_path, capsys):
+def test_conditional_route_end_to_end(tiny_model, tmp_path, capsys, monkeypatch):
     pack = write_conditional_pack(tmp_path / "pack")
+    answers = json.loads((pack / "answers.json").read_text())
+    tune = {pair["question"] for pair in answers["tune"]}
+    heldout = {pair["question"] for pair in answers["heldout"]}
+    generated = _record_generations(monkeypatch)
     run = tmp_path / "run"
     args = ["analyze", "--model", str(tiny_model), "--behaviour", str(pack), "--out", str(run), "--quiet"]
     args += ["--trials", "3", "--gate-trials", "4", "--route", "conditional", "--prose-budget", "100"]
-    args += ["--off-topic-budget", "10"]
+    args += ["--off-topic-budget", "10", "--samples", "2", "--dial", "1,3"]
     assert main(args) == 0
+    # the search generates the tune questions and nothing else; held-out questions only once it has chosen
+    searching = [set(questions) for phase, questions in generated if phase == "search"]
+    assert searching and set().union(*searching) == tune
+    assert not set().union(*[set(q) for phase, q in generated if phase == "before"]) & heldout
+    assert heldout <= set().union(*[set(q) for phase, q in generated if phase == "after"])
     recipe = Recipe.load(run)
     assert recipe.conditional and recipe.spec.format == "finsurg.recipe/2"
     assert recipe.spec.tuning.route == "conditional" and recipe.spec.tuning.route_flag == "conditional"
     results = json.loads((run / "mech_interp_results.json").read_text())
     routes = results["behaviour"]["routes"]
     assert routes["chosen"] == "conditional" and len(routes["conditional_trials"]) == 4
+    assert all(row["steered_positive"] is not None for row in routes["conditional_trials"])
     for row in routes["condition"]["heldout"].values():
         assert 0.0 <= row["token_auroc"] <= 1.0 and 0.0 <= row["conversation_auroc"] <= 1.0
-    heldout = routes["heldout"]
+    shares = routes["condition"]["open_shares"]
+    assert shares["first_answer_tokens"] == pytest.approx(_first_tokens_open(tiny_model, recipe, answers), abs=0.05)
+    longest = max(len(pair[side].split()) for pair in answers["heldout"] for side in ("positive", "negative"))
+    assert 1 <= len(shares["by_answer_position"]) <= min(8, 2 * longest)
+    heldout_rows = routes["heldout"]
     for route in ("unconditional", "conditional"):
         for name in ("steered", "conservative"):
-            row = heldout[route][name]
+            row = heldout_rows[route][name]
             assert 0.0 <= row["off_topic_unchanged"] <= 1.0 and row["off_topic_kl"] >= 0.0
-    assert "Routes: an offset everywhere" in (run / "report.md").read_text()
+            assert row["sampled"] is not None and row["quality"]["base_perplexity"] > 1.0
+        assert [row["alpha"] for row in heldout_rows["dial"][route]] == [-3.0, -1.0, 1.0, 3.0]
+    report = (run / "report.md").read_text()
+    assert "Routes: an offset everywhere" in report
+    assert report.index("What users see") < report.index("Held-out effects of the recipe")
     results = export_checked(resolve_model(str(tiny_model)), recipe, 3.0, tmp_path / "out")
     for item in results:
         report = item["verification"]
         assert report["passed"] and report["float32"]["kl_max"] < 1e-6
+
+
+def _record_generations(monkeypatch) -> list[tuple[str, list[str]]]:
+    """Every question list the analysis generates answers to, with the phase it was generated in."""
+    from finsurg.analysis import context, route_choice
+
+    calls, phase = [], ["before"]
+
+    def recorded(model, tokenizer, arch, questions, *args, **kwargs):
+        calls.append((phase[0], list(questions)))
+        return greedy(model, tokenizer, arch, questions, *args, **kwargs)
+
+    def during(name, function):
+        def wrapped(*args, **kwargs):
+            phase[0] = name
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase[0] = "after"
+
+        return wrapped
+
+    greedy = context.greedy_answers
+    monkeypatch.setattr(context, "greedy_answers", recorded)
+    monkeypatch.setattr(route_choice, "_search", during("search", route_choice._search))
+    return calls
+
+
+def _first_tokens_open(model_dir, recipe: Recipe, answers: dict) -> float:
+    """The recipe's gates on the first 8 answer tokens of each held-out conversation, one conversation at a time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finsurg.models.loading import prompt_ids
+    from finsurg.steer.arch import for_config
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    route = for_config(model.config.to_dict()).grafting("test")
+    gates, seen = recipe.gates(), {}
+    handles = [
+        model.get_submodule(route.mlp.format(layer=layer)).register_forward_pre_hook(
+            lambda module, args, layer=layer: seen.__setitem__(layer, args[0][0])
+        )
+        for layer in gates
+    ]
+    opened = []
+    for pair in answers["heldout"]:
+        for answer in (pair["positive"], pair["negative"]):
+            prompt = prompt_ids(tokenizer, pair["question"])
+            first = tokenizer.encode(answer, add_special_tokens=False)[:8]
+            with torch.no_grad():
+                model(input_ids=torch.tensor([prompt + first]))
+            for layer, gate in gates.items():
+                opened += (gate.opening(seen[layer][len(prompt) :]) > 0.5).double().tolist()
+    for handle in handles:
+        handle.remove()
+    return sum(opened) / len(opened)
 
 
 def test_conditional_route_without_off_topic_data_is_refused(tiny_model, tmp_path, capsys):

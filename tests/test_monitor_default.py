@@ -47,7 +47,7 @@ def test_heldout_auroc_through_the_stock_classifier_meets_the_targets(default_mo
         positive, negative = getattr(heldout, label)
         logits = classify(directory, positive + negative)[:, index]
         measured = auroc(logits[: len(positive)], logits[len(positive) :])
-        assert measured == pytest.approx(spec.heldout[label]["auroc"], abs=1e-6)
+        assert measured == pytest.approx(spec.heldout[label].auroc, abs=1e-6)
         assert measured >= target, (label, measured)
     assert spec.check["max_abs_diff"] < 1e-4
     assert spec.cost == (spec.layer + 1) / 30

@@ -81,9 +81,8 @@ def steer_by_answers(ctx: AnalysisContext, seed_recipe: Recipe, seed_direction: 
     heldout = ctx.measure(splits.heldout, heldout_replies)
     routes = None
     if off_topic is not None:
-        with progress.timed(timings, "conditional_route"):
-            searched = Unconditional(recipe, candidates[chosen.method], scale, tune, heldout)
-            recipe, routes = choose_route(ctx, searched, off_topic, options)
+        searched = Unconditional(recipe, candidates[chosen.method], scale, tune, heldout)
+        recipe, routes = choose_route(ctx, searched, off_topic, options, timings)
     with progress.timed(timings, "heldout"):
         progress.say("phase 8: held-out effects and the prompting baseline")
         effects = _heldout_effects(ctx, heldout, recipe, splits.heldout)

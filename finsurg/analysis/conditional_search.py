@@ -1,11 +1,15 @@
 """The conditional route: the tuned direction, gated by the topic condition, searched by measurement.
 
 An Optuna search (seeded TPE) covers the layer band, the per-layer strength, and the gate's shift and
-sharpness (gate z = sharpness · (probe logit − shift)). Its objectives on the tune splits: the two-sided
-on-topic shift, to maximise, and the mean per-token KL on off-topic conversations, to minimise. A second
-budget bounds the on-topic cost: the perplexity of on-topic prose that explains rather than advises. The
-unconditional route's tuned point is measured on the same objectives, and the route that wins at the budgets
-(the largest two-sided shift among points within both) is the recipe's.
+sharpness (gate z = sharpness · (probe logit − shift)). Its objectives on the tune splits: what users read,
+to maximise, and the mean per-token KL on off-topic conversations, to minimise. What users read is the
+judged greedy answers to the tune questions (the weaker of the steered side's positive share and the
+conservative side's negative share), where the pack has phrase rules; else the two-sided log-odds shift of
+fixed answers. Budgets bound the costs: the off-topic KL, the perplexity of on-topic prose that explains
+rather than advises, and, for judged answers, their repetition and whether they take up the question, within
+margins of the base's. The unconditional route's tuned point is measured on the same objectives, and the route
+that wins at the budgets (the best objective among points within them, the log-odds shift breaking ties) is
+the recipe's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from finsurg import progress
+from finsurg.analysis.judged_objective import AnswerObjective, Reading
 from finsurg.analysis.measures import Divergence, Measure, Perplexity
 from finsurg.analysis.topic_probes import Probe
 from finsurg.analysis.tune import offsets_for
@@ -45,14 +50,22 @@ class Point:
     shift_down: float
     shift: float | None = None  # the gate's, in probe-logit units
     sharpness: float | None = None
+    reading: Reading | None = None
+    keeps_answers: bool = True
     items: dict[float, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def two_sided(self) -> float:
         return min(self.shift_up, -self.shift_down)
 
+    @property
+    def objective(self) -> float:
+        """The judged two-sided share where answers are judged, else the two-sided log-odds shift."""
+        return self.two_sided if self.reading is None else self.reading.score
+
     def within(self, kl_budget: float, prose_budget: float) -> bool:
-        return self.off_topic_kl <= kl_budget and (self.prose is None or self.prose <= prose_budget)
+        prose_ok = self.prose is None or self.prose <= prose_budget
+        return self.off_topic_kl <= kl_budget and prose_ok and self.keeps_answers
 
     def row(self) -> RoutePoint:
         return RoutePoint(
@@ -67,6 +80,10 @@ class Point:
             shift_up=self.shift_up,
             shift_down=self.shift_down,
             two_sided=self.two_sided,
+            steered_positive=None if self.reading is None else self.reading.steered_positive,
+            conservative_negative=None if self.reading is None else self.reading.conservative_negative,
+            repeated_4grams=None if self.reading is None else self.reading.repeated_4grams,
+            addressed=None if self.reading is None else self.reading.addressed,
         )
 
 
@@ -77,6 +94,7 @@ class Costs:
     answers: Measure
     off_topic: Divergence
     prose: Perplexity | None
+    judged: AnswerObjective | None = None
 
     def binding(self, up: Surgery) -> float:
         """The cost that bounds a gated strength: on-topic prose perplexity, else off-topic KL (both directions)."""
@@ -92,6 +110,7 @@ class Costs:
         prose = None
         if self.prose is not None:
             prose = max(self.prose.change(up), self.prose.change(down))
+        reading = None if self.judged is None else self.judged(up)
         return Point(
             route,
             number,
@@ -101,6 +120,8 @@ class Costs:
             prose=prose,
             shift_up=_mean(items[1.0]),
             shift_down=_mean(items[-1.0]),
+            reading=reading,
+            keeps_answers=reading is None or self.judged.keeps_answers(reading),
             items=items,
             **gate,
         )
@@ -172,26 +193,26 @@ def search_gated(
             trial.set_user_attr("strength", strength)
             points.append(point)
             feasible = point.within(*budgets)
-            study.tell(trial, [point.two_sided if feasible else min(point.two_sided, 0.0), point.off_topic_kl])
+            study.tell(trial, [point.objective if feasible else min(point.objective, 0.0), point.off_topic_kl])
             bar.update()
     return points
 
 
 def winner(points: list[Point], budgets) -> Point | None:
-    """The largest two-sided shift among points within both budgets."""
+    """The best objective among points within the budgets, then the larger two-sided shift."""
     feasible = [p for p in points if p.within(*budgets)]
-    return max(feasible, key=lambda p: (p.two_sided, -p.off_topic_kl)) if feasible else None
+    return max(feasible, key=lambda p: (p.objective, p.two_sided, -p.off_topic_kl)) if feasible else None
 
 
 def pareto(points: list[Point]) -> list[Point]:
-    """Points no other point beats on both the two-sided shift and the off-topic KL."""
+    """Points no other point beats on both the objective and the off-topic KL."""
     front = [
         p
         for p in points
         if not any(
-            o.two_sided >= p.two_sided
+            o.objective >= p.objective
             and o.off_topic_kl <= p.off_topic_kl
-            and (o.two_sided > p.two_sided or o.off_topic_kl < p.off_topic_kl)
+            and (o.objective > p.objective or o.off_topic_kl < p.off_topic_kl)
             for o in points
         )
     ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from finsurg.analysis import topic_probes
-from finsurg.analysis.generations import greedy_answers
+from finsurg.analysis.generations import Sampling, greedy_answers
 from finsurg.analysis.measures import Divergence, Measure, Perplexity
 from finsurg.packs import AnswerPair, NeutralReply, Pack
 from finsurg.steer.arch import Architecture
@@ -35,10 +35,17 @@ class AnalysisContext:
     def perplexity(self, texts: Sequence[str]) -> Perplexity:
         return Perplexity(self.model, self.tokenizer, self.arch, texts, self.batch_size)
 
-    def greedy(self, questions: Sequence[str], new_tokens: int, surgery: Surgery | None = None) -> list[list[int]]:
+    def greedy(
+        self,
+        questions: Sequence[str],
+        new_tokens: int,
+        surgery: Surgery | None = None,
+        sampling: Sampling | None = None,
+    ) -> list[list[int]]:
+        """Greedy answers (or with `sampling`, sampled ones) to the questions under the surgery."""
         return greedy_answers(
-            self.model, self.tokenizer, self.arch, questions, new_tokens, surgery, batch_size=self.batch_size
+            self.model, self.tokenizer, self.arch, questions, new_tokens, surgery, self.batch_size, sampling
         )
 
-    def mlp_inputs(self, sequences: list[list[int]], layers: list[int], skip: int) -> topic_probes.Tokens:
+    def mlp_inputs(self, sequences: list[list[int]], layers: list[int], skip: int | list[int]) -> topic_probes.Tokens:
         return topic_probes.mlp_inputs(self.model, self.tokenizer, self.arch, sequences, layers, skip, self.batch_size)

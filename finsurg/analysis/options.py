@@ -40,6 +40,17 @@ class TuneOptions(Group):
     prose_budget: float = Field(
         0.35, **flag("budget of both routes: relative perplexity increase on the pack's on-topic prose")
     )
+    samples: int = Field(
+        4, ge=0, **flag("sampled answers per held-out question (temperature 0.7, seeded) that are judged; 0: none")
+    )
+    dial: list[float] = Field(
+        [],
+        **flag(
+            "alphas at which both routes' held-out answers are judged, each both ways, comma-separated "
+            "(e.g. 1,2,3,4,5); empty: no dial",
+            comma=True,
+        ),
+    )
 
     @field_validator("kl_budget", "off_topic_budget", "prose_budget")
     @classmethod

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from finsurg import DISCLAIMER
-from finsurg.steer.finding_tables import examples_table, heldout_table, routes_table
+from finsurg.steer.finding_tables import (
+    answers_table,
+    dial_table,
+    examples_table,
+    gate_sentence,
+    heldout_table,
+    routes_table,
+)
 from finsurg.steer.findings import Findings, Routes, Splits
 
 
@@ -83,6 +90,15 @@ def _dial(rows: list[dict], positive: str) -> list[str]:
     return lines
 
 
+def _answer_budgets(budgets) -> str:
+    if budgets.repeated_4grams is None:
+        return ""
+    return (
+        f", judged answers with at most {budgets.repeated_4grams:.1%} repeated 4-grams and at least "
+        f"{budgets.addressed:.0%} taking up the question (the base's tune answers, within margins)"
+    )
+
+
 def _num(value, spec: str = "+.3f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -90,10 +106,10 @@ def _num(value, spec: str = "+.3f") -> str:
 def behaviour_section(findings: Findings, alpha: float) -> list[str]:
     splits, tuning = findings.splits, findings.tuning
     chosen = tuning.chosen
-    lines = [
-        "",
-        "## Answer behaviour: directions, tuning and held-out effects",
-        "",
+    lines = ["", "## Answer behaviour: what users see, then directions, tuning and held-out effects", ""]
+    if findings.routes is not None:
+        lines += seen_section(findings.routes, findings)
+    lines += [
         f"Paired answers: {splits.train} train (directions), {splits.tune} tune (search), "
         f"{splits.heldout} held-out (every effect below); {splits.neutral_replies} neutral replies "
         f"({splits.neutral_replies_tuning} while tuning). Activations read at "
@@ -120,7 +136,31 @@ def behaviour_section(findings: Findings, alpha: float) -> list[str]:
         findings.heldout
     )
     lines += ["", "### Single-dimension terms", "", findings.neuron_ablation.reason, ""]
-    lines += ["### Greedy answers to held-out questions", ""] + examples_table(findings.examples)
+    if findings.routes is None:
+        lines += ["### Greedy answers to held-out questions", ""] + examples_table(findings.examples)
+    return lines
+
+
+def seen_section(routes: Routes, findings: Findings) -> list[str]:
+    """The answers users read on held-out questions, first: judged shares, answers side by side, the dial."""
+    heldout = routes.heldout
+    lines = [
+        "### What users see (held-out questions)",
+        "",
+        f"{heldout.questions.on_topic} on-topic questions the search never saw, answered by the base and by both "
+        f"routes at alpha ±3 (this recipe: **{routes.chosen}**); answers of {heldout.tokens.answers} tokens judged "
+        f"by the pack's phrase rules; {heldout.questions.off_topic} off-topic questions, unchanged where the first "
+        f"{heldout.tokens.unchanged} tokens equal the base's.",
+        "",
+        *answers_table(heldout),
+        "",
+        "Greedy answers side by side:",
+        "",
+        *examples_table(findings.examples),
+        "",
+    ]
+    if heldout.dial:
+        lines += ["The dial: judged greedy answers at each alpha, both routes.", "", *dial_table(heldout), ""]
     return lines
 
 
@@ -134,7 +174,7 @@ def routes_section(routes: Routes, splits: Splits) -> list[str]:
         "",
         f"Chosen: **{routes.chosen}** ({routes.reason}; `--route {routes.flag}`). Budgets on the tune "
         f"splits: off-topic KL {budgets.off_topic_kl:g}, on-topic prose perplexity "
-        f"+{budgets.prose_perplexity_change:.0%}. Off-topic conversations: {off_topic.train} train "
+        f"+{budgets.prose_perplexity_change:.0%}{_answer_budgets(budgets)}. Off-topic conversations: {off_topic.train} train "
         f"(the condition), {off_topic.tune} tune (the search), {off_topic.heldout} held-out.",
         "",
         f"The condition is read at {condition.read_at}, after the {condition.skipped_prefix_tokens} tokens every "
@@ -150,29 +190,27 @@ def routes_section(routes: Routes, splits: Splits) -> list[str]:
     ]
     if condition.open_shares is not None:
         shares = condition.open_shares
-        lines += [
-            f"The tuned gate opens (past half) on {shares.on_topic:.0%} of held-out on-topic tokens and "
-            f"{shares.off_topic:.1%} of held-out off-topic tokens.",
-            "",
-        ]
+        lines += [gate_sentence(shares), ""]
     lines += ["Both routes' best points on the tune splits, then the conditional route's Pareto front:", ""]
     lines += [
         "| route | trial | layers | strength | gate shift | gate sharpness | off-topic KL | prose perplexity | "
-        "shift at +s | shift at −s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "shift at +s | shift at −s | steered: positive answers | conservative: negative answers | "
+        "repeated 4-grams | addresses the question |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [routes.unconditional_tune] + ([routes.conditional_tune] if routes.conditional_tune else [])
     for row in rows + routes.conditional_pareto:
         lines.append(
             f"| {row.route} | {row.trial} | {row.layers[0]}–{row.layers[1]} | {row.strength:g} | "
             f"{_num(row.gate_shift, '+.2f')} | {_num(row.gate_sharpness, '.2f')} | {row.off_topic_kl:.4f} | "
-            f"{_num(row.prose_perplexity_change, '+.1%')} | {row.shift_up:+.2f} | {row.shift_down:+.2f} |"
+            f"{_num(row.prose_perplexity_change, '+.1%')} | {row.shift_up:+.2f} | {row.shift_down:+.2f} | "
+            f"{_num(row.steered_positive, '.0%')} | {_num(row.conservative_negative, '.0%')} | "
+            f"{_num(row.repeated_4grams, '.1%')} | {_num(row.addressed, '.0%')} |"
         )
     lines += [
         "",
-        f"Held-out, both routes at alpha ±3: {heldout.questions.on_topic} on-topic questions (greedy answers of "
-        f"{heldout.tokens.answers} tokens, judged by the pack's phrase rules) and {heldout.questions.off_topic} "
-        f"off-topic ones (unchanged: the first {heldout.tokens.unchanged} tokens equal the base's).",
+        f"Held-out, both routes at alpha ±3: the log-odds shift on {heldout.questions.on_topic} on-topic questions "
+        "and the costs.",
         "",
         *routes_table(heldout),
     ]

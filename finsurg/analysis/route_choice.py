@@ -15,7 +15,9 @@ from finsurg import progress
 from finsurg.analysis import topic_probes
 from finsurg.analysis.conditional_search import Costs, Gated, Point, pareto, reach, search_gated, winner
 from finsurg.analysis.context import AnalysisContext
-from finsurg.analysis.generations import ANSWER_TOKENS, UNCHANGED_TOKENS, judge, unchanged
+from finsurg.analysis.generations import ANSWER_TOKENS, UNCHANGED_TOKENS, Sampling
+from finsurg.analysis.heldout_answers import HeldoutAnswers
+from finsurg.analysis.judged_objective import AnswerObjective
 from finsurg.analysis.measures import Measure
 from finsurg.analysis.tune import TUNED_ALPHA, band_range, offsets_for
 from finsurg.effects import effect
@@ -26,13 +28,15 @@ from finsurg.steer.findings import (
     BaseAnswers,
     Budgets,
     ConditionReport,
-    Judged,
     QuestionCounts,
     RouteHeldoutRow,
     Routes,
     RoutesHeldout,
 )
 from finsurg.steer.recipe import CONDITION_NAME, CONDITIONAL_FORMAT, Recipe, RecipeSpec
+
+FIRST_ANSWER_TOKENS = 8  # the gate's open share is reported on this many first tokens of held-out answers
+SAMPLING_TEMPERATURE = 0.7
 
 
 @dataclass
@@ -55,20 +59,72 @@ class _ProbeTokens:
     train_off: topic_probes.Tokens
     heldout_on: topic_probes.Tokens
     heldout_off: topic_probes.Tokens
+    heldout_questions: topic_probes.Tokens
+    heldout_first: topic_probes.Tokens  # the first answer tokens of held-out on-topic conversations
     opening: topic_probes.Tokens | None
     skip: int
 
 
+@dataclass
+class _Searched:
+    """What the route search hands the held-out report: both routes' tune points, and the conditional recipe."""
+
+    unconditional: Point
+    points: list[Point]
+    gated: Point | None
+    recipe: Recipe | None
+    condition: ConditionReport
+    answer_limits: tuple[float, float] | None  # (most repeated 4-grams, least addressed share), where judged
+
+
 def choose_route(
-    ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplits, options
+    ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplits, options, timings: dict[str, float]
 ) -> tuple[Recipe, Routes]:
-    """The recipe of the route that wins at the budgets (or the one --route pins), and what the report says of both."""
-    ctx.arch.grafting(ctx.arch.family)
+    """The recipe of the route that wins at the budgets (or the one --route pins), and what the report says of both.
+    `timings` gains the search's, the held-out report's and the dial's seconds."""
     prose = ctx.pack.topic_prose()
+    budgets = (options.off_topic_budget, options.prose_budget)
+    with progress.timed(timings, "conditional_search"):
+        searched = _search(ctx, plain, off_topic, prose, options)
+    route, reason = _route(options.route, searched.unconditional, searched.gated, budgets)
+    with progress.timed(timings, "routes_heldout"):
+        heldout, seen = _heldout(ctx, plain, off_topic, prose, searched.recipe, options)
+    if options.dial and ctx.pack.manifest.generation_rules is not None:
+        with progress.timed(timings, "dial"):
+            recipes = {"unconditional": plain.recipe, "conditional": searched.recipe}
+            dial = {name: seen.dial(recipe, options.dial) for name, recipe in recipes.items() if recipe is not None}
+        heldout = heldout.model_copy(update={"dial": dial})
+    limits = searched.answer_limits or (None, None)
+    routes = Routes(
+        chosen=route,
+        reason=reason,
+        flag=options.route,
+        budgets=Budgets(
+            off_topic_kl=budgets[0],
+            prose_perplexity_change=budgets[1],
+            repeated_4grams=limits[0],
+            addressed=limits[1],
+        ),
+        unconditional_tune=searched.unconditional.row(),
+        conditional_tune=None if searched.gated is None else searched.gated.row(),
+        conditional_trials=[p.row() for p in searched.points],
+        conditional_pareto=[p.row() for p in pareto(searched.points)],
+        condition=searched.condition,
+        heldout=heldout,
+    )
+    return (plain.recipe if route == "unconditional" else searched.recipe), routes
+
+
+def _search(ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplits, prose, options) -> _Searched:
+    """The topic condition learnt on train, the conditional route searched on tune, and the condition judged."""
+    ctx.arch.grafting(ctx.arch.family)
     lowest, highest = reach(plain.recipe.layers, band_range(ctx.depth))
     tokens = _probe_tokens(ctx, off_topic, list(range(lowest, highest + 1)))
     probes = topic_probes.Probes(tokens.train_on, tokens.train_off, tokens.opening, options.seed)
-    costs = Costs(plain.tune, ctx.divergence(off_topic.tune), ctx.perplexity(prose.tune) if prose else None)
+    rules = ctx.pack.manifest.generation_rules
+    tune_questions = [pair.question for pair in ctx.pack.answer_pairs().tune]
+    judged = None if rules is None else AnswerObjective(ctx, tune_questions, rules)
+    costs = Costs(plain.tune, ctx.divergence(off_topic.tune), ctx.perplexity(prose.tune) if prose else None, judged)
     budgets = (options.off_topic_budget, options.prose_budget)
     recipe, tuning = plain.recipe, plain.recipe.spec.tuning
     unconditional = costs.point(
@@ -77,7 +133,6 @@ def choose_route(
     gating = Gated(plain.direction, plain.scale, probes)
     points = search_gated(costs, gating, (lowest, highest), recipe.layers, budgets, options.gate_trials, options.seed)
     gated = winner(points, budgets)
-    route, reason = _route(options.route, unconditional, gated, budgets)
     gated_recipe = None if gated is None else _gated_recipe(gated, plain, probes, options)
     condition = ConditionReport(
         read_at="the MLP's normed input",
@@ -87,22 +142,11 @@ def choose_route(
         ),
         open_shares=None
         if gated_recipe is None
-        else topic_probes.open_shares(gated_recipe.gates(), tokens.heldout_on, tokens.heldout_off),
+        else topic_probes.open_shares(
+            gated_recipe.gates(), tokens.heldout_on, tokens.heldout_off, tokens.heldout_questions, tokens.heldout_first
+        ),
     )
-    del tokens, probes
-    routes = Routes(
-        chosen=route,
-        reason=reason,
-        flag=options.route,
-        budgets=Budgets(off_topic_kl=budgets[0], prose_perplexity_change=budgets[1]),
-        unconditional_tune=unconditional.row(),
-        conditional_tune=None if gated is None else gated.row(),
-        conditional_trials=[p.row() for p in points],
-        conditional_pareto=[p.row() for p in pareto(points)],
-        condition=condition,
-        heldout=_heldout(ctx, plain, off_topic, prose, gated_recipe),
-    )
-    return (recipe if route == "unconditional" else gated_recipe), routes
+    return _Searched(unconditional, points, gated, gated_recipe, condition, judged and judged.limits)
 
 
 def _probe_tokens(ctx: AnalysisContext, off_topic: OffTopicSplits, layers: list[int]) -> _ProbeTokens:
@@ -119,10 +163,14 @@ def _probe_tokens(ctx: AnalysisContext, off_topic: OffTopicSplits, layers: list[
         "heldout_off": topic_probes.off_topic(tokenizer, off_topic.heldout),
     }
     skip = topic_probes.shared_prefix([s for group in sequences.values() for s in group])
+    sequences["heldout_questions"] = topic_probes.user_turns(tokenizer, [pair.question for pair in splits.heldout])
+    first = topic_probes.first_answer_tokens(tokenizer, splits.heldout, FIRST_ANSWER_TOKENS)
+    skips = {name: skip for name in sequences} | {"heldout_first": [len(s) - count for s, count in first]}
+    sequences["heldout_first"] = [s for s, _ in first]
     tokens = {}
     with progress.bar(total=len(sequences), desc="topic condition: MLP inputs") as bar:
         for name, group in sequences.items():
-            tokens[name] = ctx.mlp_inputs(group, layers, skip)
+            tokens[name] = ctx.mlp_inputs(group, layers, skips[name])
             bar.update()
     # none where a tokenizer without a chat template leaves nothing shared
     opening = ctx.mlp_inputs([sequences["train_on"][0][:skip]], layers, 0) if skip else None
@@ -145,8 +193,13 @@ def _route(flag: str, unconditional: Point, gated: Point | None, budgets) -> tup
             "unconditional",
             "neither route stayed within both budgets; the unconditional route's own KL budget holds",
         )
-    best = max(contenders, key=lambda p: p.two_sided)
-    return best.route, f"the larger two-sided tune shift within both budgets ({best.two_sided:.2f})"
+    best = max(contenders, key=lambda p: (p.objective, p.two_sided))
+    if best.reading is not None:
+        return (
+            best.route,
+            f"the larger judged two-sided share of tune answers within the budgets ({best.objective:.0%})",
+        )
+    return best.route, f"the larger two-sided tune shift within the budgets ({best.two_sided:.2f})"
 
 
 def _gated_recipe(point: Point, searched: Unconditional, probes, options) -> Recipe:
@@ -197,15 +250,15 @@ def _gated_recipe(point: Point, searched: Unconditional, probes, options) -> Rec
 
 
 def _heldout(
-    ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplits, prose, gated: Recipe | None
-) -> RoutesHeldout:
-    """Both routes on the held-out splits: shift, the three costs, and what greedy answers do."""
+    ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplits, prose, gated: Recipe | None, options
+) -> tuple[RoutesHeldout, HeldoutAnswers]:
+    """Both routes on the held-out splits: what users see (judged greedy and sampled answers, their shape,
+    off-topic answers kept), then shift and the three costs; and the answering that the dial goes on with."""
     questions = [pair.question for pair in ctx.pack.answer_pairs().heldout]
-    others = [item.question for item in off_topic.heldout]
+    sampling = Sampling(options.samples, SAMPLING_TEMPERATURE, options.seed) if options.samples else None
+    seen = HeldoutAnswers(ctx, questions, [item.question for item in off_topic.heldout], sampling)
     off_kl = ctx.divergence(off_topic.heldout)
     prose_cost = ctx.perplexity(prose.heldout) if prose else None
-    rules = ctx.pack.manifest.generation_rules
-    base_others = ctx.greedy(others, UNCHANGED_TOKENS)
     routes: dict[str, dict[str, RouteHeldoutRow]] = {"unconditional": {}, "conditional": {}}
     for route, recipe in (("unconditional", plain.recipe), ("conditional", gated)):
         if recipe is None:
@@ -213,28 +266,22 @@ def _heldout(
         for name, sign in (("steered", 1.0), ("conservative", -1.0)):
             surgery = recipe.surgery(sign * recipe.spec.default_alpha)
             routes[route][name] = RouteHeldoutRow(
+                **seen.figures(surgery),
+                off_topic_unchanged=seen.kept(surgery),
                 shift=effect(plain.heldout.shifts(surgery), sign),
                 neutral_kl=plain.heldout.kl(surgery),
                 off_topic_kl=off_kl(surgery),
                 prose_perplexity_change=None if prose_cost is None else prose_cost.change(surgery),
-                answers=_judged(ctx.tokenizer, ctx.greedy(questions, ANSWER_TOKENS, surgery), rules),
-                off_topic_unchanged=unchanged(base_others, ctx.greedy(others, UNCHANGED_TOKENS, surgery)),
             )
-    return RoutesHeldout(
-        base=BaseAnswers(answers=_judged(ctx.tokenizer, ctx.greedy(questions, ANSWER_TOKENS), rules)),
+    heldout = RoutesHeldout(
+        base=BaseAnswers(**seen.figures()),
         **routes,
-        questions=QuestionCounts(on_topic=len(questions), off_topic=len(others)),
-        tokens=AnswerTokens(answers=ANSWER_TOKENS, unchanged=UNCHANGED_TOKENS),
+        questions=QuestionCounts(on_topic=len(questions), off_topic=len(seen.others)),
+        tokens=AnswerTokens(
+            answers=ANSWER_TOKENS,
+            unchanged=UNCHANGED_TOKENS,
+            samples=options.samples,
+            temperature=SAMPLING_TEMPERATURE if options.samples else None,
+        ),
     )
-
-
-def _judged(tokenizer, answers: list[list[int]], rules) -> Judged | None:
-    """The share of answers each of the pack's phrase rules matches, each answer cut at its first end token."""
-    if rules is None:
-        return None
-    texts = []
-    for tokens in answers:
-        if tokenizer.eos_token_id in tokens:
-            tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-        texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
-    return judge(texts, rules)
+    return heldout, seen

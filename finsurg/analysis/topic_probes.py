@@ -35,6 +35,16 @@ def on_topic(tokenizer, pairs: Sequence[AnswerPair]) -> list[list[int]]:
     ]
 
 
+def first_answer_tokens(tokenizer, pairs: Sequence[AnswerPair], count: int) -> list[tuple[list[int], int]]:
+    """Each question with the first `count` tokens of each of its answers, and how many answer tokens it keeps."""
+    out = []
+    for pair in pairs:
+        for answer in (pair.positive, pair.negative):
+            start = tokenizer.encode(answer, add_special_tokens=False)[:count]
+            out.append((prompt_ids(tokenizer, pair.question) + start, len(start)))
+    return out
+
+
 def off_topic(tokenizer, items: Sequence[NeutralReply]) -> list[list[int]]:
     return [
         prompt_ids(tokenizer, item.question) + tokenizer.encode(item.reply, add_special_tokens=False) for item in items
@@ -64,9 +74,17 @@ class Tokens:
 
 
 def mlp_inputs(
-    model, tokenizer, arch: Architecture, sequences: list[list[int]], layers: list[int], skip: int, batch_size: int
+    model,
+    tokenizer,
+    arch: Architecture,
+    sequences: list[list[int]],
+    layers: list[int],
+    skip: int | Sequence[int],
+    batch_size: int,
 ) -> Tokens:
-    """Each layer's MLP input at every token past the first `skip` of each sequence (unsteered model)."""
+    """Each layer's MLP input at every token past the first `skip` of each sequence (or of the sequence's own
+    count, where `skip` is a list), on the unsteered model."""
+    skips = [skip] * len(sequences) if isinstance(skip, int) else list(skip)
     route = arch.grafting(arch.family)
     captured: dict[int, torch.Tensor] = {}
 
@@ -89,7 +107,7 @@ def mlp_inputs(
                 model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=1)
             width = ids.shape[1]
             for row, sequence in enumerate(chunk):
-                first = width - len(sequence) + skip
+                first = width - len(sequence) + skips[start + row]
                 for layer in layers:
                     parts[layer].append(captured[layer][row, first:].to("cpu", STORED))
                 owners += [start + row] * (width - first)
@@ -178,10 +196,30 @@ def judged(probes: dict[int, Probe], on: Tokens, off: Tokens) -> dict[str, Auroc
     return rows
 
 
-def open_shares(gates: dict[int, Gate], on: Tokens, off: Tokens) -> OpenShares:
-    """The share of held-out tokens whose gate opens past half, on topic and off it, over the gated layers."""
-    shares = {"on_topic": [], "off_topic": []}
-    for layer, gate in gates.items():
-        shares["on_topic"].append(float((gate.opening(on.features[layer]) > 0.5).double().mean()))
-        shares["off_topic"].append(float((gate.opening(off.features[layer]) > 0.5).double().mean()))
-    return OpenShares(**{name: sum(values) / len(values) for name, values in shares.items()})
+def opens(gates: dict[int, Gate], tokens: Tokens) -> torch.Tensor:
+    """Per token, the share of the gated layers whose gate opens past half."""
+    return torch.stack([(gate.opening(tokens.features[layer]) > 0.5).double() for layer, gate in gates.items()]).mean(0)
+
+
+def positions(conversation: torch.Tensor) -> torch.Tensor:
+    """Each token's place among its conversation's kept tokens (0 for the first)."""
+    starts = torch.zeros_like(conversation)
+    changed = torch.ones_like(conversation, dtype=torch.bool)
+    changed[1:] = conversation[1:] != conversation[:-1]
+    index = torch.arange(len(conversation))
+    starts = torch.cummax(torch.where(changed, index, starts), 0).values
+    return index - starts
+
+
+def open_shares(gates: dict[int, Gate], on: Tokens, off: Tokens, questions: Tokens, first: Tokens) -> OpenShares:
+    """The share of held-out tokens whose gate opens past half, over the gated layers: on topic and off it, on the
+    on-topic questions alone, and on the first answer tokens of on-topic conversations, also by position."""
+    first_open = opens(gates, first)
+    place = positions(first.conversation)
+    return OpenShares(
+        on_topic=float(opens(gates, on).mean()),
+        off_topic=float(opens(gates, off).mean()),
+        questions=float(opens(gates, questions).mean()),
+        first_answer_tokens=float(first_open.mean()),
+        by_answer_position=[float(first_open[place == k].mean()) for k in range(int(place.max()) + 1)],
+    )

@@ -96,8 +96,7 @@ the `behaviour` probe is learnt on the train split.
 
 def _figures(spec: MonitorSpec) -> str:
     heldout = "\n".join(
-        f"| `{label}` | {row['auroc']:.3f} | {row['tpr']:.3f} | {row['fpr']:.3f} | {row['positives']} / "
-        f"{row['negatives']} |"
+        f"| `{label}` | {row.auroc:.3f} | {row.tpr:.3f} | {row.fpr:.3f} | {row.positives} / {row.negatives} |"
         for label, row in spec.heldout.items()
     )
     per_layer = "\n".join(

@@ -22,6 +22,7 @@ from finsurg.io.safetensors_io import Entry, tensor_bytes, write_safetensors
 from finsurg.jsonfile import read_json
 from finsurg.monitor.conversations import exchange, render
 from finsurg.monitor.labelled import LABELS
+from finsurg.monitor.probes import Rates
 from finsurg.steer.arch import Architecture, Monitor
 
 FORMAT = "finsurg.monitor/1"
@@ -44,8 +45,8 @@ class MonitorSpec(BaseModel):
     pack: str
     topic_source: str
     layers: dict[int, dict]
-    tune: dict[str, dict]
-    heldout: dict[str, dict]
+    tune: dict[str, Rates]
+    heldout: dict[str, Rates]
     counts: dict[str, dict[str, int]]
     check: dict | None = None  # the classifier against the probes on the base's hooked hidden states
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from finsurg import progress
 from finsurg.analysis.batching import chunked
@@ -111,14 +112,26 @@ def youden_threshold(positive: torch.Tensor, negative: torch.Tensor) -> float:
     return float(candidates[candidates.abs().argmin()])
 
 
-def rates(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> dict[str, float]:
-    return {
-        "auroc": auroc(positive, negative),
-        "tpr": float((positive > threshold).double().mean()),
-        "fpr": float((negative > threshold).double().mean()),
-        "positives": len(positive),
-        "negatives": len(negative),
-    }
+class Rates(BaseModel):
+    """One label's probe on one split: AUROC, and the true and false positive rates at its threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auroc: float
+    tpr: float
+    fpr: float
+    positives: int
+    negatives: int
+
+
+def rates(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> Rates:
+    return Rates(
+        auroc=auroc(positive, negative),
+        tpr=float((positive > threshold).double().mean()),
+        fpr=float((negative > threshold).double().mean()),
+        positives=len(positive),
+        negatives=len(negative),
+    )
 
 
 @dataclass
@@ -130,8 +143,8 @@ class Trained:
     thresholds: dict[str, float]
     topic_source: str  # "condition" (the recipe's topic condition) or "fitted"
     layers: dict[int, dict] = field(default_factory=dict)  # per candidate layer: tune and held-out AUROC
-    heldout: dict[str, dict] = field(default_factory=dict)  # per label: AUROC, TPR, FPR at the threshold
-    tune: dict[str, dict] = field(default_factory=dict)
+    heldout: dict[str, Rates] = field(default_factory=dict)  # per label
+    tune: dict[str, Rates] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finsurg.effects import Effect
-from finsurg.steer.findings import Example, HeldoutRow, Judged, RoutesHeldout
+from finsurg.steer.findings import Example, HeldoutRow, Judged, OpenShares, RoutesHeldout
 
 
 def cells(result: Effect | None) -> tuple[str, str]:
@@ -49,26 +49,84 @@ def examples_table(examples: list[Example]) -> list[str]:
     return lines
 
 
-def routes_table(heldout: RoutesHeldout) -> list[str]:
-    """Both routes on the held-out splits: shift, the costs, and what greedy answers do."""
+def answers_table(heldout: RoutesHeldout) -> list[str]:
+    """What users see on the held-out questions: each model's judged greedy and sampled answers, whether its greedy
+    answers stay answers, and how many off-topic answers stay the base's."""
+    tokens = heldout.tokens
+    sampled = f"{tokens.samples} samples at T {tokens.temperature:g}" if tokens.samples else "sampled"
     lines = [
-        "| route | variant | Δ log-odds [95% CI] | wrong way | off-topic KL | neutral KL | on-topic prose perplexity "
-        "| answers with a concrete move | answers that hedge or refer | off-topic answers unchanged |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | concrete move | hedge or refer | concrete move, {sampled} | hedge or refer, {sampled} "
+        "| repeated 4-grams | addresses the question | perplexity under the base | off-topic answers unchanged |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    base = heldout.base.answers
-    lines.append(f"| base | — | — | — | — | — | — | {_share(base, 'positive')} | {_share(base, 'negative')} | — |")
+    rows = [("base", heldout.base, None)]
+    for route, variants in (("unconditional", heldout.unconditional), ("conditional", heldout.conditional)):
+        rows += [(f"{route} {name}", row, row.off_topic_unchanged) for name, row in variants.items()]
+    for label, row, kept in rows:
+        quality = row.quality
+        lines.append(
+            f"| {label} | {_share(row.answers, 'positive')} | {_share(row.answers, 'negative')} | "
+            f"{_share(row.sampled, 'positive')} | {_share(row.sampled, 'negative')} | "
+            f"{_percent(quality and quality.repeated_4grams)} | {_percent(quality and quality.addressed)} | "
+            f"{_number(quality and quality.base_perplexity)} | {_percent(kept)} |"
+        )
+    return lines
+
+
+def dial_table(heldout: RoutesHeldout) -> list[str]:
+    """Each route's judged greedy answers along the alpha dial."""
+    lines = [
+        "| route | alpha | concrete move | hedge or refer | repeated 4-grams | addresses the question "
+        "| off-topic answers unchanged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for route, rows in heldout.dial.items():
+        for row in rows:
+            lines.append(
+                f"| {route} | {row.alpha:+g} | {_share(row.answers, 'positive')} | {_share(row.answers, 'negative')} | "
+                f"{row.quality.repeated_4grams:.0%} | {row.quality.addressed:.0%} | {row.off_topic_unchanged:.0%} |"
+            )
+    return lines
+
+
+def routes_table(heldout: RoutesHeldout) -> list[str]:
+    """Both routes on the held-out splits: the log-odds shift and the costs."""
+    lines = [
+        "| route | variant | Δ log-odds [95% CI] | wrong way | off-topic KL | neutral KL | on-topic prose perplexity |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for route, rows in (("unconditional", heldout.unconditional), ("conditional", heldout.conditional)):
         for name, row in rows.items():
             delta, wrong = cells(row.shift)
             prose = "—" if row.prose_perplexity_change is None else f"{row.prose_perplexity_change:+.1%}"
             lines.append(
-                f"| {route} | {name} | {delta} | {wrong} | {row.off_topic_kl:.4f} | {row.neutral_kl:.4f} | "
-                f"{prose} | {_share(row.answers, 'positive')} | {_share(row.answers, 'negative')} | "
-                f"{row.off_topic_unchanged:.0%} |"
+                f"| {route} | {name} | {delta} | {wrong} | {row.off_topic_kl:.4f} | {row.neutral_kl:.4f} | {prose} |"
             )
     return lines
 
 
+def gate_sentence(shares: OpenShares) -> str:
+    """Where the tuned gate opens past half, on held-out tokens."""
+    text = (
+        f"The tuned gate opens past half on {shares.on_topic:.0%} of held-out on-topic tokens and "
+        f"{shares.off_topic:.1%} of held-out off-topic tokens"
+    )
+    if shares.first_answer_tokens is None:
+        return text + "."
+    by_position = ", ".join(f"{share:.0%}" for share in shares.by_answer_position)
+    return (
+        f"{text}; on {shares.questions:.0%} of the on-topic questions' tokens, and on {shares.first_answer_tokens:.0%} "
+        f"of the first {len(shares.by_answer_position)} answer tokens (by position: {by_position})."
+    )
+
+
 def _share(judged: Judged | None, side: str) -> str:
     return "—" if judged is None else f"{getattr(judged, side):.0%}"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"

@@ -93,6 +93,10 @@ class RoutePoint(Finding):
     shift_up: float
     shift_down: float
     two_sided: float
+    steered_positive: float | None = None  # judged greedy answers to the tune questions
+    conservative_negative: float | None = None
+    repeated_4grams: float | None = None  # the larger of the two directions'
+    addressed: float | None = None  # the smaller of the two directions'
 
 
 class Auroc(Finding):
@@ -101,10 +105,14 @@ class Auroc(Finding):
 
 
 class OpenShares(Finding):
-    """The share of held-out tokens whose gate opens past half."""
+    """The share of held-out tokens whose gate opens past half: over on- and off-topic conversations, over the
+    questions alone, and over the first answer tokens of on-topic conversations (overall and by position)."""
 
     on_topic: float
     off_topic: float
+    questions: float | None = None
+    first_answer_tokens: float | None = None
+    by_answer_position: list[float] = []
 
 
 class ConditionReport(Finding):
@@ -115,10 +123,28 @@ class ConditionReport(Finding):
 
 
 class Judged(Finding):
-    """The share of greedy answers each of the pack's phrase rules matches."""
+    """The share of answers each of the pack's phrase rules matches."""
 
     positive: float
     negative: float
+
+
+class AnswerQuality(Finding):
+    """Whether greedy answers stay answers: the share of their 4-grams that repeat an earlier one, the share that
+    take up the question's content words, and their perplexity under the base model."""
+
+    repeated_4grams: float
+    addressed: float
+    base_perplexity: float | None = None
+
+
+class DialRow(Finding):
+    """One alpha of a route's dial on the held-out questions: judged greedy answers and off-topic answers kept."""
+
+    alpha: float
+    answers: Judged | None = None
+    quality: AnswerQuality
+    off_topic_unchanged: float
 
 
 class RouteHeldoutRow(Finding):
@@ -126,12 +152,16 @@ class RouteHeldoutRow(Finding):
     neutral_kl: float
     off_topic_kl: float
     prose_perplexity_change: float | None = None
-    answers: Judged | None = None
+    answers: Judged | None = None  # greedy
+    sampled: Judged | None = None
+    quality: AnswerQuality | None = None
     off_topic_unchanged: float
 
 
 class BaseAnswers(Finding):
-    answers: Judged | None = None
+    answers: Judged | None = None  # greedy
+    sampled: Judged | None = None
+    quality: AnswerQuality | None = None
 
 
 class QuestionCounts(Finding):
@@ -142,6 +172,8 @@ class QuestionCounts(Finding):
 class AnswerTokens(Finding):
     answers: int
     unchanged: int
+    samples: int = 0  # sampled answers per question
+    temperature: float | None = None
 
 
 class RoutesHeldout(Finding):
@@ -152,11 +184,14 @@ class RoutesHeldout(Finding):
     conditional: dict[str, RouteHeldoutRow] = {}
     questions: QuestionCounts
     tokens: AnswerTokens
+    dial: dict[str, list[DialRow]] = {}  # by route
 
 
 class Budgets(Finding):
     off_topic_kl: float
     prose_perplexity_change: float
+    repeated_4grams: float | None = None  # the most a judged side's tune answers may repeat (the base's + margin)
+    addressed: float | None = None  # the least share of them that may take up the question (the base's − margin)
 
 
 class Routes(Finding):

@@ -14,7 +14,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finsurg import DISCLAIMER
 from finsurg.steer.arch import by_name
-from finsurg.steer.finding_tables import examples_table, heldout_table, routes_table, shift_table
+from finsurg.steer.finding_tables import (
+    answers_table,
+    dial_table,
+    examples_table,
+    gate_sentence,
+    heldout_table,
+    routes_table,
+    shift_table,
+)
 from finsurg.variant.directory import Variant
 from finsurg.variant.eval_report import BASE_RUN, RunKey, VariantEvalReport
 from finsurg.variant.record import CARD_NAME, PLOTS_DIR, SurgeryRecord
@@ -183,11 +191,7 @@ def _gate(surgery: SurgeryRecord) -> str:
             f"{min(conversations):.3f}–{max(conversations):.3f} per conversation."
         )
         if condition.open_shares is not None:
-            shares = condition.open_shares
-            text += (
-                f" The gate opens past half on {shares.on_topic:.0%} of held-out on-topic tokens and "
-                f"{shares.off_topic:.1%} of held-out off-topic tokens."
-            )
+            text += " " + gate_sentence(condition.open_shares)
     return text
 
 
@@ -207,18 +211,23 @@ def _efficacy(surgery: SurgeryRecord) -> str:
         "steering, so the plain system prompts stand beside it.",
         "",
     ]
-    lines += heldout_table(behaviour.heldout)
     routes = behaviour.routes
     if routes is not None:
         lines += [
+            f"What users read first: both routes, the constant offset and the gated one (this recipe: "
+            f"**{routes.chosen}**), answering held-out on-topic and off-topic questions. Answers are judged by the "
+            "pack's phrase rules, greedy and sampled; an off-topic answer is unchanged where its first tokens equal "
+            "the base's.",
             "",
-            f"Both routes, the constant offset and the gated one (this recipe: **{routes.chosen}**), on held-out "
-            "finance and off-topic questions: greedy answers judged by the pack's phrase rules, and the share of "
-            "off-topic answers whose first tokens equal the base's.",
+            *answers_table(routes.heldout),
             "",
-            *routes_table(routes.heldout),
         ]
-    lines += ["", "Greedy answers to held-out questions:", ""] + examples_table(behaviour.examples)
+    lines += ["Greedy answers to held-out questions:", "", *examples_table(behaviour.examples), ""]
+    if routes is not None and routes.heldout.dial:
+        lines += ["The dial, both routes:", "", *dial_table(routes.heldout), ""]
+    lines += ["Log-odds and costs, beside the prompting baseline:", "", *heldout_table(behaviour.heldout)]
+    if routes is not None:
+        lines += ["", *routes_table(routes.heldout)]
     return "\n".join(lines)
 
 

@@ -1,0 +1,68 @@
+"""Whether answers stay answers: how much of each answer repeats itself, whether it takes up the question's words,
+and how likely the base model finds it.
+
+A variant that hedges by looping on one phrase moves the judged shares and fails here. Each figure is computed on
+answers cut at their first end token, beside the same figure for the base's answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from finsurg.analysis.generations import cut
+from finsurg.analysis.measures import Batches, Scored
+from finsurg.models.loading import prompt_ids
+from finsurg.steer.arch import Architecture
+from finsurg.steer.findings import AnswerQuality
+
+GRAM = 4
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# function words long enough to pass the length rule: they say nothing about what was asked
+STOPWORDS = frozenset(
+    "about above after again also been before being could does doing during each from have having here into "
+    "just like more most much must only other over same should some such than that their them then there these "
+    "they this those through under until very want what when where which while will with would your yours".split()
+)
+
+
+def repeated_share(tokens: Sequence[int], n: int = GRAM) -> float:
+    """The share of an answer's n-grams that repeat an n-gram seen earlier in it (0 for answers shorter than n)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words of four letters or more that are not function words, a plural's final s dropped."""
+    words = (word.removesuffix("'s") for word in WORD.findall(text.lower()))
+    return {word.removesuffix("s") for word in words if len(word) >= 4 and word not in STOPWORDS}
+
+
+def addresses(question: str, answer: str) -> bool:
+    """Whether the answer takes up at least one of the question's content words (true where the question has none)."""
+    asked = content_words(question)
+    return not asked or bool(asked & content_words(answer))
+
+
+def shape(questions: Sequence[str], answers: Sequence[Sequence[int]], tokenizer) -> AnswerQuality:
+    """Repetition and the question's words in the answer, with no forward pass."""
+    cuts = [cut(tokens, tokenizer.eos_token_id) for tokens in answers]
+    said = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in cuts]
+    return AnswerQuality(
+        repeated_4grams=sum(map(repeated_share, cuts)) / len(cuts),
+        addressed=sum(addresses(q, text) for q, text in zip(questions, said)) / len(said),
+    )
+
+
+def quality(
+    model, tokenizer, arch: Architecture, questions: Sequence[str], answers: Sequence[Sequence[int]]
+) -> AnswerQuality:
+    """The three figures of answers (token ids) to `questions`, the perplexity scored by the unsteered `model`."""
+    scored = [
+        Scored(prompt_ids(tokenizer, q), cut(tokens, tokenizer.eos_token_id)) for q, tokens in zip(questions, answers)
+    ]
+    scored = [item for item in scored if item.continuation]
+    count = sum(len(item.continuation) for item in scored)
+    perplexity = math.exp(-sum(Batches(model, tokenizer, arch, scored).base) / count) if count else None
+    return shape(questions, answers, tokenizer).model_copy(update={"base_perplexity": perplexity})
