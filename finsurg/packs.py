@@ -76,11 +76,13 @@ class ProseSplits(_Strict):
 
 
 class GenerationRules(_Strict):
-    """Case-insensitive regular expressions that judge a greedy answer: does it do the positive behaviour (here a
-    concrete move), or the negative one (here hedging or a referral)?"""
+    """Case-insensitive regular expressions that judge an answer: does it do the positive behaviour, or the
+    negative one? The labels name each in reports and cards."""
 
     positive: list[str] = Field(min_length=1)
     negative: list[str] = Field(min_length=1)
+    positive_label: str = "matches the positive rules"
+    negative_label: str = "matches the negative rules"
 
 
 class SystemPrompts(_Strict):

@@ -49,7 +49,12 @@ def write_conditional_pack(directory):
     manifest |= {
         "off_topic": "off_topic.json",
         "topic_prose": "topic_prose.json",
-        "generation_rules": {"positive": [r"\bbuy\b"], "negative": [r"\bconsult"]},
+        "generation_rules": {
+            "positive": [r"\bbuy\b"],
+            "negative": [r"\bconsult"],
+            "positive_label": "says buy",
+            "negative_label": "says consult",
+        },
     }
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
@@ -129,6 +134,7 @@ def test_conditional_route_end_to_end(tiny_model, tmp_path, capsys, monkeypatch)
     report = (run / "report.md").read_text()
     assert "Routes: an offset everywhere" in report
     assert report.index("What users see") < report.index("Held-out effects of the recipe")
+    assert "| model | says buy | says consult |" in report  # the pack's own words for its rules
     results = export_checked(resolve_model(str(tiny_model)), recipe, 3.0, tmp_path / "out")
     for item in results:
         report = item["verification"]

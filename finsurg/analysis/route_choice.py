@@ -32,6 +32,7 @@ from finsurg.steer.findings import (
     RouteHeldoutRow,
     Routes,
     RoutesHeldout,
+    RuleLabels,
 )
 from finsurg.steer.recipe import CONDITION_NAME, CONDITIONAL_FORMAT, Recipe, RecipeSpec
 
@@ -273,7 +274,11 @@ def _heldout(
                 off_topic_kl=off_kl(surgery),
                 prose_perplexity_change=None if prose_cost is None else prose_cost.change(surgery),
             )
+    rules = ctx.pack.manifest.generation_rules
     heldout = RoutesHeldout(
+        labels=RuleLabels()
+        if rules is None
+        else RuleLabels(positive=rules.positive_label, negative=rules.negative_label),
         base=BaseAnswers(**seen.figures()),
         **routes,
         questions=QuestionCounts(on_topic=len(questions), off_topic=len(seen.others)),

@@ -52,10 +52,10 @@ def examples_table(examples: list[Example]) -> list[str]:
 def answers_table(heldout: RoutesHeldout) -> list[str]:
     """What users see on the held-out questions: each model's judged greedy and sampled answers, whether its greedy
     answers stay answers, and how many off-topic answers stay the base's."""
-    tokens = heldout.tokens
+    tokens, plus, minus = heldout.tokens, heldout.labels.positive, heldout.labels.negative
     sampled = f"{tokens.samples} samples at T {tokens.temperature:g}" if tokens.samples else "sampled"
     lines = [
-        f"| model | concrete move | hedge or refer | concrete move, {sampled} | hedge or refer, {sampled} "
+        f"| model | {plus} | {minus} | {plus}, {sampled} | {minus}, {sampled} "
         "| repeated 4-grams | addresses the question | perplexity under the base | off-topic answers unchanged |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -76,7 +76,7 @@ def answers_table(heldout: RoutesHeldout) -> list[str]:
 def dial_table(heldout: RoutesHeldout) -> list[str]:
     """Each route's judged greedy answers along the alpha dial."""
     lines = [
-        "| route | alpha | concrete move | hedge or refer | repeated 4-grams | addresses the question "
+        f"| route | alpha | {heldout.labels.positive} | {heldout.labels.negative} | repeated 4-grams | addresses the question "
         "| off-topic answers unchanged |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -138,6 +138,11 @@ class AnswerQuality(Finding):
     base_perplexity: float | None = None
 
 
+class RuleLabels(Finding):
+    positive: str = "matches the positive rules"
+    negative: str = "matches the negative rules"
+
+
 class DialRow(Finding):
     """One alpha of a route's dial on the held-out questions: judged greedy answers and off-topic answers kept."""
 
@@ -185,6 +190,7 @@ class RoutesHeldout(Finding):
     questions: QuestionCounts
     tokens: AnswerTokens
     dial: dict[str, list[DialRow]] = {}  # by route
+    labels: RuleLabels = RuleLabels()  # what the pack's phrase rules judge, in its own words
 
 
 class Budgets(Finding):
