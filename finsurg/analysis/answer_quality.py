@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from finsurg.analysis.generations import cut
+from finsurg.analysis.generations import cut, texts
 from finsurg.analysis.measures import Batches, Scored
 from finsurg.models.loading import prompt_ids
 from finsurg.steer.arch import Architecture
@@ -48,7 +48,7 @@ def addresses(question: str, answer: str) -> bool:
 def shape(questions: Sequence[str], answers: Sequence[Sequence[int]], tokenizer) -> AnswerQuality:
     """Repetition and the question's words in the answer, with no forward pass."""
     cuts = [cut(tokens, tokenizer.eos_token_id) for tokens in answers]
-    said = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in cuts]
+    said = texts(tokenizer, answers)
     return AnswerQuality(
         repeated_4grams=sum(map(repeated_share, cuts)) / len(cuts),
         addressed=sum(addresses(q, text) for q, text in zip(questions, said)) / len(said),
@@ -63,6 +63,9 @@ def quality(
         Scored(prompt_ids(tokenizer, q), cut(tokens, tokenizer.eos_token_id)) for q, tokens in zip(questions, answers)
     ]
     scored = [item for item in scored if item.continuation]
+    figures = shape(questions, answers, tokenizer)
     count = sum(len(item.continuation) for item in scored)
-    perplexity = math.exp(-sum(Batches(model, tokenizer, arch, scored).base) / count) if count else None
-    return shape(questions, answers, tokenizer).model_copy(update={"base_perplexity": perplexity})
+    if not count:
+        return figures
+    log_likelihood = sum(Batches(model, tokenizer, arch, scored, keep_streams=False).base)
+    return figures.model_copy(update={"base_perplexity": math.exp(-log_likelihood / count)})

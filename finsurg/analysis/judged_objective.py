@@ -40,7 +40,7 @@ class AnswerObjective:
 
     def __init__(self, ctx, questions: Sequence[str], rules: GenerationRules, tokens: int = ANSWER_TOKENS):
         self.ctx, self.questions, self.rules, self.tokens = ctx, list(questions), rules, tokens
-        self.base = self._side(None)
+        self.base_shape = self._side(None)[1]
 
     def _side(self, surgery: Surgery | None):
         answers = self.ctx.greedy(self.questions, self.tokens, surgery)
@@ -58,8 +58,7 @@ class AnswerObjective:
     @property
     def limits(self) -> tuple[float, float]:
         """The most repetition and the least share of answers that take up the question a side may show."""
-        shape_ = self.base[1]
-        return shape_.repeated_4grams + REPEAT_MARGIN, shape_.addressed - ADDRESSED_MARGIN
+        return self.base_shape.repeated_4grams + REPEAT_MARGIN, self.base_shape.addressed - ADDRESSED_MARGIN
 
     def keeps_answers(self, reading: Reading) -> bool:
         """Whether both sides' answers stay within the margins of the base's."""

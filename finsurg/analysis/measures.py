@@ -85,7 +85,8 @@ class Batches:
     """Fixed left-padded batches of items, with the stream entering every layer on the unsteered model.
 
     Each item yields its summed continuation log-probability, or with `distributions` its whole
-    log-softmax at each continuation position (float32), which a KL needs.
+    log-softmax at each continuation position (float32), which a KL needs. Items scored once, on the
+    unsteered model only, need no streams (`keep_streams=False`); a steered run then passes every layer.
     """
 
     def __init__(
@@ -96,18 +97,20 @@ class Batches:
         items: list[Scored],
         batch_size: int = 16,
         distributions: bool = False,
+        keep_streams: bool = True,
     ):
         self.model, self.arch, self.items, self.distributions = model, arch, items, distributions
         self.batches = []
         for chunk in chunked(items, batch_size):
             ids, mask = left_pad(tokenizer, [item.context + item.continuation for item in chunk])
             self.batches.append((ids, mask, chunk))
-        self.streams = Streams()
+        self.streams = Streams() if keep_streams else None
         self._capturing: int | None = None
-        layers = model.get_submodule(arch.layers)
+        layers = model.get_submodule(arch.layers) if keep_streams else []
         handles = [layer.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
         try:
-            self.base = self._run(Surgery(), capture=True)  # the unsteered pass also keeps what enters each layer
+            # the unsteered pass also keeps what enters each layer
+            self.base = self._run(Surgery(), capture=keep_streams)
         finally:
             for handle in handles:
                 handle.remove()
@@ -134,7 +137,7 @@ class Batches:
                         self.model,
                         self.arch,
                         start,
-                        None if capture or start <= 0 else self.streams.entering(index, start),
+                        None if capture or start <= 0 or self.streams is None else self.streams.entering(index, start),
                     ),
                 ):
                     device = self.model.get_input_embeddings().weight.device

@@ -7,6 +7,7 @@ from finsurg.steer.finding_tables import (
     answers_table,
     dial_table,
     examples_table,
+    figure,
     gate_sentence,
     heldout_table,
     routes_table,
@@ -99,10 +100,6 @@ def _answer_budgets(budgets) -> str:
     )
 
 
-def _num(value, spec: str = "+.3f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def behaviour_section(findings: Findings, alpha: float) -> list[str]:
     splits, tuning = findings.splits, findings.tuning
     chosen = tuning.chosen
@@ -128,7 +125,7 @@ def behaviour_section(findings: Findings, alpha: float) -> list[str]:
     for row in tuning.pareto:
         lines.append(
             f"| {row.trial} | {row.method} | {row.layers[0]}–{row.layers[1]} | {row.strength:g} | "
-            f"{row.kl:.4f} | {_num(row.shift_up)} | {_num(row.shift_down)} | {_num(row.two_sided)} |"
+            f"{row.kl:.4f} | {figure(row.shift_up)} | {figure(row.shift_down)} | {figure(row.two_sided)} |"
         )
     if findings.routes is not None:
         lines += routes_section(findings.routes, splits)
@@ -202,10 +199,10 @@ def routes_section(routes: Routes, splits: Splits) -> list[str]:
     for row in rows + routes.conditional_pareto:
         lines.append(
             f"| {row.route} | {row.trial} | {row.layers[0]}–{row.layers[1]} | {row.strength:g} | "
-            f"{_num(row.gate_shift, '+.2f')} | {_num(row.gate_sharpness, '.2f')} | {row.off_topic_kl:.4f} | "
-            f"{_num(row.prose_perplexity_change, '+.1%')} | {row.shift_up:+.2f} | {row.shift_down:+.2f} | "
-            f"{_num(row.steered_positive, '.0%')} | {_num(row.conservative_negative, '.0%')} | "
-            f"{_num(row.repeated_4grams, '.1%')} | {_num(row.addressed, '.0%')} |"
+            f"{figure(row.gate_shift, '+.2f')} | {figure(row.gate_sharpness, '.2f')} | {row.off_topic_kl:.4f} | "
+            f"{figure(row.prose_perplexity_change, '+.1%')} | {row.shift_up:+.2f} | {row.shift_down:+.2f} | "
+            f"{figure(row.steered_positive, '.0%')} | {figure(row.conservative_negative, '.0%')} | "
+            f"{figure(row.repeated_4grams, '.1%')} | {figure(row.addressed, '.0%')} |"
         )
     lines += [
         "",

@@ -203,12 +203,10 @@ def opens(gates: dict[int, Gate], tokens: Tokens) -> torch.Tensor:
 
 def positions(conversation: torch.Tensor) -> torch.Tensor:
     """Each token's place among its conversation's kept tokens (0 for the first)."""
-    starts = torch.zeros_like(conversation)
+    index = torch.arange(len(conversation))
     changed = torch.ones_like(conversation, dtype=torch.bool)
     changed[1:] = conversation[1:] != conversation[:-1]
-    index = torch.arange(len(conversation))
-    starts = torch.cummax(torch.where(changed, index, starts), 0).values
-    return index - starts
+    return index - torch.cummax(torch.where(changed, index, 0), 0).values
 
 
 def open_shares(gates: dict[int, Gate], on: Tokens, off: Tokens, questions: Tokens, first: Tokens) -> OpenShares:

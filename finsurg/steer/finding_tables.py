@@ -67,8 +67,8 @@ def answers_table(heldout: RoutesHeldout) -> list[str]:
         lines.append(
             f"| {label} | {_share(row.answers, 'positive')} | {_share(row.answers, 'negative')} | "
             f"{_share(row.sampled, 'positive')} | {_share(row.sampled, 'negative')} | "
-            f"{_percent(quality and quality.repeated_4grams)} | {_percent(quality and quality.addressed)} | "
-            f"{_number(quality and quality.base_perplexity)} | {_percent(kept)} |"
+            f"{figure(quality and quality.repeated_4grams, '.0%')} | {figure(quality and quality.addressed, '.0%')} | "
+            f"{figure(quality and quality.base_perplexity, '.2f')} | {figure(kept, '.0%')} |"
         )
     return lines
 
@@ -124,9 +124,6 @@ def _share(judged: Judged | None, side: str) -> str:
     return "—" if judged is None else f"{getattr(judged, side):.0%}"
 
 
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0%}"
-
-
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
+def figure(value: float | None, spec: str = "+.3f") -> str:
+    """A table cell for a figure that may be missing."""
+    return "—" if value is None else format(value, spec)
