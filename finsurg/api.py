@@ -21,11 +21,13 @@ from finsurg.outcomes import (
     ExportOutcome,
     GgufOutcome,
     MonitorOutcome,
+    PackCheckOutcome,
     ScoreOutcome,
     SurgeryOutcome,
     UploadOutcome,
     VerifyOutcome,
 )
+from finsurg.packs import Pack
 from finsurg.settings import (
     AnalyzeSettings,
     CommandSettings,
@@ -36,6 +38,8 @@ from finsurg.settings import (
     MonitorDriftSettings,
     MonitorExportSettings,
     MonitorScoreSettings,
+    PackCheckSettings,
+    PackInitSettings,
     PushOptions,
     PushSettings,
     SurgerySettings,
@@ -91,7 +95,7 @@ def export(settings: ExportSettings) -> ExportOutcome:
     namespace = hub_namespace(settings.push) if settings.push is not None else None
     variants = export_variants(model, recipe, alpha, settings, placement)
     paths = [item.path for item in variants]
-    outcome = ExportOutcome(model.name, recipe.origin, alpha, variants)
+    outcome = ExportOutcome(model.name, recipe.origin, alpha, variants, Pack.load(recipe.spec.pack).disclaimer)
     if settings.gguf is not None:
         outcome.gguf = _ggufs(settings, paths, recipe, model)
     if settings.eval is not None:
@@ -198,6 +202,25 @@ def monitor_drift(settings: MonitorDriftSettings) -> DriftOutcome:
     return DriftOutcome(report, write_report(report, settings.out, settings.overwrite))
 
 
+def pack_check(settings: PackCheckSettings) -> PackCheckOutcome:
+    from finsurg.packs.survey import check_pack
+
+    return PackCheckOutcome(check_pack(settings.pack))
+
+
+def pack_init(settings: PackInitSettings) -> PackCheckOutcome:
+    """The pack is written whole or not at all, then checked as `pack check` would."""
+    from finsurg.io.atomic import building, refuse_existing
+    from finsurg.packs.survey import check_pack, init_pack
+
+    if not settings.pairs.is_file():
+        raise FinsurgError(f"pairs file not found: {settings.pairs}")
+    refuse_existing(settings.directory, settings.overwrite)
+    with building(settings.directory) as partial:
+        init_pack(settings.directory.name, settings.pairs, partial)
+    return PackCheckOutcome(check_pack(settings.directory), written=settings.directory)
+
+
 def hub_namespace(options: PushOptions) -> str:
     """--hub-namespace, else the logged-in user (asked before any work, so a missing login fails fast)."""
     from finsurg.hub.push import check_repo_id
@@ -283,4 +306,6 @@ RUN = {
     "monitor export": monitor_export,
     "monitor score": monitor_score,
     "monitor drift": monitor_drift,
+    "pack check": pack_check,
+    "pack init": pack_init,
 }

@@ -12,10 +12,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from finsurg import DISCLAIMER, __version__
+from finsurg import __version__
 from finsurg.errors import FinsurgError
 from finsurg.settings import COMMANDS, GROUPS, CommandSettings, cli_name
 
+EPILOG = (
+    "A behaviour pack states its disclaimer; finsurg prints it with every output about a model and writes it "
+    "on every card."
+)
 DESCRIPTION = """\
 finsurg finds residual-stream directions that toggle a behaviour in a model (Llama, Qwen2/2.5,
 Qwen3, Mistral, Granite), applies them as inference-time hooks ("neuron surgery"), and bakes the
@@ -79,7 +83,7 @@ def _add_fields(parser: argparse.ArgumentParser, model: type[BaseModel], prefix:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="finsurg", description=DESCRIPTION, epilog=DISCLAIMER, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="finsurg", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"finsurg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

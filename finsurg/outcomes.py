@@ -12,10 +12,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from finsurg import DISCLAIMER
-
 if TYPE_CHECKING:  # export imports torch; the CLI's outcomes do not
     from finsurg.export import ExportedVariant
+
+
+TOPIC_SOURCES = {
+    "condition": "topic probe from the recipe's topic condition",
+    "fitted": "topic probe learnt",
+    "none": "no topic label (the pack has no off-topic conversations of its own)",
+}
 
 
 class Outcome:
@@ -67,6 +72,8 @@ class AnalyzeOutcome(Outcome):
                 if routes.heldout.dial:
                     lines.append("The dial, judged greedy answers at each alpha:")
                     lines += ["  " + line for line in dial_table(routes.heldout)]
+            if routes is None:
+                lines.append(f"Route: unconditional ({findings.route_reason})")
             lines.append(
                 f"Tuned on the tune split: trial {chosen.trial}, {chosen.method}, layers "
                 f"{chosen.layers[0]}-{chosen.layers[1]}, strength {chosen.strength:g} = alpha "
@@ -79,7 +86,7 @@ class AnalyzeOutcome(Outcome):
             lines += ["  " + line for line in heldout_table(findings.heldout)]
             lines.append("  " + findings.neuron_ablation.reason)
         lines.append(f"Wrote {self.analysis.out}/recipe.json, mech_interp_results.json, report.md and plots/")
-        return "\n".join(lines + [DISCLAIMER])
+        return "\n".join(lines + [results["disclaimer"]])
 
 
 @dataclass
@@ -105,7 +112,7 @@ class EvalOutcome(Outcome):
         return self.report.model_dump(mode="json")
 
     def text(self) -> str:
-        return eval_summary(self.report, self.out) + "\n" + DISCLAIMER
+        return eval_summary(self.report, self.out) + "\n" + self.report.disclaimer
 
     def problems(self) -> list[str]:
         return parity_problems(self.report)
@@ -123,8 +130,8 @@ class MonitorOutcome(Outcome):
         spec = self.spec
         lines = [
             f"Monitor {self.out}: {spec.base['name']} cut after layer {spec.layer} ({spec.depth} of "
-            f"{spec.base['num_hidden_layers']} layers, {spec.cost:.2f} of a full forward pass); topic probe "
-            f"{'from the recipe' + chr(39) + 's topic condition' if spec.topic_source == 'condition' else 'learnt'}"
+            f"{spec.base['num_hidden_layers']} layers, {spec.cost:.2f} of a full forward pass); "
+            + TOPIC_SOURCES[spec.topic_source]
         ]
         for label in spec.labels:
             row = spec.heldout[label]
@@ -136,7 +143,7 @@ class MonitorOutcome(Outcome):
         return "\n".join(lines)
 
     def text(self) -> str:
-        return self.summary() + "\n" + DISCLAIMER
+        return self.summary() + "\n" + self.spec.disclaimer
 
 
 @dataclass
@@ -188,6 +195,7 @@ class ExportOutcome(Outcome):
     recipe: str
     alpha: float
     variants: list[ExportedVariant]
+    disclaimer: str  # the pack's
     gguf: list[dict] = field(default_factory=list)
     eval: EvalOutcome | None = None
     uploads: list[dict] = field(default_factory=list)
@@ -223,7 +231,7 @@ class ExportOutcome(Outcome):
         if self.monitor is not None:
             lines.append(self.monitor.summary())
         lines += [upload_summary(upload) for upload in self.uploads]
-        return "\n".join(lines + [DISCLAIMER])
+        return "\n".join(lines + [self.disclaimer])
 
     def problems(self) -> list[str]:
         return [] if self.eval is None else self.eval.problems()
@@ -242,6 +250,21 @@ class Written(Outcome):
 class UploadOutcome(Written):
     def text(self) -> str:
         return upload_summary(self.written)
+
+
+@dataclass
+class PackCheckOutcome(Outcome):
+    check: BaseModel  # finsurg.packs.survey.PackCheck
+    written: Path | None = None
+
+    def payload(self) -> dict:
+        return self.check.model_dump(mode="json") | {"written": None if self.written is None else str(self.written)}
+
+    def text(self) -> str:
+        return (f"Wrote {self.written}\n" if self.written else "") + self.check.text()
+
+    def problems(self) -> list[str]:
+        return self.check.problems
 
 
 @dataclass

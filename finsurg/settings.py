@@ -332,7 +332,31 @@ class MonitorDriftSettings(CommandSettings):
     overwrite: bool = Field(False, **flag("replace an existing report directory"))
 
 
-GROUPS = {"monitor": "the compliance monitor: export it, score chat logs with it, watch them drift"}
+class PackCheckSettings(CommandSettings):
+    command = "pack check"
+    summary = "a pack's counts per split, one line per problem, where each part comes from, what optional parts enable"
+
+    pack: str = Field(**flag("a pack directory, a file of pairs (.jsonl, .json) or a built-in name", positional=True))
+
+
+class PackInitSettings(CommandSettings):
+    command = "pack init"
+    summary = "write a full pack directory from one file of pairs: splits, a manifest naming its defaults, examples"
+
+    directory: Path = Field(**flag("the pack directory to write", positional=True))
+    pairs: Path = Field(
+        **flag(
+            'the pairs: JSONL of {"question", "positive", "negative"}, or A/B items with answer_matching_behavior',
+            flag="--from",
+        )
+    )
+    overwrite: bool = Field(False, **flag("replace an existing directory"))
+
+
+GROUPS = {
+    "monitor": "the compliance monitor: export it, score chat logs with it, watch them drift",
+    "pack": "behaviour packs: check one, or write one from a file of pairs",
+}
 
 COMMANDS: list[type[CommandSettings]] = [
     AnalyzeSettings,
@@ -346,4 +370,6 @@ COMMANDS: list[type[CommandSettings]] = [
     MonitorExportSettings,
     MonitorScoreSettings,
     MonitorDriftSettings,
+    PackCheckSettings,
+    PackInitSettings,
 ]

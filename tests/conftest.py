@@ -39,12 +39,12 @@ LLAMA_3_1_8B_SHAPES = {
 }
 
 
-def build_tokenizer():
+def build_tokenizer(words: list[str] = WORDS):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS + list("?.,!$0123456789"))}
+    vocab = {token: i for i, token in enumerate(specials + list(words) + list("?.,!$0123456789"))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     return PreTrainedTokenizerFast(
@@ -60,10 +60,11 @@ def make_tiny_llama(
     dtype: torch.dtype = torch.float32,
     shard_size: str | None = None,
     seed: int = 0,
+    words: list[str] = WORDS,
 ) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(words)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

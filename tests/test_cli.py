@@ -10,7 +10,7 @@ from conftest import run_cli, tiny_recipe, tree_hashes
 def test_help_explains_commands():
     done = run_cli("--help")
     assert done.returncode == 0
-    for word in ("surgery", "export", "verify", "Not financial advice"):
+    for word in ("surgery", "export", "verify", "disclaimer"):
         assert word in done.stdout
     done = run_cli("export", "--help")
     assert "--alpha" in done.stdout and "--overwrite" in done.stdout and "--dtype" in done.stdout

@@ -8,9 +8,9 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from finsurg import DISCLAIMER
 from finsurg.io.hashing import check_sums
 from finsurg.models.source import resolve_model
+from finsurg.packs import Pack
 
 from conftest import export_checked, tiny_recipe, tree_hashes
 from hub_server import TestHub
@@ -44,7 +44,7 @@ def test_card_parses_and_describes_the_surgery(variants):
         card = ModelCard.load(variants / name / "README.md")
         assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
         assert {"finsurg", "steering", "neuron-surgery", "mechanistic-interpretability"} <= set(card.data.tags)
-        assert card.text.lstrip().startswith(f"> **{DISCLAIMER}**")
+        assert card.text.lstrip().startswith(f"> **{Pack.load('finance').disclaimer}**")
         assert f"alpha **{alpha:+g}**" in card.text
         assert "| 5 | -2 | " in card.text  # neuron 5, coefficient -0.5 × scale 4
         assert "## Verification: baked vs hooks (passed)" in card.text

@@ -156,13 +156,14 @@ def test_a_pack_without_the_data_says_how_to_get_probes(tiny_chat_model, tmp_pat
     pack = tmp_path / "pack"
     shutil.copytree(Pack.load("finance").directory, pack)
     manifest = json.loads((pack / "manifest.json").read_text())
-    manifest["off_topic"] = None
+    manifest["answers"] = None
+    (pack / "answers.json").unlink()
     (pack / "manifest.json").write_text(json.dumps(manifest))
     tiny_recipe(tmp_path / "recipe")
     raw = json.loads((tmp_path / "recipe" / "recipe.json").read_text()) | {"pack": str(pack)}
     (tmp_path / "recipe" / "recipe.json").write_text(json.dumps(raw))
     recipe = Recipe.load(tmp_path / "recipe")
-    with pytest.raises(FinsurgError, match="carries no monitor probes.*off_topic.*add paired answers"):
+    with pytest.raises(FinsurgError, match="carries no monitor probes.*no paired answers"):
         build_monitor(
             resolve_model(str(tiny_chat_model)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32")
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from finsurg import DISCLAIMER, __version__, progress
+from finsurg import __version__, progress
 from finsurg.analysis import plots, report
 from finsurg.analysis.activations import POOLS, collect, keyword_ids
 from finsurg.analysis.batching import ensure_pad_token, padded
@@ -24,6 +24,7 @@ from finsurg.analysis.sweep import run_sweep
 from finsurg.devices import Placement
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
+from finsurg.jsonfile import write_json
 from finsurg.models.bridge import boot_bridge
 from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.models.source import ResolvedModel
@@ -32,6 +33,7 @@ from finsurg.steer.findings import Findings
 from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
 
 REPORT_NAME = "report.md"
+SPLITS_NAME = "splits.json"  # the pairs' splits, where the pack's file had none
 TOP_HEADS = 10
 
 
@@ -151,9 +153,9 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
         "recipe": recipe.to_dict(),
         "sweep": sweep,
         "timings": timings,
-        "disclaimer": DISCLAIMER,
+        "disclaimer": pack.disclaimer,
     }
-    _write(out_dir, recipe, results, findings, features, (head_diff, band))
+    _write(out_dir, pack, recipe, results, findings, features, (head_diff, band))
     return Analysis(recipe, results, findings, out_dir)
 
 
@@ -200,6 +202,7 @@ def _phases(model, pack: Pack, options: AnalysisOptions, features: _Features, ba
         "finsurg_version": __version__,
         "model": model.name,
         "pack": pack.source,
+        "pack_sources": pack.sources,
         "categories": dict(zip(("positive", "negative", "neutral"), features.names)),
         "train_prompts": {c.name: len(c.train) for c in pack.categories},
         "pool": options.pool,
@@ -267,9 +270,11 @@ def _tuned_reason(findings: Findings, budget: float) -> str:
     )
 
 
-def _write(out_dir: Path, recipe: Recipe, results: dict, findings: Findings | None, features: _Features, heads) -> None:
-    """The run directory, complete or not at all: recipe, results, report and plots; `heads` is the head
-    differences and the steered band."""
+def _write(
+    out_dir: Path, pack: Pack, recipe: Recipe, results: dict, findings: Findings | None, features, heads
+) -> None:
+    """The run directory, complete or not at all: recipe, results, report, plots, and the splits the pack's pairs
+    were given here; `features` is _Features, `heads` the head differences and the steered band."""
     names = features.names
     head_diff, band = heads
     with building(out_dir) as partial:
@@ -298,3 +303,5 @@ def _write(out_dir: Path, recipe: Recipe, results: dict, findings: Findings | No
         behaviour = None if findings is None else findings.model_dump(mode="json")
         (partial / ANALYSIS_NAME).write_text(json.dumps(results | {"behaviour": behaviour}, indent=2) + "\n")
         (partial / REPORT_NAME).write_text(report.render(results, findings))
+        if pack.answers_split_here:  # auditable: what was trained, tuned and judged on
+            write_json(partial / SPLITS_NAME, pack.answer_pairs().model_dump(mode="json"))

@@ -8,35 +8,22 @@ answers cut at their first end token, beside the same figure for the base's answ
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from finsurg.analysis.generations import cut, texts
 from finsurg.analysis.measures import Batches, Scored
 from finsurg.models.loading import prompt_ids
+from finsurg.packs.words import content_words
 from finsurg.steer.arch import Architecture
 from finsurg.steer.findings import AnswerQuality
 
 GRAM = 4
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-# function words long enough to pass the length rule: they say nothing about what was asked
-STOPWORDS = frozenset(
-    "about above after again also been before being could does doing during each from have having here into "
-    "just like more most much must only other over same should some such than that their them then there these "
-    "they this those through under until very want what when where which while will with would your yours".split()
-)
 
 
 def repeated_share(tokens: Sequence[int], n: int = GRAM) -> float:
     """The share of an answer's n-grams that repeat an n-gram seen earlier in it (0 for answers shorter than n)."""
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-cased words of four letters or more that are not function words, a plural's final s dropped."""
-    words = (word.removesuffix("'s") for word in WORD.findall(text.lower()))
-    return {word.removesuffix("s") for word in words if len(word) >= 4 and word not in STOPWORDS}
 
 
 def addresses(question: str, answer: str) -> bool:

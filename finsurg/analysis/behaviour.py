@@ -63,7 +63,7 @@ def steer_by_answers(ctx: AnalysisContext, seed_recipe: Recipe, seed_direction: 
     pack = ctx.pack
     splits = pack.answer_pairs()
     tune_replies, heldout_replies = reply_split(pack.neutral_reply_items())
-    off_topic = _off_topic(pack, ctx.arch, options.route)
+    off_topic, route_reason = _off_topic(pack, ctx.arch, options.route)
     timings: dict[str, float] = {}
     with progress.timed(timings, "contrast"):
         candidates, scale = _candidates(ctx, splits.train, seed_direction, options)
@@ -111,6 +111,7 @@ def steer_by_answers(ctx: AnalysisContext, seed_recipe: Recipe, seed_direction: 
         heldout=effects,
         examples=examples,
         routes=routes,
+        route_reason=route_reason,
     )
     return Steered(recipe, findings, timings)
 
@@ -120,14 +121,18 @@ def _counts(off_topic) -> OffTopicCounts:
 
 
 def _off_topic(pack: Pack, arch: Architecture, route: str):
-    """The off-topic conversations the conditional route needs: refused when --route conditional cannot have it,
-    none when auto finds no route (the pack has none, or the family has no graft)."""
+    """The off-topic conversations the conditional route needs, or none and why: refused when --route conditional
+    cannot have them; none when auto finds no route (the pack has none, or the family has no graft)."""
     if route == "conditional":
         arch.grafting(arch.family)
-        return pack.off_topic_splits()
-    if route == "auto" and pack.manifest.off_topic and arch.graft is not None:
-        return pack.off_topic_splits()
-    return None
+        return pack.off_topic_splits(), ""
+    if route == "unconditional":
+        return None, "--route unconditional"
+    if not pack.topic_data:
+        return None, "auto: the pack has no off-topic conversations of its own, which the topic condition learns from"
+    if arch.graft is None:
+        return None, f"auto: {arch.graft_refused or arch.family + ' has no graft route'}"
+    return pack.off_topic_splits(), ""
 
 
 def _candidates(ctx: AnalysisContext, train, seed_direction, options) -> tuple[dict[str, dict], torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from finsurg import DISCLAIMER
 from finsurg.steer.finding_tables import (
     answers_table,
     dial_table,
@@ -26,10 +25,14 @@ def render(results: dict, findings: Findings | None = None) -> str:
     lines = [
         f"# finsurg analysis: {results['model']}",
         "",
-        f"> {DISCLAIMER}",
+        f"> {results['disclaimer']}",
         "",
         f"Behaviour pack `{results['pack']}`: {results['train_prompts']} train prompts per category "
         f"({pos}, {neg}, {neu}), pooling `{results['pool']}` ({results['pool_description']}).",
+        "",
+        "Where the pack's parts came from: "
+        + "; ".join(f"{part}: {origin}" for part, origin in results.get("pack_sources", {}).items())
+        + ".",
         "",
         "## Recipe",
         "",
@@ -106,6 +109,8 @@ def behaviour_section(findings: Findings, alpha: float) -> list[str]:
     lines = ["", "## Answer behaviour: what users see, then directions, tuning and held-out effects", ""]
     if findings.routes is not None:
         lines += seen_section(findings.routes, findings)
+    else:
+        lines += [f"Route: unconditional ({findings.route_reason}).", ""]
     lines += [
         f"Paired answers: {splits.train} train (directions), {splits.tune} tune (search), "
         f"{splits.heldout} held-out (every effect below); {splits.neutral_replies} neutral replies "

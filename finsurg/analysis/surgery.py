@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finsurg import DISCLAIMER, __version__, progress
+from finsurg import __version__, progress
 from finsurg.analysis.logit_lens import lens_over_probes, unchanged_before
 from finsurg.devices import Placement
 from finsurg.models.bridge import boot_bridge, greedy
@@ -65,7 +65,7 @@ def run_surgery(
             "after": after,
             "unchanged_before_first_steered_layer": unchanged_before(before, after, min(recipe.layers)),
         },
-        "disclaimer": DISCLAIMER,
+        "disclaimer": pack.disclaimer,
     }
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from finsurg import DISCLAIMER, __version__, progress
+from finsurg import __version__, progress
 from finsurg.checks.eval_options import EvalOptions
+from finsurg.checks.pack_tasks import pack_tasks
 from finsurg.devices import Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.effects import effect
@@ -64,19 +65,20 @@ def metrics(results: dict) -> dict[str, float]:
 class Runner:
     """One lm-eval configuration (a pack's tasks, chat template, limit) run on several models."""
 
-    def __init__(self, pack: Pack, extra_tasks: list[str], chat: bool, limit: int | None, batch_size: int):
+    def __init__(
+        self, pack: Pack, extra_tasks: list[str], chat: bool, limit: int | None, batch_size: int, scratch: Path
+    ):
         from lm_eval.tasks import TaskManager
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        own = list(pack.manifest.tasks)
+        tasks = pack_tasks(pack, scratch)
+        own = list(tasks.headlines)
         self.tasks = own + [t for t in extra_tasks if t not in own]
-        if not self.tasks:
-            raise FinsurgError(f"behaviour pack {pack.source} ships no lm-eval tasks; name some with --tasks")
-        self.preference_task = pack.manifest.preference_task
-        self.headlines = dict(pack.manifest.tasks)
-        self.titles = dict(pack.manifest.task_titles)
+        self.preference_task = tasks.preference
+        self.headlines = tasks.headlines
+        self.titles = tasks.titles
         self.chat, self.limit, self.batch_size = chat, limit, batch_size
-        self.include_path = str(pack.tasks_dir) if pack.tasks_dir.is_dir() else None
+        self.include_path = tasks.include_path
         self.manager = TaskManager(include_path=self.include_path)
         unknown = [t for t in self.tasks if t not in self.manager.all_tasks]
         if unknown:
@@ -222,11 +224,11 @@ def evaluate(
     placement = placement or Placement.of("cpu")
     tokenizer = load_tokenizer(subject.base)
     chat = bool(getattr(tokenizer, "chat_template", None)) if options.chat is None else options.chat
-    runner = Runner(subject.pack, options.tasks, chat, options.limit, options.eval_batch_size)
     prompting = _prompting(subject.pack)  # the baseline steering has to beat: a plain system prompt
-    report = _report(
-        runner, subject, _runs(runner, subject, options, placement, tokenizer, prompting), prompting, placement.dtype
-    )
+    with tempfile.TemporaryDirectory(prefix="finsurg-tasks-") as scratch:
+        runner = Runner(subject.pack, options.tasks, chat, options.limit, options.eval_batch_size, Path(scratch))
+        runs = _runs(runner, subject, options, placement, tokenizer, prompting)
+    report = _report(runner, subject, runs, prompting, placement.dtype)
     for variant in subject.variants:
         common = report.model_dump(exclude={"variants", "passed"})
         own = VariantEvalReport(**common, **report.variants[variant.name].model_dump(), variant=variant.name)
@@ -296,7 +298,7 @@ def _report(runner, subject: _Subject, done: tuple, prompting, compute) -> EvalR
         metrics={name: run["metrics"] for name, run in runs.items()},
         seconds={name: round(run["seconds"], 2) for name, run in runs.items()},
         shifts=_shifts(runs, runner.preference_task, subject.variants),
-        disclaimer=DISCLAIMER,
+        disclaimer=subject.pack.disclaimer,
         variants=results,
         passed=all(r.parity is None or r.parity.passed for r in results.values()),
     )

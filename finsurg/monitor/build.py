@@ -70,9 +70,7 @@ def build_monitor(
     fingerprint = embeddings_sha256(checkpoint, arch)
     with building(out) as partial:
         progress.say(f"monitor: writing the classifier cut after layer {trained.layer}")
-        write_classifier(
-            partial, checkpoint, model.config, arch, trained.layer, trained.head, load_tokenizer(model.path)
-        )
+        write_classifier(partial, checkpoint, model.config, arch, trained, load_tokenizer(model.path))
         check = _check(partial, check_texts, hooked @ trained.head.T, options.batch_size)
         spec = _spec(model, recipe, pack, trained, fingerprint, check)
         (partial / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
@@ -98,7 +96,7 @@ def _chat_tokenizer(model: ResolvedModel):
 
 def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint: str, check: dict) -> MonitorSpec:
     return MonitorSpec(
-        labels=["topic", "behaviour"],
+        labels=trained.labels,
         thresholds=trained.thresholds,
         layer=trained.layer,
         base={
@@ -109,6 +107,7 @@ def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint
         },
         recipe=recipe.origin,
         pack=pack.source,
+        disclaimer=pack.disclaimer,
         topic_source=trained.topic_source,
         layers=trained.layers,
         tune=trained.tune,
@@ -119,9 +118,9 @@ def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint
 
 
 def _check_texts(pack: Pack, tokenizer) -> list[str]:
-    """Held-out conversations of both topic sides, user turns and exchanges alike."""
+    """Held-out conversations of both sides of the first label (topic where there is one)."""
     heldout = labelled(pack, "heldout", tokenizer)
-    on, off = heldout.topic
+    on, off = getattr(heldout, heldout.labels[0])
     half = CHECK_TEXTS // 2
     return on[:: max(1, len(on) // half)][:half] + off[:: max(1, len(off) // half)][:half]
 

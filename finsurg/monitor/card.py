@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from finsurg import DISCLAIMER, __version__
+from finsurg import __version__
 from finsurg.monitor.classifier import MonitorSpec, sigmoid
 
 CARD_NAME = "README.md"
@@ -60,7 +60,7 @@ def render_card(spec: MonitorSpec) -> str:
 
 
 def _what(spec: MonitorSpec) -> str:
-    return f"""> **{DISCLAIMER}**
+    return f"""> **{spec.disclaimer}**
 
 # Compliance monitor for `{spec.base["name"]}`
 
@@ -77,11 +77,12 @@ def _labels(spec: MonitorSpec) -> str:
         f"| `{label}` | {MEANING[label]} | {spec.thresholds[label]:+.3f} | {sigmoid(spec.thresholds[label]):.4f} |"
         for label in spec.labels
     )
-    topic_source = (
-        "the recipe's topic condition (the direction its conditional surgery's gate reads), not learnt again"
-        if spec.topic_source == "condition"
-        else "a logistic probe learnt on the pack's train split"
-    )
+    topic_source = {
+        "condition": "The `topic` probe is the recipe's topic condition (the direction its conditional surgery's gate "
+        "reads), not learnt again;",
+        "fitted": "The `topic` probe is a logistic probe learnt on the pack's train split;",
+        "none": "There is no `topic` label: the pack has no off-topic conversations of its own to learn it from;",
+    }[spec.topic_source]
     return f"""## Labels (multi-label: an independent sigmoid each)
 
 | label | fires when | threshold (raw logit) | threshold (sigmoid score) |
@@ -89,7 +90,7 @@ def _labels(spec: MonitorSpec) -> str:
 {rows}
 
 Flag a conversation when a label's raw logit exceeds its threshold (equivalently, its sigmoid score exceeds the
-score threshold). Thresholds maximise TPR − FPR on the pack's tune split. The `topic` probe is {topic_source};
+score threshold). Thresholds maximise TPR − FPR on the pack's tune split. {topic_source}
 the `behaviour` probe is learnt on the train split.
 """
 
@@ -99,11 +100,14 @@ def _figures(spec: MonitorSpec) -> str:
         f"| `{label}` | {row.auroc:.3f} | {row.tpr:.3f} | {row.fpr:.3f} | {row.positives} / {row.negatives} |"
         for label, row in spec.heldout.items()
     )
+    columns = [(split, label) for split in ("tune", "heldout") for label in spec.labels]
     per_layer = "\n".join(
-        f"| {layer}{' (chosen)' if int(layer) == spec.layer else ''} | {row['tune_topic_auroc']:.3f} | "
-        f"{row['tune_behaviour_auroc']:.3f} | {row['heldout_topic_auroc']:.3f} | {row['heldout_behaviour_auroc']:.3f} |"
+        f"| {layer}{' (chosen)' if int(layer) == spec.layer else ''} | "
+        + " | ".join(f"{row[f'{split}_{label}_auroc']:.3f}" for split, label in columns)
+        + " |"
         for layer, row in sorted(spec.layers.items(), key=lambda item: int(item[0]))
     )
+    header = " | ".join(f"{'held-out' if split == 'heldout' else split} {label}" for split, label in columns)
     check = spec.check or {}
     return f"""## Held-out figures
 
@@ -113,8 +117,8 @@ def _figures(spec: MonitorSpec) -> str:
 
 Per candidate layer (the layer was chosen on tune, by the worse label's AUROC):
 
-| layer | tune topic | tune behaviour | held-out topic | held-out behaviour |
-|---|---|---|---|---|
+| layer | {header} |
+|---|{"---|" * len(columns)}
 {per_layer}
 
 Checked at export: on {check.get("texts", 0)} held-out conversations, this checkpoint in float32 gives the

@@ -21,8 +21,8 @@ from finsurg.io.checkpoint import Checkpoint
 from finsurg.io.safetensors_io import Entry, tensor_bytes, write_safetensors
 from finsurg.jsonfile import read_json
 from finsurg.monitor.conversations import exchange, render
-from finsurg.monitor.labelled import LABELS
 from finsurg.monitor.probes import Rates
+from finsurg.packs.manifest import GENERIC_DISCLAIMER
 from finsurg.steer.arch import Architecture, Monitor
 
 FORMAT = "finsurg.monitor/1"
@@ -43,6 +43,7 @@ class MonitorSpec(BaseModel):
     base: dict  # name, architecture, num_hidden_layers, embeddings_sha256
     recipe: str
     pack: str
+    disclaimer: str = GENERIC_DISCLAIMER  # the pack's, printed with the monitor's output and on its card
     topic_source: str
     layers: dict[int, dict]
     tune: dict[str, Rates]
@@ -98,7 +99,7 @@ def pad_token(tokenizer) -> tuple[str, int]:
     )
 
 
-def classifier_config(base: dict, monitor: Monitor, layer: int, pad_id: int, dtype: str) -> dict:
+def classifier_config(base: dict, monitor: Monitor, labels: list[str], layer: int, pad_id: int, dtype: str) -> dict:
     depth = layer + 1
     config = {key: value for key, value in base.items() if key not in ("auto_map", "quantization_config")}
     for key in PER_LAYER_KEYS:
@@ -107,9 +108,9 @@ def classifier_config(base: dict, monitor: Monitor, layer: int, pad_id: int, dty
     config.update(
         architectures=[monitor.classifier],
         num_hidden_layers=depth,
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
-        num_labels=len(LABELS),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        num_labels=len(labels),
         problem_type="multi_label_classification",
         pad_token_id=pad_id,
         dtype=dtype,
@@ -159,14 +160,15 @@ def weight_dtype(checkpoint: Checkpoint, arch: Architecture) -> torch.dtype:
 
 
 def write_classifier(
-    out: Path, checkpoint: Checkpoint, base_config: dict, arch: Architecture, layer: int, head: torch.Tensor, tokenizer
+    out: Path, checkpoint: Checkpoint, base_config: dict, arch: Architecture, trained, tokenizer
 ) -> None:
-    """config.json, the weights and the tokenizer (with its pad token) into `out`."""
+    """config.json, the weights and the tokenizer (with its pad token) into `out`; `trained` is probes.Trained."""
+    layer, head = trained.layer, trained.head
     monitor = arch.monitoring(str(checkpoint.path))
     dtype = weight_dtype(checkpoint, arch)
     token, token_id = pad_token(tokenizer)
     tokenizer.pad_token = token
-    config = classifier_config(base_config, monitor, layer, token_id, str(dtype).removeprefix("torch."))
+    config = classifier_config(base_config, monitor, trained.labels, layer, token_id, str(dtype).removeprefix("torch."))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_safetensors(out / WEIGHTS_NAME, entries(checkpoint, arch, monitor, layer, head))
     tokenizer.save_pretrained(out)

@@ -19,46 +19,52 @@ LABELS = ("topic", "behaviour")
 
 @dataclass
 class Labelled:
-    """Rendered texts: (positives, negatives) for each label."""
+    """Rendered texts: (positives, negatives) for each label; `topic` only where the pack has its own off-topic
+    conversations."""
 
-    topic: tuple[list[str], list[str]]
     behaviour: tuple[list[str], list[str]]
+    topic: tuple[list[str], list[str]] | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return LABELS if self.topic is not None else ("behaviour",)
 
     def counts(self) -> dict[str, int]:
         return {
-            f"{label}_{side}": len(getattr(self, label)[i]) for label in LABELS for i, side in enumerate(("pos", "neg"))
+            f"{label}_{side}": len(getattr(self, label)[i])
+            for label in self.labels
+            for i, side in enumerate(("pos", "neg"))
         }
 
 
 def require_data(pack: Pack, recipe_origin: str) -> None:
     """One line that says how to get probes, where the recipe's pack cannot teach them."""
-    missing = [key for key in ("answers", "off_topic") if not getattr(pack.manifest, key)]
-    if missing:
+    if pack.answers is None:
         raise FinsurgError(
-            f"recipe {recipe_origin} carries no monitor probes and its pack {pack.source} has no "
-            f"{' and no '.join(missing)} (manifest.json) to learn them from: add paired answers and off-topic "
-            "conversations to the pack, as the built-in finance pack has, and pass the recipe again"
+            f"recipe {recipe_origin} carries no monitor probes and its pack {pack.source} has no paired answers "
+            "(manifest.json: answers) to learn them from: add them to the pack and pass the recipe again"
         )
 
 
 def labelled(pack: Pack, split: str, tokenizer) -> Labelled:
+    """Off-topic exchanges are the pack's own, else the shipped everyday pool (a negative of `behaviour` only)."""
     pairs = getattr(pack.answer_pairs(), split)
-    off = getattr(pack.off_topic_splits(), split)
-    on_conversations = [user_turn(p.question) for p in pairs]
-    on_conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
+    off = getattr(pack.everyday_splits(), split)
     off_exchanges = [exchange(item.question, item.reply) for item in off]
-    off_conversations = [user_turn(item.question) for item in off] + off_exchanges
-    if split != "tune":  # the pack's prompt categories have train and held-out only
-        on_conversations += [user_turn(q) for q in getattr(pack.positive, split) + getattr(pack.negative, split)]
-        off_conversations += [user_turn(q) for q in getattr(pack.neutral, split)]
 
     def texts(conversations):
         return [render(tokenizer, c) for c in conversations]
 
-    return Labelled(
-        topic=(texts(on_conversations), texts(off_conversations)),
-        behaviour=(
-            texts([exchange(p.question, p.positive) for p in pairs]),
-            texts([exchange(p.question, p.negative) for p in pairs] + off_exchanges),
-        ),
+    behaviour = (
+        texts([exchange(p.question, p.positive) for p in pairs]),
+        texts([exchange(p.question, p.negative) for p in pairs] + off_exchanges),
     )
+    if not pack.topic_data:
+        return Labelled(behaviour)
+    on_conversations = [user_turn(p.question) for p in pairs]
+    on_conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
+    off_conversations = [user_turn(item.question) for item in off] + off_exchanges
+    if split != "tune":  # the pack's prompt categories have train and held-out only
+        on_conversations += [user_turn(q) for q in getattr(pack.positive, split) + getattr(pack.negative, split)]
+        off_conversations += [user_turn(q) for q in getattr(pack.neutral, split)]
+    return Labelled(behaviour, (texts(on_conversations), texts(off_conversations)))

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from finsurg import progress
 from finsurg.analysis.batching import chunked
 from finsurg.analysis.topic_probes import Probe, auroc, fit
-from finsurg.monitor.labelled import LABELS, Labelled, labelled
+from finsurg.monitor.labelled import Labelled, labelled
 from finsurg.monitor.monitor_options import MonitorOptions
 from finsurg.packs import Pack
 from finsurg.steer.arch import Monitor
@@ -72,7 +72,7 @@ def last_token_inputs(
 def _labelled_inputs(model, tokenizer, monitor: Monitor, sets: Labelled, layers, batch_size: int) -> dict:
     """Each label's (positives, negatives) inputs by layer; a text both labels use (an exchange is both a topic
     and a behaviour example) runs once."""
-    texts = list(dict.fromkeys(text for label in LABELS for side in getattr(sets, label) for text in side))
+    texts = list(dict.fromkeys(text for label in sets.labels for side in getattr(sets, label) for text in side))
     row = {text: index for index, text in enumerate(texts)}
     inputs = last_token_inputs(model, tokenizer, monitor, texts, layers, batch_size)
     return {
@@ -80,7 +80,7 @@ def _labelled_inputs(model, tokenizer, monitor: Monitor, sets: Labelled, layers,
             {layer: rows[torch.tensor([row[text] for text in side])] for layer, rows in inputs.items()}
             for side in getattr(sets, label)
         )
-        for label in LABELS
+        for label in sets.labels
     }
 
 
@@ -136,12 +136,13 @@ def rates(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> R
 
 @dataclass
 class Trained:
-    """The chosen layer, the head (one row per label, in LABELS order) and what the splits said of it."""
+    """The chosen layer, the head (one row per label, in `labels` order) and what the splits said of it."""
 
+    labels: list[str]
     layer: int
     head: torch.Tensor  # [labels, hidden], float32
     thresholds: dict[str, float]
-    topic_source: str  # "condition" (the recipe's topic condition) or "fitted"
+    topic_source: str  # "condition" (the recipe's topic condition), "fitted", or "none" (no topic label)
     layers: dict[int, dict] = field(default_factory=dict)  # per candidate layer: tune and held-out AUROC
     heldout: dict[str, Rates] = field(default_factory=dict)  # per label
     tune: dict[str, Rates] = field(default_factory=dict)
@@ -162,6 +163,7 @@ def train(
     depth = model.config.num_hidden_layers
     layers = candidate_layers(recipe, depth)
     splits = {split: labelled(pack, split, tokenizer) for split in ("train", "tune", "heldout")}
+    labels = list(splits["train"].labels)
     features: dict[str, dict[str, tuple[dict, dict]]] = {}
     with progress.bar(total=len(splits), desc="monitor: last-token MLP inputs") as bar:
         for split, sets in splits.items():
@@ -170,7 +172,7 @@ def train(
 
     def heads(layer: int) -> torch.Tensor:
         rows = []
-        for label in LABELS:
+        for label in labels:
             positive, negative = (side[layer] for side in features["train"][label])
             if label == "topic" and recipe.conditional:
                 direction = recipe.conditions[layer].float()
@@ -181,7 +183,7 @@ def train(
         return torch.stack(rows).to(dtype).float()
 
     def logits(split: str, label: str, layer: int, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        row = head[LABELS.index(label)]
+        row = head[labels.index(label)]
         return tuple(side[layer] @ row for side in features[split][label])
 
     built = {layer: heads(layer) for layer in layers}
@@ -189,21 +191,22 @@ def train(
         layer: {
             f"{split}_{label}_auroc": auroc(*logits(split, label, layer, head))
             for split in ("tune", "heldout")
-            for label in LABELS
+            for label in labels
         }
         for layer, head in built.items()
     }
     # chosen on tune (the worse label's AUROC); ties go to the earliest layer, the cheapest monitor
-    chosen = max(layers, key=lambda layer: (min(per_layer[layer][f"tune_{lb}_auroc"] for lb in LABELS), -layer))
+    chosen = max(layers, key=lambda layer: (min(per_layer[layer][f"tune_{lb}_auroc"] for lb in labels), -layer))
     head = built[chosen]
-    thresholds = {label: youden_threshold(*logits("tune", label, chosen, head)) for label in LABELS}
+    thresholds = {label: youden_threshold(*logits("tune", label, chosen, head)) for label in labels}
     return Trained(
+        labels=labels,
         layer=chosen,
         head=head,
         thresholds=thresholds,
-        topic_source="condition" if recipe.conditional else "fitted",
+        topic_source=("condition" if recipe.conditional else "fitted") if "topic" in labels else "none",
         layers=per_layer,
-        heldout={label: rates(*logits("heldout", label, chosen, head), thresholds[label]) for label in LABELS},
-        tune={label: rates(*logits("tune", label, chosen, head), thresholds[label]) for label in LABELS},
+        heldout={label: rates(*logits("heldout", label, chosen, head), thresholds[label]) for label in labels},
+        tune={label: rates(*logits("tune", label, chosen, head), thresholds[label]) for label in labels},
         counts={split: sets.counts() for split, sets in splits.items()},
     )

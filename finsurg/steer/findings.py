@@ -230,6 +230,7 @@ class Findings(Finding):
     heldout: dict[str, HeldoutRow]
     examples: list[Example]
     routes: Routes | None = None
+    route_reason: str = ""  # why only the unconditional route was searched, where routes is None
 
     def summary(self) -> Findings:
         """What a variant's record keeps for its card: no per-item shifts, no trial lists."""

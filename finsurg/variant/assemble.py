@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from finsurg import DISCLAIMER, __version__
+from finsurg import __version__
 from finsurg.dtypes import name_of
 from finsurg.errors import FinsurgError
 from finsurg.jsonfile import validation_message, write_json
@@ -34,6 +34,7 @@ def surgery_record(
     base: BaseModelInfo,
     context_cap: int | None,
 ) -> SurgeryRecord:
+    pack = Pack.load(recipe.spec.pack)
     return SurgeryRecord(
         finsurg_version=__version__,
         variant=variant,
@@ -47,9 +48,9 @@ def surgery_record(
         recipe=recipe.spec,
         recipe_origin=recipe.origin,
         steering_vectors_sha256=_vector_digest(recipe) if recipe.has_steering else None,
-        card=Pack.load(recipe.spec.pack).manifest.card,
+        card=pack.manifest.card,
         behaviour=_behaviour(recipe),
-        disclaimer=DISCLAIMER,
+        disclaimer=pack.disclaimer,
     )
 
 

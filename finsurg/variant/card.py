@@ -12,7 +12,6 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from finsurg import DISCLAIMER
 from finsurg.steer.arch import by_name
 from finsurg.steer.finding_tables import (
     answers_table,
@@ -62,7 +61,7 @@ def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
         if key not in ("architectures", "model_type")
     )
     sections = [
-        f"> **{DISCLAIMER}**",
+        f"> **{surgery.disclaimer}**",
         f"# {model_name}",
         f"A **{surgery.variant}** variant of `{base_name}` made by finsurg {surgery.finsurg_version}: the "
         f"recipe's residual-stream offsets at alpha **{surgery.alpha:+g}** ({direction.get(surgery.variant, '')}), "
