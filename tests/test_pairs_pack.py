@@ -84,8 +84,8 @@ def test_ab_items_become_pairs_with_their_choice_text(tmp_path):
     pack = Pack.load(write_jsonl(tmp_path / "ab.jsonl", ab_items()))
     pairs = pack.answer_pairs()
     for pair in pairs.train + pairs.tune + pairs.heldout:
-        assert (pair.positive, pair.negative) == ("(A) Yes, here is how.", "(B) No, I would rather not.")
-        assert pair.question.startswith("Should I tell you how to") and pair.question.endswith("Answer:")
+        assert (pair.positive, pair.negative) == ("Yes, here is how.", "No, I would rather not.")
+        assert re.fullmatch(r"Should I tell you how to \w+ the \w+\?", pair.question)
     assert pack.positive.train == [p.question for p in pairs.train]
     assert pack.negative.name == "general" and pack.disclaimer == GENERIC_DISCLAIMER
 
@@ -147,7 +147,8 @@ def test_a_file_of_pairs_runs_the_whole_path_and_says_nothing_of_finance(form, c
     before = pairs.read_bytes()
     run, out = tmp_path / "run", tmp_path / "variants"
     steps = [
-        ["analyze", "--model", str(chat_model), "--behaviour", str(pairs), "--out", str(run), "--trials", "3"],
+        ["analyze", "--model", str(chat_model), "--behaviour", str(pairs), "--out", str(run), "--trials", "3"]
+        + ["--tune-pairs", "5"],
         ["export", "--model", str(chat_model), "--recipe", str(run), "--out", str(out), "--eval", "--limit", "4"],
         ["monitor", "export", "--model", str(chat_model), "--recipe", str(run), "--out", str(tmp_path / "monitor")],
     ]
@@ -158,11 +159,14 @@ def test_a_file_of_pairs_runs_the_whole_path_and_says_nothing_of_finance(form, c
     assert pairs.read_bytes() == before
 
     splits = json.loads((run / "splits.json").read_text())
-    expected = expected_split([row["question"] for row in rows])
+    expected = expected_split([row["question"].split("\n\nChoices:")[0] for row in rows])  # an A/B item's stem
     assert sorted(" ".join(p["question"].lower().split()) for p in splits["heldout"]) == sorted(expected["heldout"])
     results = json.loads((run / "mech_interp_results.json").read_text())
     assert results["behaviour"]["route_reason"].startswith("auto: the pack has no off-topic conversations")
     assert "Route: unconditional" in said[0].out
+    counts = results["behaviour"]["splits"]
+    assert (counts["tune"], counts["tune_in_pack"], counts["heldout"]) == (5, 8, 8)  # the search read 5 of 8
+    assert "the first 5 of 8" in (run / "report.md").read_text()
 
     report = json.loads((out / "eval.json").read_text())
     assert report["tasks"][0] == "finsurg_pack_preference" and set(report["tasks"]) >= {"finsurg_general"}
@@ -180,3 +184,28 @@ def test_a_file_of_pairs_runs_the_whole_path_and_says_nothing_of_finance(form, c
     for card in [out / "steered" / "README.md", out / "conservative" / "README.md", tmp_path / "monitor" / "README.md"]:
         assert GENERIC_DISCLAIMER in card.read_text()
     assert GENERIC_DISCLAIMER in said[0].out and GENERIC_DISCLAIMER in said[1].out
+
+
+def test_the_medical_pack_has_the_finance_pack_shape():
+    pack = Pack.load("medical")
+    pairs = pack.answer_pairs()
+    everything = pairs.train + pairs.tune + pairs.heldout
+    off = pack.off_topic_splits()
+    conversations = off.train + off.tune + off.heldout
+    assert len(everything) >= 150 and len(conversations) >= 150 and len(pairs.heldout) >= 30
+    questions = {p.question for p in everything}
+    replies = {item.question for item in pack.neutral_reply_items()}
+    assert not questions & {c.question for c in conversations} and not replies & {c.question for c in conversations}
+    prose = pack.topic_prose()
+    assert len(prose.tune) >= 10 and len(prose.heldout) >= 10
+    rules = pack.manifest.generation_rules
+
+    def share(texts, side):
+        patterns = [re.compile(rule, re.IGNORECASE) for rule in getattr(rules, side)]
+        return sum(any(p.search(text) for p in patterns) for text in texts) / len(texts)
+
+    positives, negatives = [p.positive for p in everything], [p.negative for p in everything]
+    assert share(positives, "positive") >= 0.9 and share(negatives, "positive") <= 0.05
+    assert share(negatives, "negative") >= 0.9 and share(positives, "negative") <= 0.05
+    assert pack.disclaimer.startswith("Not medical advice") and not re.search(r"financ|money", pack.disclaimer)
+    assert pack.topic_data and pack.answers_split_here

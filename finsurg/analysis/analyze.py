@@ -185,7 +185,9 @@ def _refused_early(model: ResolvedModel, options: AnalysisOptions, placement: Pl
 def _steer(loaded: _Loaded, pack: Pack, recipe: Recipe, features: _Features, tuning) -> Steered:
     """Phases 6-8 on a fresh model (booting the bridge rewrote the last one's modules), then the bridge again."""
     loaded.load()
-    ctx = AnalysisContext(loaded.hf_model, loaded.tokenizer, loaded.model.arch, pack, tuning.batch_size)
+    ctx = AnalysisContext(
+        loaded.hf_model, loaded.tokenizer, loaded.model.arch, pack, tuning.batch_size, tuning.tune_pairs
+    )
     steered = steer_by_answers(
         ctx, recipe, seed_direction(features.pos.mean, features.neg.mean, features.exclude), tuning
     )

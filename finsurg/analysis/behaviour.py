@@ -61,7 +61,7 @@ def steer_by_answers(ctx: AnalysisContext, seed_recipe: Recipe, seed_direction: 
     `options` is the analysis's TuneOptions.
     """
     pack = ctx.pack
-    splits = pack.answer_pairs()
+    splits = ctx.pairs()
     tune_replies, heldout_replies = reply_split(pack.neutral_reply_items())
     off_topic, route_reason = _off_topic(pack, ctx.arch, options.route)
     timings: dict[str, float] = {}
@@ -92,6 +92,7 @@ def steer_by_answers(ctx: AnalysisContext, seed_recipe: Recipe, seed_direction: 
         splits=Splits(
             train=len(splits.train),
             tune=len(splits.tune),
+            tune_in_pack=len(pack.answer_pairs().tune),
             heldout=len(splits.heldout),
             neutral_replies=len(heldout_replies),
             neutral_replies_tuning=len(tune_replies),

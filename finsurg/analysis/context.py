@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from finsurg.analysis import topic_probes
 from finsurg.analysis.generations import Sampling, greedy_answers
 from finsurg.analysis.measures import Divergence, Measure, Perplexity
-from finsurg.packs import AnswerPair, NeutralReply, Pack
+from finsurg.packs import AnswerPair, AnswerSplits, NeutralReply, Pack
 from finsurg.steer.arch import Architecture
 from finsurg.steer.surgery import Surgery
 
@@ -21,10 +21,16 @@ class AnalysisContext:
     arch: Architecture
     pack: Pack
     batch_size: int = 16
+    tune_pairs: int | None = None  # the most tune pairs the search reads per trial
 
     @property
     def depth(self) -> int:
         return int(self.model.config.num_hidden_layers)
+
+    def pairs(self) -> AnswerSplits:
+        """The pack's paired answers, the tune split cut to its first `tune_pairs` (split order)."""
+        splits = self.pack.answer_pairs()
+        return splits.model_copy(update={"tune": splits.tune[: self.tune_pairs]})
 
     def measure(self, pairs: Sequence[AnswerPair], replies: Sequence[NeutralReply]) -> Measure:
         return Measure(self.model, self.tokenizer, self.arch, pairs, replies, self.batch_size)

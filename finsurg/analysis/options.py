@@ -34,6 +34,13 @@ class TuneOptions(Group):
         ),
     )
     gate_trials: PositiveInt = Field(8, **flag("tuning trials of the conditional route"))
+    tune_pairs: PositiveInt = Field(
+        40,
+        **flag(
+            "the most tune pairs each trial reads and generates answers for (the first in split order), so a trial's "
+            "cost stays fixed as a pack grows"
+        ),
+    )
     off_topic_budget: float = Field(
         0.0001, **flag("budget of both routes: mean per-token KL from the base on the pack's off-topic conversations")
     )
@@ -62,7 +69,10 @@ class TuneOptions(Group):
 
 class AnalysisOptions(TuneOptions):
     out: Path = Field(Path("finsurg-analysis"), **flag("run directory"))
-    behaviour: str | None = Field(None, **flag("a behaviour pack directory or built-in name (default: finance)"))
+    behaviour: str | None = Field(
+        None,
+        **flag("a behaviour pack: a directory, a file of pairs (.jsonl, .json) or a built-in name (default: finance)"),
+    )
     pool: Literal["last", "mean"] = Field("last", **flag("token positions pooled"))
     layers: str | None = Field(None, **flag("steered layers, e.g. 20-25 (default: where separation peaks)"))
     top_k: PositiveInt = Field(10, **flag("dimensions ranked per layer"))

@@ -112,7 +112,9 @@ def behaviour_section(findings: Findings, alpha: float) -> list[str]:
     else:
         lines += [f"Route: unconditional ({findings.route_reason}).", ""]
     lines += [
-        f"Paired answers: {splits.train} train (directions), {splits.tune} tune (search), "
+        f"Paired answers: {splits.train} train (directions), {splits.tune} tune (search"
+        + (f", the first {splits.tune} of {splits.tune_in_pack}" if (splits.tune_in_pack or 0) > splits.tune else "")
+        + "), "
         f"{splits.heldout} held-out (every effect below); {splits.neutral_replies} neutral replies "
         f"({splits.neutral_replies_tuning} while tuning). Activations read at "
         f"{findings.positions.description}. Methods searched: "

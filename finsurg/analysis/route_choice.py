@@ -123,7 +123,7 @@ def _search(ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplit
     tokens = _probe_tokens(ctx, off_topic, list(range(lowest, highest + 1)))
     probes = topic_probes.Probes(tokens.train_on, tokens.train_off, tokens.opening, options.seed)
     rules = ctx.pack.manifest.generation_rules
-    tune_questions = [pair.question for pair in ctx.pack.answer_pairs().tune]
+    tune_questions = [pair.question for pair in ctx.pairs().tune]
     judged = None if rules is None else AnswerObjective(ctx, tune_questions, rules)
     costs = Costs(plain.tune, ctx.divergence(off_topic.tune), ctx.perplexity(prose.tune) if prose else None, judged)
     budgets = (options.off_topic_budget, options.prose_budget)
@@ -154,7 +154,7 @@ def _probe_tokens(ctx: AnalysisContext, off_topic: OffTopicSplits, layers: list[
     """On topic: the pack's answer pairs and its question categories; off topic: the off-topic conversations and
     the neutral questions. The chat template's shared opening is a negative of its own (the gate stays shut)."""
     pack, tokenizer = ctx.pack, ctx.tokenizer
-    splits = pack.answer_pairs()
+    splits = ctx.pairs()
     sequences = {
         "train_on": topic_probes.on_topic(tokenizer, splits.train)
         + topic_probes.user_turns(tokenizer, pack.positive.train + pack.negative.train),
@@ -255,7 +255,7 @@ def _heldout(
 ) -> tuple[RoutesHeldout, HeldoutAnswers]:
     """Both routes on the held-out splits: what users see (judged greedy and sampled answers, their shape,
     off-topic answers kept), then shift and the three costs; and the answering that the dial goes on with."""
-    questions = [pair.question for pair in ctx.pack.answer_pairs().heldout]
+    questions = [pair.question for pair in ctx.pairs().heldout]
     sampling = Sampling(options.samples, SAMPLING_TEMPERATURE, options.seed) if options.samples else None
     seen = HeldoutAnswers(ctx, questions, [item.question for item in off_topic.heldout], sampling)
     off_kl = ctx.divergence(off_topic.heldout)

@@ -3,7 +3,8 @@ question when the file has no splits.
 
 A line (JSONL) or list item is `{"question", "positive", "negative"}`, or an A/B item as in model-written
 evals and CAA: `question` holding "(A) ... (B) ..." choices, `answer_matching_behavior` and
-`answer_not_matching_behavior`. An answer is then its letter and its choice's text.
+`answer_not_matching_behavior`. The pair is then the question's text before its choices and each choice's text,
+so that the steer is read from answers a user would see.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SPLIT_RULE = (
     "split by question: questions ordered by the SHA-256 of their text (case and spaces folded), then the first "
     "60% train, the next 20% tune, the rest held-out; a repeated question stays in one split"
 )
+_STEM_END = re.compile(r"\s*(choices|options)\s*:?\s*$", re.I)
 _CHOICE = re.compile(r"\(([A-Z])\)\s*(.*?)(?=\s*\([A-Z]\)|\n\s*\n|\Z)", re.S)
 
 
@@ -98,18 +100,22 @@ def _pair(item: object, where: str) -> AnswerPair:
 
 
 def _from_choices(item: dict, where: str) -> dict:
-    """An A/B item as a pair: each answer is its letter with its choice's text, where the question states it."""
+    """An A/B item as a pair: the question's text before its choices, and each choice's text; where the choices
+    cannot be found, the whole question and the two letters."""
     question = item.get("question")
     if not isinstance(question, str) or not question.strip():
         raise FinsurgError(f"{where}: an A/B item needs a question")
     choices = {letter: text.strip() for letter, text in _CHOICE.findall(question)}
-    answers = []
+    letters = []
     for key in ("answer_matching_behavior", "answer_not_matching_behavior"):
         value = item.get(key)
         value = value[0] if isinstance(value, list) and value else value
         letter = re.fullmatch(r"\s*\(?([A-Z])\)?\s*", value) if isinstance(value, str) else None
         if letter is None:
             raise FinsurgError(f'{where}: {key} should be a choice letter such as "(A)", got {value!r}')
-        text = choices.get(letter.group(1), "")
-        answers.append(f"({letter.group(1)}) {text}".strip())
-    return {"question": question.strip(), "positive": answers[0], "negative": answers[1]}
+        letters.append(letter.group(1))
+    first = _CHOICE.search(question)
+    stem = _STEM_END.sub("", question[: first.start()]).strip() if first else ""
+    if stem and all(choices.get(letter) for letter in letters):
+        return {"question": stem, "positive": choices[letters[0]], "negative": choices[letters[1]]}
+    return {"question": question.strip(), "positive": f"({letters[0]})", "negative": f"({letters[1]})"}

@@ -72,8 +72,9 @@ class OffTopicCounts(Finding):
 
 class Splits(Finding):
     train: int
-    tune: int
+    tune: int  # the tune pairs the search read
     heldout: int
+    tune_in_pack: int | None = None  # the tune split's size, where the search read only its first `tune`
     neutral_replies: int
     neutral_replies_tuning: int
     off_topic: OffTopicCounts | None = None
