@@ -9,6 +9,7 @@ generic defaults. `Pack.sources` says where each part came from, and a recipe na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -234,6 +235,7 @@ def _category_of(directory: Path, manifest: Manifest, side: str, answers, source
     return _general()
 
 
+@cache  # keywords, and the negative and neutral categories, read the same shipped prompts
 def _general() -> Category:
     return _category(resolve(Path("."), GENERAL_PROMPTS))
 

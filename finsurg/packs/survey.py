@@ -80,7 +80,7 @@ def check_pack(spec: str | Path) -> PackCheck:
     counts = {}
     if pack.answers is not None:
         counts |= {f"{split} pairs": len(getattr(pack.answers, split)) for split in ("train", "tune", "heldout")}
-    counts |= {f"{c.name} prompts": len(c.train) + len(c.heldout) for c in pack.categories[:1]}
+    counts[f"{pack.positive.name} prompts"] = len(pack.positive.train) + len(pack.positive.heldout)
     warnings = _thin(pack)
     present = {part: bool(getattr(pack.manifest, part)) for part in ENABLES if part != "disclaimer"}
     present["disclaimer"] = pack.manifest.disclaimer != GENERIC_DISCLAIMER
