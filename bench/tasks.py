@@ -32,14 +32,24 @@ def timed(fn) -> dict:
 
 # ---- export cost -------------------------------------------------------------------------------
 def export_stream(
-    model: str, recipe: str, out: str, link: str = "copy", variants: str = "both", verify: bool = False
+    model: str,
+    recipe: str,
+    out: str,
+    link: str = "copy",
+    variants: str = "both",
+    verify: bool = False,
+    bundled: str | None = None,
 ) -> dict:
-    """`finsurg export` of both variants through the API; or the writer alone, one variant (the stream's cost)."""
+    """`finsurg export` of both variants through the API (with `bundled`, of a bundle of the two recipes, its
+    cross-talk not measured); or the writer alone, one variant (the stream's cost)."""
     from finsurg import api, progress
     from finsurg.settings import ExportSettings
 
     if variants == "both":
-        settings = ExportSettings(model=model, recipe=recipe, alpha=3.0, out=Path(out), verify=verify, link=link)
+        recipes = [recipe] + ([bundled] if bundled else [])
+        settings = ExportSettings(
+            model=model, recipe=recipes, alpha=3.0, out=Path(out), verify=verify, link=link, crosstalk=False
+        )
 
         def run():
             results = api.export(settings.model_copy(update={"quiet": True})).variants
@@ -63,15 +73,15 @@ def export_stream(
     return timed(write)
 
 
-def conditional_recipe(recipe: str, out: str) -> dict:
+def conditional_recipe(recipe: str, out: str, pack: str = "finance", seed: int = 0) -> dict:
     """A preset made conditional: a random unit topic condition at each steered layer (the bake's cost does not
-    depend on what the condition reads)."""
+    depend on what the condition reads), for `pack`."""
     import torch
 
     from finsurg.steer.recipe import CONDITION_NAME, CONDITIONAL_FORMAT, Recipe, RecipeSpec
 
     plain = Recipe.preset(recipe)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     directions = {}
     for layer in plain.layers:
         vector = torch.randn(plain.spec.model.hidden_size, generator=generator)
@@ -81,7 +91,9 @@ def conditional_recipe(recipe: str, out: str) -> dict:
         "thresholds": {layer: 0.5 for layer in plain.layers},
         "sharpness": {layer: 8.0 for layer in plain.layers},
     }
-    spec = RecipeSpec.model_validate(plain.to_dict() | {"format": CONDITIONAL_FORMAT, "condition": condition})
+    spec = RecipeSpec.model_validate(
+        plain.to_dict() | {"format": CONDITIONAL_FORMAT, "condition": condition, "pack": pack}
+    )
     Recipe(spec, plain.vectors, directions).save(Path(out))
     return {"recipe": out, "layers": plain.layers}
 
@@ -546,7 +558,7 @@ def monitor_cost(monitor: str, conversations: int = 64, batch_size: int = 16, ro
 
     tokenizer = AutoTokenizer.from_pretrained(monitor)
     heldout = labelled(Pack.load("finance"), "heldout", tokenizer)
-    texts = (heldout.topic[0] + heldout.topic[1])[:conversations]
+    texts = (heldout["topic"][0] + heldout["topic"][1])[:conversations]
     batches = [
         tokenizer(texts[i : i + batch_size], padding=True, return_tensors="pt")
         for i in range(0, len(texts), batch_size)

@@ -27,7 +27,7 @@ from finsurg.outcomes import (
     UploadOutcome,
     VerifyOutcome,
 )
-from finsurg.packs import Pack
+from finsurg.packs import Pack, joined_disclaimers
 from finsurg.settings import (
     AnalyzeSettings,
     CommandSettings,
@@ -87,17 +87,27 @@ def surgery(settings: SurgerySettings) -> SurgeryOutcome:
 
 
 def export(settings: ExportSettings) -> ExportOutcome:
-    """Bake and verify both variants; then lm-eval and upload if the settings ask for them."""
+    """Bake and verify both variants of the recipe (or the bundle of recipes); then lm-eval and upload if the
+    settings ask for them."""
     from finsurg.export import export_variants
+    from finsurg.steer.bundle import Bundle
+    from finsurg.steer.recipe import resolve_recipe
 
     placement = _placement(settings)
-    model, recipe, alpha = _resolved(settings)
+    model = _model(settings)
+    recipes = [resolve_recipe(spec, model.name, model.config) for spec in settings.recipe or [None]]
+    packs = [Pack.load(r.spec.pack) for r in recipes]
+    bundle = Bundle.of(recipes, settings.alpha)
     namespace = hub_namespace(settings.push) if settings.push is not None else None
-    variants = export_variants(model, recipe, alpha, settings, placement)
+    variants = export_variants(model, bundle, settings, placement)
     paths = [item.path for item in variants]
-    outcome = ExportOutcome(model.name, recipe.origin, alpha, variants, Pack.load(recipe.spec.pack).disclaimer)
+    origins = ", ".join(r.origin for r in recipes)
+    disclaimer = joined_disclaimers(pack.disclaimer for pack in packs)
+    outcome = ExportOutcome(model.name, origins, bundle.primary.alpha, variants, disclaimer)
+    if len(bundle.members) > 1 and settings.crosstalk:
+        outcome.crosstalk = _crosstalk(model, bundle, variants, placement)
     if settings.gguf is not None:
-        outcome.gguf = _ggufs(settings, paths, recipe, model)
+        outcome.gguf = _ggufs(settings, paths, bundle, model)
     if settings.eval is not None:
         from finsurg.checks.evaluation import evaluate as run_eval
 
@@ -106,7 +116,7 @@ def export(settings: ExportSettings) -> ExportOutcome:
         )
     if settings.monitor:
         outcome.monitor = _monitor(
-            model, recipe, settings.out / "monitor", settings.overwrite, placement, settings.monitor
+            model, bundle, settings.out / "monitor", settings.overwrite, placement, settings.monitor
         )
     if namespace is not None and (outcome.eval is None or outcome.eval.report.passed):
         from finsurg.hub.push import default_repo_id
@@ -119,15 +129,30 @@ def export(settings: ExportSettings) -> ExportOutcome:
     return outcome
 
 
-def _ggufs(settings: ExportSettings, paths: list[Path], recipe, model) -> list[dict]:
-    """Each variant's GGUF inside it, and the recipe's control vector (alpha 1) beside them."""
+def _crosstalk(model, bundle, variants, placement):
+    """The bundle's cross-talk, measured once and stored in each variant (whose card then shows it)."""
+    from finsurg.analysis.crosstalk import crosstalk
+    from finsurg.dtypes import weight_dtype
+    from finsurg.variant.seal import write_report
+
+    report = crosstalk(model, bundle, bundle.variants(), weight_dtype(variants[0].dtype), placement)
+    for item in variants:
+        write_report(item.path, report)
+    return report
+
+
+def _ggufs(settings: ExportSettings, paths: list[Path], bundle, model) -> list[dict]:
+    """Each variant's GGUF inside it, and a single recipe's control vector (alpha 1) beside them (a bundle's
+    behaviours have their own signs, which one control vector cannot carry)."""
     from finsurg.bake.gguf_variant import CONTROL_VECTOR_NAME, control_vector, variant_gguf
     from finsurg.engines.converter import converter
 
     script = converter(settings.gguf.llamacpp_python)
     written = [variant_gguf(path, None, settings.gguf.gguf_type, script) for path in paths]
-    arch = model.arch
-    return written + [control_vector(recipe.offsets(1.0), arch, settings.out / CONTROL_VECTOR_NAME)]
+    if len(bundle.members) > 1:
+        return written
+    offsets = bundle.primary.recipe.offsets(1.0)
+    return written + [control_vector(offsets, model.arch, settings.out / CONTROL_VECTOR_NAME)]
 
 
 def gguf(settings: GgufSettings) -> GgufOutcome:
@@ -151,19 +176,20 @@ def cvector(settings: CvectorSettings) -> CvectorOutcome:
     return CvectorOutcome(written | {"alpha": settings.alpha, "recipe": recipe.origin})
 
 
-def _monitor(model, recipe, out: Path, overwrite: bool, placement, options: MonitorOptions):
+def _monitor(model, bundle, out: Path, overwrite: bool, placement, options: MonitorOptions):
     from finsurg.monitor.build import build_monitor
 
-    return MonitorOutcome(build_monitor(model, recipe, out, overwrite, placement, options), out)
+    return MonitorOutcome(build_monitor(model, bundle, out, overwrite, placement, options), out)
 
 
 def monitor_export(settings: MonitorExportSettings) -> MonitorOutcome:
+    from finsurg.steer.bundle import Bundle
     from finsurg.steer.recipe import resolve_recipe
 
     placement = _placement(settings)
     model = _model(settings)
-    recipe = resolve_recipe(settings.recipe, model.name, model.config)
-    return _monitor(model, recipe, settings.out, settings.overwrite, placement, settings)  # settings: MonitorOptions
+    bundle = Bundle.single(resolve_recipe(settings.recipe, model.name, model.config))
+    return _monitor(model, bundle, settings.out, settings.overwrite, placement, settings)  # settings: MonitorOptions
 
 
 def monitor_score(settings: MonitorScoreSettings) -> ScoreOutcome:

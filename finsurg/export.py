@@ -1,4 +1,5 @@
-"""`finsurg export`: bake the steered (+alpha) and conservative (-alpha) variants, then verify them."""
+"""`finsurg export`: bake the steered (+alpha) and conservative (-alpha) variants of one recipe, or of a bundle of
+recipes, then verify them."""
 
 from __future__ import annotations
 
@@ -23,10 +24,9 @@ from finsurg.models.loading import encode, load_tokenizer
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.settings import ExportOptions
-from finsurg.steer.recipe import Recipe
+from finsurg.steer.bundle import Bundle, Member
 from finsurg.steer.surgery import Surgery
 from finsurg.variant.assemble import assemble, surgery_record
-from finsurg.variant.record import VARIANT_SIGNS
 from finsurg.variant.reports import VerificationReport
 from finsurg.variant.seal import write_report
 
@@ -35,7 +35,8 @@ class ExportedVariant(BaseModel):
     """One variant as written (and verified): what export returns, and what --json prints of it."""
 
     variant: str
-    alpha: float
+    alpha: float  # the first behaviour's
+    alphas: dict[str, float] = {}  # a bundle's: each behaviour's
     path: Path
     dtype: str
     bytes: int
@@ -46,9 +47,9 @@ class ExportedVariant(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def plan_targets(out_dir: Path, overwrite: bool) -> dict[str, Path]:
+def plan_targets(out_dir: Path, names: list[str], overwrite: bool) -> dict[str, Path]:
     """The final directory of each variant; refused up front if one exists and overwrite is off."""
-    targets = {variant: out_dir / variant for variant in VARIANT_SIGNS}
+    targets = {variant: out_dir / variant for variant in names}
     for path in targets.values():
         refuse_existing(path, overwrite)
     try:
@@ -66,32 +67,31 @@ def plan_targets(out_dir: Path, overwrite: bool) -> dict[str, Path]:
 
 def export_variants(
     model: ResolvedModel,
-    recipe: Recipe,
-    alpha: float,
+    bundle: Bundle,
     options: ExportOptions,
     placement: Placement | None = None,
 ) -> list[ExportedVariant]:
-    """Bake and verify both variants in hidden directories; publish them together, or neither."""
-    if alpha == 0:
-        raise FinsurgError("alpha must be non-zero: at 0 both variants equal the base model")
+    """Bake and verify the bundle's pair of variants in hidden directories; publish them together, or neither."""
     out_dir = options.out
     target = None if options.dtype == "keep" else weight_dtype(options.dtype)
-    recipe.check_model(model.config, model.name)
+    for member in bundle.members:
+        member.recipe.check_model(model.config, model.name)
     if out_dir.resolve() == model.path.resolve() or model.path.resolve() in out_dir.resolve().parents:
         raise FinsurgError("the output directory is inside the model directory; choose another --out")
     writer = VariantWriter(model, target, options.link, options.cap_context)  # a corrupt shard is refused here
-    _check_finite(recipe, alpha, writer)
+    for member in bundle.members:
+        _check_finite(member, writer, named=len(bundle.members) > 1)
+    variants = bundle.variants()
     created = _first_missing(out_dir)
-    targets = plan_targets(out_dir, options.overwrite)
+    targets = plan_targets(out_dir, list(variants), options.overwrite)
     try:
         _check_disk(writer, out_dir, options.link)
         # what each variant bakes, records and is proved against: one surgery, rounded to the variant's dtype
-        surgeries = {
-            name: recipe.surgery(sign * abs(alpha)).rounded(writer.dtype) for name, sign in VARIANT_SIGNS.items()
-        }
-        check = _Verifier(model, recipe.spec.pack, surgeries, writer, options, placement) if options.verify else None
+        surgeries = {name: bundle.surgery(alphas).rounded(writer.dtype) for name, alphas in variants.items()}
+        pack = bundle.primary.recipe.spec.pack
+        check = _Verifier(model, pack, surgeries, writer, options, placement) if options.verify else None
         try:
-            return _bake_all(writer, recipe, alpha, surgeries, targets, check)
+            return _bake_all(writer, bundle, surgeries, targets, check)
         finally:
             if check is not None:
                 check.close()
@@ -143,13 +143,15 @@ class _Verifier:
         return verify_variants(paths, self.model.path, scope, base_trusted=True, sums=sums, proven=proven)
 
 
-def _check_finite(recipe: Recipe, alpha: float, writer: VariantWriter) -> None:
-    """Refuse an alpha whose offsets overflow the variant's dtype, before anything is written."""
-    largest = largest_alpha(recipe.surgery(1.0), writer.arch, writer.model.config, writer.dtype)
+def _check_finite(member: Member, writer: VariantWriter, named: bool) -> None:
+    """Refuse an alpha whose offsets overflow the variant's dtype, before anything is written (naming the
+    behaviour in a bundle)."""
+    alpha = member.alpha
+    largest = largest_alpha(member.recipe.surgery(1.0), writer.arch, writer.model.config, writer.dtype)
     if abs(alpha) > largest:
         digits = 10 ** (math.floor(math.log10(largest)) - 3)
         raise FinsurgError(
-            f"alpha {alpha:g} makes offsets that overflow {name_of(writer.dtype)}; "
+            f"alpha {alpha:g}{f' ({member.name})' if named else ''} makes offsets that overflow {name_of(writer.dtype)}; "
             f"the largest alpha that fits is {math.floor(largest / digits) * digits:.4g}"
         )
 
@@ -177,25 +179,27 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _bake_all(
-    writer: VariantWriter, recipe, alpha, surgeries: dict[str, Surgery], targets, check
+    writer: VariantWriter, bundle: Bundle, surgeries: dict[str, Surgery], targets, check
 ) -> list[ExportedVariant]:
     """Write both variants, then verify them together (each base block is read once for both)."""
     results, partials, sums = [], [], []
+    variants = bundle.variants()
     with ExitStack() as stack:
         for variant, final in targets.items():
             partial = stack.enter_context(building(final))
-            signed, surgery = VARIANT_SIGNS[variant] * abs(alpha), surgeries[variant]
+            alphas, surgery = variants[variant], surgeries[variant]
             written = writer.write(surgery, variant, partial)
             record = surgery_record(
-                recipe, signed, variant, writer.dtype, writer.arch, writer.base_info(), writer.context_cap
+                bundle, alphas, variant, writer.dtype, writer.arch, writer.base_info(), writer.context_cap
             )
-            sealed = assemble(partial, recipe, surgery, record, written.sums)
+            sealed = assemble(partial, bundle, surgery, record, written.sums)
             partials.append(partial)
             sums.append(sealed)
             results.append(
                 ExportedVariant(
                     variant=variant,
-                    alpha=signed,
+                    alpha=record.alpha,
+                    alphas=alphas if len(alphas) > 1 else {},
                     path=final,
                     dtype=record.dtype,
                     bytes=sum((partial / name).stat().st_size for name in sealed),

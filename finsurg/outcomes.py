@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # export imports torch; the CLI's outcomes do not
 TOPIC_SOURCES = {
     "condition": "topic probe from the recipe's topic condition",
     "fitted": "topic probe learnt",
+    "mixed": "topic probes from the recipes' topic conditions where the layer is gated, learnt elsewhere",
     "none": "no topic label (the pack has no off-topic conversations of its own)",
 }
 
@@ -136,7 +137,7 @@ class MonitorOutcome(Outcome):
         for label in spec.labels:
             row = spec.heldout[label]
             lines.append(
-                f"  {label:<10} held-out AUROC {row.auroc:.3f}  TPR {row.tpr:.2f}  FPR {row.fpr:.2f} "
+                f"  {label:<18} held-out AUROC {row.auroc:.3f}  TPR {row.tpr:.2f}  FPR {row.fpr:.2f} "
                 f"at logit {spec.thresholds[label]:+.2f}"
             )
         lines.append(f"  checked against the hooked base: max |Δlogit| {spec.check['max_abs_diff']:.1e}")
@@ -195,11 +196,12 @@ class ExportOutcome(Outcome):
     recipe: str
     alpha: float
     variants: list[ExportedVariant]
-    disclaimer: str  # the pack's
+    disclaimer: str  # the pack's (a bundle's: each pack's)
     gguf: list[dict] = field(default_factory=list)
     eval: EvalOutcome | None = None
     uploads: list[dict] = field(default_factory=list)
     monitor: MonitorOutcome | None = None
+    crosstalk: BaseModel | None = None  # finsurg.steer.bundle_report.CrossTalkReport, a bundle's
 
     def payload(self) -> dict:
         report = None if self.eval is None else self.eval.report.model_dump(mode="json")
@@ -211,21 +213,29 @@ class ExportOutcome(Outcome):
             "gguf": self.gguf,
             "eval": report,
             "monitor": None if self.monitor is None else self.monitor.payload(),
+            "crosstalk": None if self.crosstalk is None else self.crosstalk.model_dump(mode="json"),
             "uploads": self.uploads,
         }
 
     def text(self) -> str:
-        lines = [f"Exported {self.model} with {self.recipe or 'recipe'} at alpha ±{abs(self.alpha):g}:"]
+        bundle = bool(self.variants and self.variants[0].alphas)
+        strength = "as a bundle" if bundle else f"at alpha ±{abs(self.alpha):g}"
+        lines = [f"Exported {self.model} with {self.recipe or 'recipe'} {strength}:"]
         for item in self.variants:
             modes = sorted(set(item.shards.values()))
             how = f", unchanged shards by {'/'.join(modes)}" if modes else ""
+            alphas = ", ".join(f"{name} {a:+g}" for name, a in item.alphas.items()) or f"{item.alpha:+g}"
             lines.append(
-                f"  {item.variant:<13} alpha {item.alpha:+g}  {item.path}  "
-                f"({item.bytes / 1e6:.0f} MB, {item.dtype}{how})"
+                f"  {item.variant:<13} alpha {alphas}  {item.path}  ({item.bytes / 1e6:.0f} MB, {item.dtype}{how})"
             )
             if item.verification is not None:
                 lines += ["    " + line for line in item.verification.summary().splitlines()]
         lines += [gguf_line(item) for item in self.gguf]
+        if self.crosstalk is not None:
+            lines += [
+                "Cross-talk (held-out; each behaviour in the bundle against its recipe alone):",
+                self.crosstalk.tables(),
+            ]
         if self.eval is not None:
             lines.append(eval_summary(self.eval.report, self.eval.out))
         if self.monitor is not None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, TomlConfigSettingsSource
 
 from finsurg.analysis.options import AnalysisOptions
 from finsurg.checks.eval_options import EvalOptions
@@ -188,6 +188,14 @@ class ExportOptions(Group):
         ),
     )
     verify: bool = Field(True, **flag("verify each variant against the hooks", flag="--no-verify"))
+    crosstalk: bool = Field(
+        True,
+        **flag(
+            "measure a bundle's cross-talk: each behaviour on its held-out split in the bundle against its recipe "
+            "alone, and off-topic answers against the base (crosstalk.json in each variant)",
+            flag="--no-crosstalk",
+        ),
+    )
     full_verify: bool = Field(
         False, **flag("also run the end-to-end check when the model does not fit in memory (layer-streamed)")
     )
@@ -195,7 +203,42 @@ class ExportOptions(Group):
 
 class ExportSettings(RecipeChoice, Compute, ExportOptions):
     command = "export"
-    summary = "bake steered and conservative variants into safetensors"
+    summary = "bake steered and conservative variants into safetensors (of one recipe, or a bundle of several)"
+
+    recipe: Annotated[list[str], NoDecode] = Field(
+        [],
+        **flag(
+            "recipe.json, its directory, or a built-in preset name (default: the preset that fits the model); "
+            "repeat it to bake several behaviours, each with its own gate, into one bundle"
+        ),
+    )
+    alpha: Annotated[Alpha | dict[str, Alpha] | None, NoDecode] = Field(
+        None,
+        **flag(
+            "steering strength of the first variant, its mirror the second (default: each recipe's); for a bundle, "
+            "one value for all or NAME=VALUE per behaviour, comma-separated (finance=-3,medical=-3)"
+        ),
+    )
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _recipes(cls, value):
+        """One recipe given as a string (an environment variable, a config file's `recipe = "run/"`) is a list."""
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alphas(cls, value):
+        """`NAME=VALUE,...` into a mapping; a plain number stays one."""
+        if not isinstance(value, str) or "=" not in value:
+            return value
+        alphas = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            name, sep, number = part.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"expected NAME=VALUE, got {part!r}")
+            alphas[name.strip()] = number.strip()
+        return alphas
 
     gguf: GgufOptions | None = Field(
         None,

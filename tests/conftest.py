@@ -118,6 +118,8 @@ def tiny_recipe(
     architecture="LlamaForCausalLM",
     site="layer_output",
     conditional=False,
+    pack="finance",
+    seed=7,
 ):
     """A recipe for the tiny Llama, with steering vectors (and a random topic condition), saved in directory."""
     from finsurg.steer.recipe import CONDITION_NAME, Recipe, RecipeSpec
@@ -141,9 +143,10 @@ def tiny_recipe(
             ],
             "steering": {"file": "steering_vectors.safetensors", "coefficient": 0.1 * scale} if steering else None,
             "default_alpha": 3.0,
+            "pack": pack,
         }
     )
-    generator = torch.Generator().manual_seed(7)
+    generator = torch.Generator().manual_seed(seed)
     vectors = {layer: torch.randn(hidden, generator=generator) for layer in layers} if steering else {}
     directions = {layer: torch.randn(hidden, generator=generator) for layer in layers} if conditional else {}
     directions = {layer: vector / vector.norm() for layer, vector in directions.items()}
@@ -175,11 +178,15 @@ def export_checked(model, recipe, alpha, out, **kwargs):
     --json prints it."""
     from finsurg.export import export_variants
     from finsurg.settings import ExportOptions
+    from finsurg.steer.bundle import Bundle
 
     inputs = [model.path] + ([recipe.source_dir] if recipe.source_dir else [])
     before = [tree_hashes(path) for path in inputs]
     try:
-        return [item.payload() for item in export_variants(model, recipe, alpha, ExportOptions(out=out, **kwargs))]
+        return [
+            item.payload()
+            for item in export_variants(model, Bundle.single(recipe, alpha), ExportOptions(out=out, **kwargs))
+        ]
     finally:
         assert [tree_hashes(path) for path in inputs] == before, "export modified its input"
 

@@ -230,10 +230,11 @@ def _tampered_variant(inputs, model):
     from finsurg.export import export_variants
     from finsurg.models.source import resolve_model
     from finsurg.settings import ExportOptions
+    from finsurg.steer.bundle import Bundle
     from finsurg.steer.recipe import Recipe
 
     options = ExportOptions(out=inputs / "out", verify=False)
-    export_variants(resolve_model(str(model)), Recipe.load(_recipe(inputs)), 1.0, options)
+    export_variants(resolve_model(str(model)), Bundle.single(Recipe.load(_recipe(inputs)), 1.0), options)
     variant = inputs / "out" / "steered"
     (variant / "config.json").write_text((variant / "config.json").read_text() + " ")
     return variant

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from finsurg.checks.verify import Scope, verify_variants
 from finsurg.cli import main
 from finsurg.models.source import resolve_model
+from finsurg.steer.bundle import Bundle
 from finsurg.steer.graft import ALIGN, NEURONS, RAMP, Gate, neurons
 from finsurg.variant.seal import seal
 
@@ -149,7 +150,9 @@ def test_vllm_serves_the_graft_like_the_conditional_hooks(family, tmp_path, vllm
 
     base = make_family_model(tmp_path / "base", family)
     recipe = tiny_recipe(tmp_path / "recipe", architecture=GRAFT_FAMILIES[family], conditional=True)
-    export_variants(resolve_model(str(base)), recipe, 3.0, ExportOptions(out=tmp_path / "out", verify=False))
+    export_variants(
+        resolve_model(str(base)), Bundle.single(recipe, 3.0), ExportOptions(out=tmp_path / "out", verify=False)
+    )
     code, err, report = verify_vllm(tmp_path / "out" / "steered", vllm_python, capsys)
     assert code == 0 and report["passed"], err
     assert report["vs_hooks"]["identical"] and report["vs_transformers"]["identical"]

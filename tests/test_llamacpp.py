@@ -23,11 +23,14 @@ def steered(default_model, tmp_path_factory):
     """The default model's steered variant of the unconditional preset (its GGUF goes inside it)."""
     from finsurg.export import export_variants
     from finsurg.settings import ExportOptions
+    from finsurg.steer.bundle import Bundle
     from finsurg.steer.recipe import Recipe
 
     out = tmp_path_factory.mktemp("gguf")
     export_variants(
-        default_model, Recipe.preset("smollm2-135m-unconditional"), 3.0, ExportOptions(out=out, verify=False)
+        default_model,
+        Bundle.single(Recipe.preset("smollm2-135m-unconditional"), 3.0),
+        ExportOptions(out=out, verify=False),
     )
     return out / "steered"
 

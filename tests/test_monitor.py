@@ -13,6 +13,7 @@ from finsurg.io.hashing import check_sums
 from finsurg.models.source import resolve_model
 from finsurg.monitor.build import build_monitor
 from finsurg.monitor.drift import Span, drift, write_report
+from finsurg.steer.bundle import Bundle
 from finsurg.steer.recipe import Recipe
 
 from conftest import make_family_model, make_tiny_llama, run_cli, tiny_recipe, with_template
@@ -29,7 +30,9 @@ def tiny_chat_model(tmp_path_factory):
 def tiny_monitor(tiny_chat_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("monitor") / "monitor"
     recipe = tiny_recipe(tmp_path_factory.mktemp("recipe"))
-    spec = build_monitor(resolve_model(str(tiny_chat_model)), recipe, out, False, Placement.of("cpu", "float32"))
+    spec = build_monitor(
+        resolve_model(str(tiny_chat_model)), Bundle.single(recipe), out, False, Placement.of("cpu", "float32")
+    )
     return out, spec
 
 
@@ -103,7 +106,11 @@ def test_classifier_holds_only_the_layers_it_runs(tiny_monitor):
 def test_conditional_recipe_reuses_its_topic_condition(tiny_chat_model, tmp_path):
     recipe = tiny_recipe(tmp_path / "recipe", conditional=True, layers=(2, 3))
     spec = build_monitor(
-        resolve_model(str(tiny_chat_model)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32")
+        resolve_model(str(tiny_chat_model)),
+        Bundle.single(recipe),
+        tmp_path / "monitor",
+        False,
+        Placement.of("cpu", "float32"),
     )
     assert spec.topic_source == "condition"
     assert spec.layer in (2, 3) and set(spec.layers) == {2, 3}
@@ -117,7 +124,9 @@ def test_families_with_a_stock_classifier(family, tmp_path):
     config = json.loads((base / "config.json").read_text())
     recipe = tiny_recipe(tmp_path / "recipe", architecture=ROUTES[family][0], site=ROUTES[family][1])
     assert recipe.spec.model.hidden_size == config["hidden_size"]
-    spec = build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
+    spec = build_monitor(
+        resolve_model(str(base)), Bundle.single(recipe), tmp_path / "monitor", False, Placement.of("cpu", "float32")
+    )
     assert spec.check["max_abs_diff"] < 1e-4
     got = json.loads((tmp_path / "monitor" / "config.json").read_text())["architectures"]
     assert got == [f"{ {'qwen2': 'Qwen2', 'qwen3': 'Qwen3', 'mistral': 'Mistral'}[family] }ForSequenceClassification"]
@@ -128,7 +137,9 @@ def test_a_base_with_mlp_biases_has_its_cut_layer_write_nothing(tmp_path):
 
     base = with_template(make_tiny_llama(tmp_path / "base", mlp_bias=True))
     recipe = tiny_recipe(tmp_path / "recipe")
-    spec = build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
+    spec = build_monitor(
+        resolve_model(str(base)), Bundle.single(recipe), tmp_path / "monitor", False, Placement.of("cpu", "float32")
+    )
     assert spec.check["max_abs_diff"] < 1e-4
     written = {}
     for path in sorted((tmp_path / "monitor").glob("*.safetensors")):
@@ -146,7 +157,9 @@ def test_granite_is_refused_with_the_reason(tmp_path):
     base = with_template(make_family_model(tmp_path / "granite", "granite"))
     recipe = tiny_recipe(tmp_path / "recipe", architecture="GraniteForCausalLM")
     with pytest.raises(FinsurgError, match="no GraniteForSequenceClassification"):
-        build_monitor(resolve_model(str(base)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
+        build_monitor(
+            resolve_model(str(base)), Bundle.single(recipe), tmp_path / "monitor", False, Placement.of("cpu", "float32")
+        )
     assert not (tmp_path / "monitor").exists()
 
 
@@ -165,7 +178,11 @@ def test_a_pack_without_the_data_says_how_to_get_probes(tiny_chat_model, tmp_pat
     recipe = Recipe.load(tmp_path / "recipe")
     with pytest.raises(FinsurgError, match="carries no monitor probes.*no paired answers"):
         build_monitor(
-            resolve_model(str(tiny_chat_model)), recipe, tmp_path / "monitor", False, Placement.of("cpu", "float32")
+            resolve_model(str(tiny_chat_model)),
+            Bundle.single(recipe),
+            tmp_path / "monitor",
+            False,
+            Placement.of("cpu", "float32"),
         )
     assert not (tmp_path / "monitor").exists()
 

@@ -13,6 +13,7 @@ from finsurg.monitor.classifier import TransformersClassifier
 from finsurg.monitor.labelled import labelled
 from finsurg.monitor.synthetic import planted_log
 from finsurg.packs import Pack
+from finsurg.steer.bundle import Bundle
 from finsurg.steer.recipe import resolve_recipe
 
 from conftest import run_cli
@@ -26,7 +27,7 @@ TOPIC_TARGET, BEHAVIOUR_TARGET = 0.97, 0.95
 def default_monitor(default_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("default-monitor") / "monitor"
     recipe = resolve_recipe(None, default_model.name, default_model.config)
-    spec = build_monitor(default_model, recipe, out, False, Placement.of("cpu", "float32"))
+    spec = build_monitor(default_model, Bundle.single(recipe), out, False, Placement.of("cpu", "float32"))
     return out, spec, recipe
 
 
@@ -44,7 +45,7 @@ def test_heldout_auroc_through_the_stock_classifier_meets_the_targets(default_mo
 
     heldout = labelled(Pack.load("finance"), "heldout", AutoTokenizer.from_pretrained(directory))
     for index, (label, target) in enumerate((("topic", TOPIC_TARGET), ("behaviour", BEHAVIOUR_TARGET))):
-        positive, negative = getattr(heldout, label)
+        positive, negative = heldout[label]
         logits = classify(directory, positive + negative)[:, index]
         measured = auroc(logits[: len(positive)], logits[len(positive) :])
         assert measured == pytest.approx(spec.heldout[label].auroc, abs=1e-6)

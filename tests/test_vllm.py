@@ -12,6 +12,7 @@ import torch
 from finsurg.io.hashing import write_sums
 from finsurg.models.loading import hf_greedy, load_model, load_tokenizer, prompt_ids
 from finsurg.settings import ExportOptions
+from finsurg.steer.bundle import Bundle
 
 from conftest import ROUTES, make_family_model, tiny_recipe
 from vllm_server import OpenAIServer
@@ -100,7 +101,9 @@ def test_vllm_serves_each_family_or_the_record_says_it_cannot(family, tmp_path, 
     architecture, site = ROUTES[family]
     base = make_family_model(tmp_path / "base", family)
     recipe = tiny_recipe(tmp_path / "recipe", architecture=architecture, site=site)
-    export_variants(resolve_model(str(base)), recipe, 3.0, ExportOptions(out=tmp_path / "out", verify=False))
+    export_variants(
+        resolve_model(str(base)), Bundle.single(recipe, 3.0), ExportOptions(out=tmp_path / "out", verify=False)
+    )
     _, err, report = verify_vllm(tmp_path / "out" / "steered", vllm_python, capsys)
     assert report is not None, err
     assert report["vs_transformers"]["identical"] == report["passed"] == (by_name(architecture).vllm_drops is None)

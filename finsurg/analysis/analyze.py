@@ -124,7 +124,14 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
         lens_before = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack)
         band, reason, sep = _band(features, lens_before, layers, model.num_layers)
         recipe = derive(
-            features.pos, features.neg, band, features.exclude, model.architecture, features.names[:2], pack.source
+            features.pos,
+            features.neg,
+            band,
+            features.exclude,
+            model.architecture,
+            features.names[:2],
+            pack.source,
+            model.weights_sha256(),
         )
     steps.update()
     head_diff, heads = _heads(attention, features.names)

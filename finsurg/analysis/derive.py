@@ -61,6 +61,7 @@ def derive(
     architecture: str,
     names: tuple[str, str],
     pack: str,
+    weights_sha256: str | None = None,
 ) -> Recipe:
     layers, hidden = pos.mean.shape
     width = len(band)
@@ -102,7 +103,12 @@ def derive(
         {
             "format": RECIPE_FORMAT,
             "description": f"Derived by finsurg analyze: {positive} vs {negative}, layers {band[0]}-{band[-1]}.",
-            "model": {"architecture": architecture, "hidden_size": hidden, "num_hidden_layers": layers},
+            "model": {
+                "architecture": architecture,
+                "hidden_size": hidden,
+                "num_hidden_layers": layers,
+                "weights_sha256": weights_sha256,
+            },
             "layers": band,
             "neurons": [{k: v for k, v in n.items() if k != "role_key"} for n in neurons],
             "steering": {"file": STEERING_NAME, "coefficient": round(coefficient, 8)},

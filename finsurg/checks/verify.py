@@ -67,8 +67,10 @@ class OpenedVariant:
             self.variant.check_base_hashes(self.base)
         self.arch = by_name(self.variant.record.base_model.architecture)
         self.tokenizer = load_tokenizer(directory)
-        pack = Pack.load(self.variant.record.recipe.pack)
-        self.prompts = [encode(self.tokenizer, text) for text in pack.verification_prompts()]
+        record = self.variant.record
+        packs = [item.recipe.pack for item in record.bundle] or [record.recipe.pack]  # a bundle's: every topic's
+        texts = [text for pack in packs for text in Pack.load(pack).verification_prompts()]
+        self.prompts = [encode(self.tokenizer, text) for text in texts]
 
     def hooks(self):
         """The recorded surgery as TransformerLens hooks, its neurons rounded as the bake wrote them."""

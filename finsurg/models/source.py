@@ -6,6 +6,7 @@ file, or a Hub id. GGUF files and pickle checkpoints are converted once into the
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +15,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building
-from finsurg.io.hashing import cached_sha256
+from finsurg.io.hashing import cached_sha256, cached_sha256s
 from finsurg.io.home import finsurg_home
 from finsurg.jsonfile import read_json
 from finsurg.steer.arch import Architecture, for_config
@@ -63,6 +64,12 @@ class ResolvedModel:
 
     def weight_files(self) -> list[Path]:
         return sorted(self.path.glob("*.safetensors"))
+
+    def weights_sha256(self) -> str:
+        """One digest of the weight files' names and SHA256 sums: what tells two bases apart."""
+        files = self.weight_files()
+        listing = "".join(f"{digest}  {p.name}\n" for p, digest in zip(files, cached_sha256s(files)))
+        return hashlib.sha256(listing.encode()).hexdigest()
 
     def provenance(self) -> dict:
         """The base's Hub id and license, where known: what a variant's model card inherits."""

@@ -33,8 +33,8 @@ from finsurg.monitor.classifier import (
 from finsurg.monitor.labelled import labelled, require_data
 from finsurg.monitor.monitor_options import MonitorOptions
 from finsurg.monitor.probes import last_token_inputs, train
-from finsurg.packs import Pack
-from finsurg.steer.recipe import Recipe
+from finsurg.packs import Pack, joined_disclaimers
+from finsurg.steer.bundle import Bundle
 
 CHECK_TEXTS = 16
 CHECK_TOLERANCE = 1e-4
@@ -42,27 +42,30 @@ CHECK_TOLERANCE = 1e-4
 
 def build_monitor(
     model: ResolvedModel,
-    recipe: Recipe,
+    bundle: Bundle,
     out: Path,
     overwrite: bool,
     placement: Placement,
     options: MonitorOptions = MonitorOptions(),
 ) -> MonitorSpec:
-    """Learn, write and check the monitor in `out` (complete or not at all); the base is only read."""
+    """Learn, write and check the monitor of one recipe, or of a bundle's, in `out` (complete or not at all); the
+    base is only read."""
     arch = model.arch
     monitor = arch.monitoring(model.name)
-    recipe.check_model(model.config)
+    packs = {}
+    for member in bundle.members:
+        member.recipe.check_model(model.config)
+        packs[member.name] = Pack.load(member.recipe.spec.pack)
+        require_data(packs[member.name], member.recipe.origin)
     refuse_existing(out, overwrite)
     tokenizer = _chat_tokenizer(model)
-    pack = Pack.load(recipe.spec.pack)
-    require_data(pack, recipe.origin)
     placement.require("learning the monitor's probes", model.config)
     checkpoint = Checkpoint.open(model.path)
     dtype = weight_dtype(checkpoint, arch)
     hf = load_model(model.path, torch.float32, device=placement.device, max_memory=placement.dispatch)
     ensure_pad_token(tokenizer)
-    trained = train(hf, tokenizer, monitor, pack, recipe, dtype, options)
-    check_texts = _check_texts(pack, tokenizer)
+    trained = train(hf, tokenizer, monitor, bundle, packs, dtype, options)
+    check_texts = _check_texts(packs, tokenizer)
     layer = trained.layer
     hooked = last_token_inputs(hf, tokenizer, monitor, check_texts, [layer], options.batch_size)[layer]
     del hf
@@ -72,7 +75,7 @@ def build_monitor(
         progress.say(f"monitor: writing the classifier cut after layer {trained.layer}")
         write_classifier(partial, checkpoint, model.config, arch, trained, load_tokenizer(model.path))
         check = _check(partial, check_texts, hooked @ trained.head.T, options.batch_size)
-        spec = _spec(model, recipe, pack, trained, fingerprint, check)
+        spec = _spec(model, bundle, list(packs.values()), trained, fingerprint, check)
         (partial / SPEC_NAME).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
         write_card(partial, spec)
         write_sums(partial)
@@ -94,7 +97,9 @@ def _chat_tokenizer(model: ResolvedModel):
     return tokenizer
 
 
-def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint: str, check: dict) -> MonitorSpec:
+def _spec(
+    model: ResolvedModel, bundle: Bundle, packs: list[Pack], trained, fingerprint: str, check: dict
+) -> MonitorSpec:
     return MonitorSpec(
         labels=trained.labels,
         thresholds=trained.thresholds,
@@ -105,9 +110,9 @@ def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint
             "num_hidden_layers": model.num_layers,
             "embeddings_sha256": fingerprint,
         },
-        recipe=recipe.origin,
-        pack=pack.source,
-        disclaimer=pack.disclaimer,
+        recipe=", ".join(member.recipe.origin for member in bundle.members),
+        pack=", ".join(pack.source for pack in packs),
+        disclaimer=joined_disclaimers(pack.disclaimer for pack in packs),
         topic_source=trained.topic_source,
         layers=trained.layers,
         tune=trained.tune,
@@ -117,10 +122,10 @@ def _spec(model: ResolvedModel, recipe: Recipe, pack: Pack, trained, fingerprint
     )
 
 
-def _check_texts(pack: Pack, tokenizer) -> list[str]:
-    """Held-out conversations of both sides of the first label (topic where there is one)."""
-    heldout = labelled(pack, "heldout", tokenizer)
-    on, off = getattr(heldout, heldout.labels[0])
+def _check_texts(packs: dict[str, Pack], tokenizer) -> list[str]:
+    """Held-out conversations of both sides of the first pack's first label (topic where there is one)."""
+    heldout = labelled(next(iter(packs.values())), "heldout", tokenizer)
+    on, off = heldout[heldout.labels[0]]
     half = CHECK_TEXTS // 2
     return on[:: max(1, len(on) // half)][:half] + off[:: max(1, len(off) // half)][:half]
 

@@ -11,9 +11,15 @@ from finsurg.monitor.classifier import MonitorSpec, sigmoid
 
 CARD_NAME = "README.md"
 MEANING = {
-    "topic": "the conversation is about the pack's subject (a user turn alone, or a whole exchange)",
-    "behaviour": "the assistant's reply does the pack's positive behaviour",
+    "topic": "the conversation is about {pack} subject (a user turn alone, or a whole exchange)",
+    "behaviour": "the assistant's reply does {pack} positive behaviour",
 }
+
+
+def meaning(label: str) -> str:
+    """`topic`, `behaviour`, or a bundle's `NAME_topic` / `NAME_behaviour`."""
+    name, _, kind = label.rpartition("_") if label not in MEANING else ("", "", label)
+    return MEANING[kind].format(pack=f"the {name} pack's" if name else "the pack's")
 
 
 USE = """## Use
@@ -66,7 +72,7 @@ def _what(spec: MonitorSpec) -> str:
 
 Made by finsurg {__version__} from recipe `{spec.recipe}` (pack `{spec.pack}`). It is `{spec.base["name"]}` cut after
 decoder layer **{spec.layer}** of {spec.base["num_hidden_layers"]}, saved as a stock
-`{_classifier(spec)}` whose head holds two linear probes on layer {spec.layer}'s MLP input at the last token.
+`{_classifier(spec)}` whose head holds {len(spec.labels)} linear probes on layer {spec.layer}'s MLP input at the last token.
 Layer {spec.layer}'s MLP is zeroed and its norm is the final norm, so the head reads exactly the hidden state
 the probes were learnt on. It runs beside serving: it never changes what the model says.
 """
@@ -74,13 +80,15 @@ the probes were learnt on. It runs beside serving: it never changes what the mod
 
 def _labels(spec: MonitorSpec) -> str:
     rows = "\n".join(
-        f"| `{label}` | {MEANING[label]} | {spec.thresholds[label]:+.3f} | {sigmoid(spec.thresholds[label]):.4f} |"
+        f"| `{label}` | {meaning(label)} | {spec.thresholds[label]:+.3f} | {sigmoid(spec.thresholds[label]):.4f} |"
         for label in spec.labels
     )
     topic_source = {
         "condition": "The `topic` probe is the recipe's topic condition (the direction its conditional surgery's gate "
         "reads), not learnt again;",
         "fitted": "The `topic` probe is a logistic probe learnt on the pack's train split;",
+        "mixed": "Each topic probe is its recipe's topic condition where the chosen layer is one the recipe gates, "
+        "and a logistic probe learnt on the pack's train split elsewhere;",
         "none": "There is no `topic` label: the pack has no off-topic conversations of its own to learn it from;",
     }[spec.topic_source]
     return f"""## Labels (multi-label: an independent sigmoid each)
@@ -91,7 +99,8 @@ def _labels(spec: MonitorSpec) -> str:
 
 Flag a conversation when a label's raw logit exceeds its threshold (equivalently, its sigmoid score exceeds the
 score threshold). Thresholds maximise TPR − FPR on the pack's tune split. {topic_source}
-the `behaviour` probe is learnt on the train split.
+each behaviour probe is learnt on the train split. A bundle's probes of one pack count every other pack's
+conversations among their negatives.
 """
 
 

@@ -244,20 +244,20 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 3.5))
+    labels = report["labels"]
+    figure, axes = plt.subplots(len(labels), 1, figsize=(8, 2.2 + 1.6 * len(labels)), sharex=True, squeeze=False)
     rows = report["windows"]
     x = [row["window"] for row in rows]
-    for label in report["labels"]:
+    for axis, label in zip(axes[:, 0], labels):  # a panel per label
         shares = [row[label]["flagged_share"] for row in rows]
-        (line,) = axis.plot(x, shares, marker="o", label=f"{label} flagged")
+        (line,) = axis.plot(x, shares, marker="o")
         alarmed = [(row["window"], row[label]["flagged_share"]) for row in rows if row[label]["alarm"]]
         if alarmed:
             axis.scatter(*zip(*alarmed, strict=True), s=120, facecolors="none", edgecolors="red", zorder=3)
         axis.axhline(rows[0][label]["flagged_share"], color=line.get_color(), linestyle=":", linewidth=1)
-    axis.set_xlabel("window (red circle: alarm; dotted: reference share)")
-    axis.set_ylabel("share flagged")
-    axis.set_ylim(0, 1)
-    axis.legend(loc="upper left")
+        axis.set_title(f"{label}: share flagged", fontsize=9, loc="left")
+        axis.set_ylim(0, 1)
+    axes[-1, 0].set_xlabel("window (red circle: alarm; dotted: reference share)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -3,6 +3,7 @@
 `topic`: on-topic conversations (a question alone, and with each of its answers) against off-topic ones.
 `behaviour`: a question with its positive-behaviour answer against the same question with its negative one,
 and against off-topic exchanges (a reply about something else does not do the behaviour).
+A bundle's monitor has both labels per pack, named `finance_topic`, `finance_behaviour`, ...
 Splits never mix: the probes learn from train, thresholds come from tune, figures from held-out.
 """
 
@@ -14,25 +15,24 @@ from finsurg.errors import FinsurgError
 from finsurg.monitor.conversations import exchange, render, user_turn
 from finsurg.packs import Pack
 
-LABELS = ("topic", "behaviour")
-
 
 @dataclass
 class Labelled:
-    """Rendered texts: (positives, negatives) for each label; `topic` only where the pack has its own off-topic
-    conversations."""
+    """Rendered texts: (positives, negatives) for each label, by label name."""
 
-    behaviour: tuple[list[str], list[str]]
-    topic: tuple[list[str], list[str]] | None = None
+    sets: dict[str, tuple[list[str], list[str]]]
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return LABELS if self.topic is not None else ("behaviour",)
+        return tuple(self.sets)
+
+    def __getitem__(self, label: str) -> tuple[list[str], list[str]]:
+        return self.sets[label]
 
     def counts(self) -> dict[str, int]:
         return {
-            f"{label}_{side}": len(getattr(self, label)[i])
-            for label in self.labels
+            f"{label}_{side}": len(texts[i])
+            for label, texts in self.sets.items()
             for i, side in enumerate(("pos", "neg"))
         }
 
@@ -47,7 +47,8 @@ def require_data(pack: Pack, recipe_origin: str) -> None:
 
 
 def labelled(pack: Pack, split: str, tokenizer) -> Labelled:
-    """Off-topic exchanges are the pack's own, else the shipped everyday pool (a negative of `behaviour` only)."""
+    """`topic` and `behaviour`; `topic` only where the pack has its own off-topic conversations. Off-topic
+    exchanges are the pack's own, else the shipped everyday pool (a negative of `behaviour` only)."""
     pairs = getattr(pack.answer_pairs(), split)
     off = getattr(pack.everyday_splits(), split)
     off_exchanges = [exchange(item.question, item.reply) for item in off]
@@ -60,11 +61,33 @@ def labelled(pack: Pack, split: str, tokenizer) -> Labelled:
         texts([exchange(p.question, p.negative) for p in pairs] + off_exchanges),
     )
     if not pack.topic_data:
-        return Labelled(behaviour)
+        return Labelled({"behaviour": behaviour})
     on_conversations = [user_turn(p.question) for p in pairs]
     on_conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
     off_conversations = [user_turn(item.question) for item in off] + off_exchanges
     if split != "tune":  # the pack's prompt categories have train and held-out only
         on_conversations += [user_turn(q) for q in getattr(pack.positive, split) + getattr(pack.negative, split)]
         off_conversations += [user_turn(q) for q in getattr(pack.neutral, split)]
-    return Labelled(behaviour, (texts(on_conversations), texts(off_conversations)))
+    return Labelled({"topic": (texts(on_conversations), texts(off_conversations)), "behaviour": behaviour})
+
+
+def bundle_labelled(packs: dict[str, Pack], split: str, tokenizer) -> Labelled:
+    """A bundle's labels, `NAME_topic` and `NAME_behaviour` per pack: each pack's own, with every other pack's
+    conversations added to its negatives (one topic's conversation is off another's topic)."""
+    own = {name: labelled(pack, split, tokenizer) for name, pack in packs.items()}
+    conversations = {name: _own(pack, split, tokenizer) for name, pack in packs.items()}
+    sets = {}
+    for name, mine in own.items():
+        others = list(dict.fromkeys(t for other, texts in conversations.items() if other != name for t in texts))
+        for label, (positive, negative) in mine.sets.items():
+            taken = set(positive)
+            sets[f"{name}_{label}"] = (positive, negative + [t for t in others if t not in taken])
+    return Labelled(sets)
+
+
+def _own(pack: Pack, split: str, tokenizer) -> list[str]:
+    """A pack's own conversations: each question alone and with each of its answers."""
+    pairs = getattr(pack.answer_pairs(), split)
+    conversations = [user_turn(p.question) for p in pairs]
+    conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
+    return [render(tokenizer, c) for c in conversations]

@@ -22,11 +22,13 @@ from pydantic import BaseModel, ConfigDict
 from finsurg import progress
 from finsurg.analysis.batching import chunked
 from finsurg.analysis.topic_probes import Probe, auroc, fit
-from finsurg.monitor.labelled import Labelled, labelled
+from finsurg.monitor.labelled import Labelled, bundle_labelled, labelled
 from finsurg.monitor.monitor_options import MonitorOptions
 from finsurg.packs import Pack
 from finsurg.steer.arch import Monitor
-from finsurg.steer.recipe import Recipe
+from finsurg.steer.bundle import Bundle
+
+SPLITS = ("train", "tune", "heldout")
 
 
 class _Enough(Exception):
@@ -72,13 +74,13 @@ def last_token_inputs(
 def _labelled_inputs(model, tokenizer, monitor: Monitor, sets: Labelled, layers, batch_size: int) -> dict:
     """Each label's (positives, negatives) inputs by layer; a text both labels use (an exchange is both a topic
     and a behaviour example) runs once."""
-    texts = list(dict.fromkeys(text for label in sets.labels for side in getattr(sets, label) for text in side))
+    texts = list(dict.fromkeys(text for label in sets.labels for side in sets[label] for text in side))
     row = {text: index for index, text in enumerate(texts)}
     inputs = last_token_inputs(model, tokenizer, monitor, texts, layers, batch_size)
     return {
         label: tuple(
             {layer: rows[torch.tensor([row[text] for text in side])] for layer, rows in inputs.items()}
-            for side in getattr(sets, label)
+            for side in sets[label]
         )
         for label in sets.labels
     }
@@ -142,27 +144,44 @@ class Trained:
     layer: int
     head: torch.Tensor  # [labels, hidden], float32
     thresholds: dict[str, float]
-    topic_source: str  # "condition" (the recipe's topic condition), "fitted", or "none" (no topic label)
+    topic_source: str  # "condition" (the recipes' topic conditions), "fitted", "mixed" (a bundle's, some of each),
+    # or "none" (no topic label)
     layers: dict[int, dict] = field(default_factory=dict)  # per candidate layer: tune and held-out AUROC
     heldout: dict[str, Rates] = field(default_factory=dict)  # per label
     tune: dict[str, Rates] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def candidate_layers(recipe: Recipe, depth: int) -> list[int]:
-    """A conditional recipe's gated layers (its topic probes live there); else the upper two thirds."""
-    return recipe.layers if recipe.conditional else list(range(depth // 3, depth))
+def candidate_layers(bundle: Bundle, depth: int) -> list[int]:
+    """Where every recipe is conditional, its gated layers (the topic probes live there); else the upper two
+    thirds."""
+    recipes = [member.recipe for member in bundle.members]
+    if all(recipe.conditional for recipe in recipes):
+        return sorted({layer for recipe in recipes for layer in recipe.layers})
+    return list(range(depth // 3, depth))
 
 
 def train(
-    model, tokenizer, monitor: Monitor, pack: Pack, recipe: Recipe, dtype: torch.dtype, options: MonitorOptions
+    model,
+    tokenizer,
+    monitor: Monitor,
+    bundle: Bundle,
+    packs: dict[str, Pack],
+    dtype: torch.dtype,
+    options: MonitorOptions,
 ) -> Trained:
     """The probes at each candidate layer, as the checkpoint will store them (rounded to `dtype`); the layer
-    whose worse label is best on tune; thresholds from tune; figures from held-out."""
+    whose worst label is best on tune; thresholds from tune; figures from held-out. One pack has the labels
+    `topic` and `behaviour`; a bundle has both per pack (finsurg.monitor.labelled)."""
     batch_size, seed = options.batch_size, options.seed
     depth = model.config.num_hidden_layers
-    layers = candidate_layers(recipe, depth)
-    splits = {split: labelled(pack, split, tokenizer) for split in ("train", "tune", "heldout")}
+    layers = candidate_layers(bundle, depth)
+    if len(packs) == 1:
+        splits = {split: labelled(next(iter(packs.values())), split, tokenizer) for split in SPLITS}
+        topics = {"topic": bundle.primary.recipe}
+    else:
+        splits = {split: bundle_labelled(packs, split, tokenizer) for split in SPLITS}
+        topics = {f"{member.name}_topic": member.recipe for member in bundle.members}
     labels = list(splits["train"].labels)
     features: dict[str, dict[str, tuple[dict, dict]]] = {}
     with progress.bar(total=len(splits), desc="monitor: last-token MLP inputs") as bar:
@@ -170,14 +189,17 @@ def train(
             features[split] = _labelled_inputs(model, tokenizer, monitor, sets, layers, batch_size)
             bar.update()
 
+    def condition(label: str, layer: int) -> torch.Tensor | None:
+        """A topic label's recipe condition at a layer it gates: reused, not learnt again."""
+        recipe = topics.get(label)
+        return recipe.conditions[layer].float() if recipe is not None and layer in recipe.conditions else None
+
     def heads(layer: int) -> torch.Tensor:
         rows = []
         for label in labels:
             positive, negative = (side[layer] for side in features["train"][label])
-            if label == "topic" and recipe.conditional:
-                direction = recipe.conditions[layer].float()
-            else:
-                direction = fit(positive, negative, seed).direction
+            direction = condition(label, layer)
+            direction = fit(positive, negative, seed).direction if direction is None else direction
             probe = calibrated(direction, positive, negative, seed)
             rows.append(folded(probe, torch.cat([positive, negative])))
         return torch.stack(rows).to(dtype).float()
@@ -195,7 +217,7 @@ def train(
         }
         for layer, head in built.items()
     }
-    # chosen on tune (the worse label's AUROC); ties go to the earliest layer, the cheapest monitor
+    # chosen on tune (the worst label's AUROC); ties go to the earliest layer, the cheapest monitor
     chosen = max(layers, key=lambda layer: (min(per_layer[layer][f"tune_{lb}_auroc"] for lb in labels), -layer))
     head = built[chosen]
     thresholds = {label: youden_threshold(*logits("tune", label, chosen, head)) for label in labels}
@@ -204,9 +226,15 @@ def train(
         layer=chosen,
         head=head,
         thresholds=thresholds,
-        topic_source=("condition" if recipe.conditional else "fitted") if "topic" in labels else "none",
+        topic_source=_topic_source([condition(label, chosen) is not None for label in topics if label in labels]),
         layers=per_layer,
         heldout={label: rates(*logits("heldout", label, chosen, head), thresholds[label]) for label in labels},
         tune={label: rates(*logits("tune", label, chosen, head), thresholds[label]) for label in labels},
         counts={split: sets.counts() for split, sets in splits.items()},
     )
+
+
+def _topic_source(reused: list[bool]) -> str:
+    if not reused:
+        return "none"
+    return "condition" if all(reused) else "fitted" if not any(reused) else "mixed"

@@ -8,6 +8,7 @@ from finsurg.packs.manifest import (
     Manifest,
     NeutralReply,
     OffTopicSplits,
+    joined_disclaimers,
 )
 from finsurg.packs.pack import DEFAULT_PACK, Category, Pack, builtin_names
 
@@ -23,4 +24,5 @@ __all__ = [
     "OffTopicSplits",
     "Pack",
     "builtin_names",
+    "joined_disclaimers",
 ]

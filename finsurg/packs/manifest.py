@@ -10,6 +10,11 @@ GENERIC_DISCLAIMER = (
 )
 
 
+def joined_disclaimers(disclaimers) -> str:
+    """Several packs' disclaimers as one text, each once, in order: what a bundle carries."""
+    return " ".join(dict.fromkeys(disclaimers))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

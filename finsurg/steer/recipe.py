@@ -66,6 +66,7 @@ class ModelSpec(_Strict):
     architecture: str
     hidden_size: PositiveInt
     num_hidden_layers: PositiveInt
+    weights_sha256: str | None = None  # of the base's weight files' SHA256 sums, where the analysis recorded it
 
 
 class DirectionSpec(_Strict):

@@ -8,8 +8,9 @@ takes this one type; a layer may hold several steers, so several behaviours fit 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -23,6 +24,7 @@ class Steer:
     layer: int
     offset: torch.Tensor
     gate: Gate | None = None
+    behaviour: str = ""  # in a bundle, the behaviour the steer belongs to
 
 
 @dataclass(frozen=True)
@@ -79,26 +81,48 @@ class Surgery:
 
     def negated(self) -> Surgery:
         """The same steers with their offsets' signs flipped: the other side of the dial."""
-        return Surgery(tuple(Steer(s.layer, -s.offset, s.gate) for s in self.steers))
+        return Surgery(tuple(replace(s, offset=-s.offset) for s in self.steers))
 
     def rounded(self, dtype: torch.dtype) -> Surgery:
         """The offsets rounded to `dtype` and held in float32, as a variant records them; gates as they are."""
-        return Surgery(tuple(Steer(s.layer, s.offset.to(dtype).float(), s.gate) for s in self.steers))
+        return Surgery(tuple(replace(s, offset=s.offset.to(dtype).float()) for s in self.steers))
+
+    def labelled(self, behaviour: str) -> Surgery:
+        """The same steers, each marked as `behaviour`'s."""
+        return Surgery(tuple(replace(s, behaviour=behaviour) for s in self.steers))
+
+    @classmethod
+    def joined(cls, parts: list[Surgery]) -> Surgery:
+        """Several surgeries as one, ordered by layer (a layer's steers in the order of `parts`)."""
+        return cls(tuple(sorted((s for part in parts for s in part.steers), key=lambda s: s.layer)))
 
     def same_as(self, other: Surgery) -> bool:
         """Bit for bit the same steers, in the same order."""
         return len(self.steers) == len(other.steers) and all(
-            a.layer == b.layer and torch.equal(a.offset, b.offset) and _same_gate(a.gate, b.gate)
+            a.layer == b.layer
+            and a.behaviour == b.behaviour
+            and torch.equal(a.offset, b.offset)
+            and _same_gate(a.gate, b.gate)
             for a, b in zip(self.steers, other.steers)
         )
+
+    def keys(self) -> list[str]:
+        """Each steer's key in the offsets file: `L`, then `L.k` for a layer's k-th steer."""
+        keys, seen = [], {}
+        for steer in self.steers:
+            k = seen[steer.layer] = seen.get(steer.layer, -1) + 1
+            keys.append(f"{steer.layer}" if k == 0 else f"{steer.layer}.{k}")
+        return keys
+
+    def metadata(self) -> dict[str, str]:
+        """The offsets file's metadata: which behaviour each steer belongs to, where a bundle names them."""
+        named = {key: s.behaviour for key, s in zip(self.keys(), self.steers) if s.behaviour}
+        return {"format": "pt", **({"behaviours": json.dumps(named)} if named else {})}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The offsets file's form: `offset.L` and `gate.L.weight|bias`, `.k` after L for a layer's k-th steer."""
         tensors: dict[str, torch.Tensor] = {}
-        seen: dict[int, int] = {}
-        for steer in self.steers:
-            k = seen[steer.layer] = seen.get(steer.layer, -1) + 1
-            key = f"{steer.layer}" if k == 0 else f"{steer.layer}.{k}"
+        for key, steer in zip(self.keys(), self.steers):
             tensors[f"offset.{key}"] = steer.offset.float().contiguous()
             if steer.gate is not None:
                 tensors[f"gate.{key}.weight"] = steer.gate.weight.float().contiguous()
@@ -106,8 +130,9 @@ class Surgery:
         return tensors
 
     @classmethod
-    def from_tensors(cls, raw: dict[str, torch.Tensor]) -> Surgery:
-        """The surgery an offsets file holds (the inverse of `tensors`)."""
+    def from_tensors(cls, raw: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Surgery:
+        """The surgery an offsets file holds (the inverse of `tensors` and `metadata`)."""
+        named = json.loads((metadata or {}).get("behaviours", "{}"))
         steers = []
         for name, offset in raw.items():
             parts = name.split(".")
@@ -116,7 +141,8 @@ class Surgery:
             key = ".".join(parts[1:])
             weight = raw.get(f"gate.{key}.weight")
             gate = None if weight is None else Gate(weight, float(raw[f"gate.{key}.bias"][0]))
-            steers.append((int(parts[1]), int(parts[2]) if len(parts) > 2 else 0, Steer(int(parts[1]), offset, gate)))
+            steer = Steer(int(parts[1]), offset, gate, named.get(key, ""))
+            steers.append((int(parts[1]), int(parts[2]) if len(parts) > 2 else 0, steer))
         return cls(tuple(steer for _, _, steer in sorted(steers, key=lambda item: item[:2])))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from finsurg.steer.arch import by_name
+from finsurg.steer.bundle_report import CrossTalkReport
 from finsurg.steer.finding_tables import (
     answers_table,
     dial_table,
@@ -75,6 +76,7 @@ def render_card(directory: Path, repo_id: str | None = None) -> ModelCard:
             else ""
         ),
         _changes(surgery),
+        _bundle(surgery, variant.report(CrossTalkReport)),
         _verification(variant.report(VerificationReport)),
         _served(variant.report(VllmReport)),
         _efficacy(surgery),
@@ -169,6 +171,52 @@ def _changes(surgery: SurgeryRecord) -> str:
     if recipe.condition is not None:
         lines += ["", _gate(surgery)]
     return "\n".join(lines)
+
+
+def _bundle(surgery: SurgeryRecord, crosstalk: CrossTalkReport | None) -> str:
+    """Every behaviour a bundle holds, with its strength and its gate; the sections above describe the first."""
+    if not surgery.bundle:
+        return ""
+    rows = []
+    for item in surgery.bundle:
+        recipe = item.recipe
+        gate = "always on" if recipe.condition is None else f"gated ({len(recipe.layers)} gates, 2 neurons each)"
+        toward = item.card.positive_direction if item.alpha > 0 else item.card.negative_direction
+        rows.append(
+            f"| {item.name} | {item.alpha:+g} ({toward}) | {', '.join(map(str, recipe.layers))} | {gate} | "
+            f"`{item.recipe_origin}` |"
+        )
+    return "\n".join(
+        [
+            "## Behaviours in this bundle",
+            "",
+            "Each behaviour keeps its own topic condition, layers, strength and sign; its gated shift is added only "
+            "where its own gate opens. The sections above describe the first behaviour; "
+            "`finsurg_offsets.safetensors` names each steer's behaviour in its metadata.",
+            "",
+            "| behaviour | alpha | layers | gate | recipe |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+        + (
+            []
+            if crosstalk is None
+            else [
+                "",
+                "### Cross-talk",
+                "",
+                "Each behaviour on its own held-out split, in this bundle against its recipe alone at the same "
+                "alpha (hooks on the base, which the variants equal): the log-odds shift it keeps, its greedy "
+                "answers judged by its pack's rules, and the share whose first 24 tokens are the recipe-alone "
+                f"answers; off-topic answers against the base's, on {crosstalk.sides[0].off_topic_questions} "
+                "conversations off every topic that no condition learnt from. Targets: shift kept ≥ "
+                f"{crosstalk.targets['shift_kept']:.0%}, answers as alone ≥ {crosstalk.targets['answers_same']:.0%}, "
+                f"off-topic unchanged ≥ {crosstalk.targets['off_topic_unchanged']:.0%}.",
+                "",
+                crosstalk.tables(),
+            ]
+        )
+    )
 
 
 def _gate(surgery: SurgeryRecord) -> str:
@@ -332,10 +380,14 @@ def _eval_results(report: VariantEvalReport | None) -> list[EvalResult]:
 
 
 def _plots(directory: Path) -> str:
-    plots = sorted((directory / PLOTS_DIR).glob("*.png"))
+    root = directory / PLOTS_DIR
+    plots = sorted(root.rglob("*.png"))  # a bundle's under each behaviour's name
     if not plots:
         return ""
-    images = "\n\n".join(f"![{p.stem.replace('_', ' ')}]({PLOTS_DIR}/{p.name})" for p in plots)
+    images = "\n\n".join(
+        f"![{p.relative_to(root).with_suffix('').as_posix().replace('_', ' ')}]({PLOTS_DIR}/{p.relative_to(root).as_posix()})"
+        for p in plots
+    )
     return f"## Analysis\n\nFrom the `finsurg analyze` run that produced the recipe.\n\n{images}"
 
 

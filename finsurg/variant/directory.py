@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from finsurg.dtypes import weight_dtype
 from finsurg.errors import FinsurgError
 from finsurg.io.hashing import cached_sha256s
+from finsurg.steer.bundle_report import CrossTalkReport
 from finsurg.steer.surgery import Surgery
 from finsurg.variant.eval_report import VariantEvalReport
 from finsurg.variant.record import (
+    CROSSTALK_NAME,
     EVAL_NAME,
     LLAMACPP_REPORT_NAME,
     OFFSETS_NAME,
@@ -31,6 +32,7 @@ REPORT_FILES: dict[type[Record], str] = {
     VllmReport: VLLM_REPORT_NAME,
     LlamaCppReport: LLAMACPP_REPORT_NAME,
     VariantEvalReport: EVAL_NAME,
+    CrossTalkReport: CROSSTALK_NAME,
 }
 
 
@@ -45,10 +47,12 @@ class Variant:
             directory / SURGERY_NAME, SurgeryRecord, f"{directory} has no {SURGERY_NAME}; it is not a finsurg variant"
         )
         try:
-            raw = load_file(directory / OFFSETS_NAME)
+            with safe_open(directory / OFFSETS_NAME, "pt") as handle:
+                raw = {name: handle.get_tensor(name) for name in handle.keys()}
+                metadata = handle.metadata()
         except (FileNotFoundError, SafetensorError, OSError) as exc:
             raise FinsurgError(f"{directory}: cannot read {OFFSETS_NAME} ({exc})") from None
-        self.surgery = Surgery.from_tensors(raw)  # rounded to the variant's dtype, held in float32
+        self.surgery = Surgery.from_tensors(raw, metadata)  # rounded to the variant's dtype, held in float32
 
     @property
     def name(self) -> str:

@@ -36,13 +36,13 @@ LLAMACPP_REPORT_NAME = "verification_llamacpp.json"
 EVAL_NAME = "eval.json"
 
 
+CROSSTALK_NAME = "crosstalk.json"  # a bundle's: each behaviour in it against its recipe alone
+
+
 CARD_NAME = "README.md"
 
 
 PLOTS_DIR = "plots"
-
-
-VARIANT_SIGNS = {"steered": 1.0, "conservative": -1.0}
 
 
 class Record(BaseModel):
@@ -59,6 +59,19 @@ class BaseModelInfo(Record):
     files: dict[str, str]  # weight file name -> SHA256
     gguf: str | None = None  # the GGUF the base was converted from, where it was one (llama.cpp exports start there)
     gguf_sha256: str | None = None
+
+
+class BundledBehaviour(Record):
+    """One behaviour of a bundle, as its variant baked it."""
+
+    name: str
+    alpha: float
+    recipe: RecipeSpec
+    recipe_origin: str
+    steering_vectors_sha256: str | None
+    card: CardWording = CardWording()
+    behaviour: Findings | None = None
+    disclaimer: str
 
 
 class SurgeryRecord(Record):
@@ -78,7 +91,9 @@ class SurgeryRecord(Record):
     card: CardWording = CardWording()
     # from the analysis that derived the recipe: held-out effects at alpha ±3, the prompting baseline, examples
     behaviour: Findings | None = None  # Findings.summary()
-    disclaimer: str
+    disclaimer: str  # a bundle's: each behaviour's, once
+    # a bundle of several behaviours: every one of them (the top-level fields above repeat the first)
+    bundle: list[BundledBehaviour] = []
 
 
 def read_record(path: Path, kind: type[Record], missing: str) -> Record:
