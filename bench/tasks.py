@@ -603,7 +603,7 @@ def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after
         scored=scores, window=str(lines // 10), reference=str(lines // 5), out=root / "drift", quiet=True
     )
     report = api.monitor_drift(drift).report
-    alarms = [alarm["first_line"] for alarm in report["alarms"] if alarm["label"] == "behaviour"]
+    alarms = [alarm.first_line for alarm in report.alarms if alarm.label == "behaviour"]
     return {
         "lines": lines,
         "seconds": summary.seconds,
@@ -615,8 +615,8 @@ def monitor_score(monitor: str, lines: int, out: str, before: float = 0.1, after
             "shift_line": lines // 2 + 1,
             "window": lines // 10,
             "first_behaviour_alarm_line": min(alarms, default=None),
-            "alarms": report["alarms"],
-            "behaviour_flagged_share": [row["behaviour"]["flagged_share"] for row in report["windows"]],
+            "alarms": [alarm.model_dump() for alarm in report.alarms],
+            "behaviour_flagged_share": [row.labels["behaviour"].flagged_share for row in report.windows],
         },
     }
 

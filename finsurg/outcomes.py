@@ -170,22 +170,21 @@ class ScoreOutcome(Outcome):
 
 @dataclass
 class DriftOutcome(Outcome):
-    report: dict
+    report: BaseModel  # finsurg.monitor.drift.DriftReport
     out: Path
 
     def payload(self) -> dict:
-        return self.report | {"out": str(self.out)}
+        return self.report.model_dump(mode="json") | {"out": str(self.out)}
 
     def text(self) -> str:
         report = self.report
         lines = [
-            f"Drift of {report['scored']}: {len(report['windows']) - 1} windows of {report['window']} against "
-            f"lines {report['reference']['lines'][0]}-{report['reference']['lines'][1]} (|z| limit "
-            f"{report['z_limit']:.2f}): {len(report['alarms'])} alarms"
+            f"Drift of {report.scored}: {len(report.windows) - 1} windows of {report.window} against "
+            f"lines {report.reference.lines[0]}-{report.reference.lines[1]} (|z| limit "
+            f"{report.z_limit:.2f}): {len(report.alarms)} alarms"
         ]
         lines += [
-            f"  ALARM {a['label']} from line {a['first_line']} (window {a['window']}, z {a['z']:+.2f})"
-            for a in report["alarms"]
+            f"  ALARM {a.label} from line {a.first_line} (window {a.window}, z {a.z:+.2f})" for a in report.alarms
         ]
         return "\n".join(lines + [f"Report: {self.out / 'drift.md'}"])
 

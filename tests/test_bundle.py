@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from finsurg.cli import main
 from finsurg.packs import Pack
+from finsurg.steer.bundle_report import OFF_TOPIC_UNCHANGED, SHIFT_KEPT
 from finsurg.steer.graft import ALIGN, Gate
 from finsurg.steer.hooks import offsets_added
 from finsurg.steer.surgery import Steer, Surgery
@@ -244,3 +245,52 @@ def test_the_offsets_file_keeps_each_steers_behaviour():
     again = Surgery.from_tensors(surgery.tensors(), surgery.metadata())
     assert again.same_as(surgery)
     assert not Surgery.from_tensors(surgery.tensors()).same_as(surgery)  # the labels live in the metadata
+
+
+@pytest.fixture(scope="module")
+def default_bundle(default_model, tmp_path_factory):
+    """The default model's finance and medical presets baked as one bundle, verified, its cross-talk measured."""
+    from finsurg import api
+    from finsurg.settings import ExportSettings
+
+    out = tmp_path_factory.mktemp("bundle")
+    settings = ExportSettings(recipe=["smollm2-135m", "smollm2-135m-medical"], out=out, quiet=True)
+    return out, api.export(settings)
+
+
+def test_the_default_model_bakes_finance_with_medical_and_keeps_each(default_bundle):
+    out, outcome = default_bundle
+    assert [v.variant for v in outcome.variants] == ["steered", "conservative"]
+    for item in outcome.variants:
+        assert item.verification.passed and item.verification.float32.kl_max < 1e-6
+        sign = 1.0 if item.variant == "steered" else -1.0
+        assert item.alphas == {"finance": 3.0 * sign, "medical": 1.0 * sign}  # each preset's default alpha
+    report = outcome.crosstalk
+    for side in report.sides:
+        for row in side.behaviours:  # each behaviour's shift in the bundle against its recipe alone
+            assert row.shift_alone * row.alpha > 0 and abs(row.shift_alone) > 1.0
+            assert row.shift_kept >= SHIFT_KEPT, (side.variant, row)
+            # target ANSWERS_SAME; finance's conservative answers are its own on 80% (the medical gate opens on 2%
+            # of finance tokens)
+            assert row.answers_same >= 0.75, (side.variant, row)
+        assert side.off_topic_unchanged >= OFF_TOPIC_UNCHANGED, side.variant
+    for gate, opens in report.gates.items():  # each gate opens on its own topic, barely on the other's, not off it
+        other = next(name for name in report.gates if name != gate)
+        assert opens[gate] > 0.3 and opens[other] < 0.05 and opens["off-topic"] < 0.01, gate
+    card = (out / "steered" / "README.md").read_text()
+    assert "### Cross-talk" in card and "Not medical advice" in card and "Not financial advice" in card
+
+
+def test_llamacpp_serves_the_bundle(default_bundle, llamacpp_python, capsys, monkeypatch):
+    monkeypatch.setenv("FINSURG_LLAMACPP_PYTHON", llamacpp_python)
+    out, _ = default_bundle
+    variant = out / "conservative"
+    assert main(["gguf", str(variant), "--type", "f32", "--json", "--quiet"]) == 0
+    capsys.readouterr()
+    code = main(
+        ["verify", str(variant), "--engine", "llama.cpp", "--llamacpp-python", llamacpp_python, "--json", "--quiet"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"]
+    assert report["baked_vs_transformers"]["max_abs_logit_diff"] <= report["tolerance"]
+    assert report["baked_vs_transformers"]["argmax_agreement"] >= report["noise_floor"]["argmax_agreement"] - 0.02

@@ -327,16 +327,16 @@ def scored_log(path, lines, before, after, seed, shift_at=0.5, step=60):
 def test_drift_alarms_within_two_windows_of_a_planted_shift(tmp_path, seed):
     log = scored_log(tmp_path / "scores.jsonl", 2000, 0.10, 0.30, seed)
     report = drift(log, Span.parse("200", "--window"))
-    alarmed = [a["first_line"] for a in report["alarms"] if a["label"] == "behaviour"]
+    alarmed = [a.first_line for a in report.alarms if a.label == "behaviour"]
     assert alarmed and min(alarmed) <= 1001 + 200  # the shift's window or the next
     assert all(line > 1000 for line in alarmed)
-    assert not [a for a in report["alarms"] if a["label"] == "topic"]
+    assert not [a for a in report.alarms if a.label == "topic"]
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_drift_stays_quiet_without_a_shift(tmp_path, seed):
     log = scored_log(tmp_path / "scores.jsonl", 2000, 0.10, 0.10, seed)
-    assert drift(log, Span.parse("200", "--window"))["alarms"] == []
+    assert drift(log, Span.parse("200", "--window")).alarms == []
 
 
 def test_drift_by_time_writes_report_plot_and_json(tmp_path):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 
+from pydantic import BaseModel, ConfigDict
+
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import building, refuse_existing
 
@@ -45,6 +47,55 @@ class Span:
 
     def __str__(self) -> str:
         return f"{self.lines} lines" if self.lines else f"{self.seconds:g} s"
+
+
+class _Figures(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelWindow(_Figures):
+    """One label in one window."""
+
+    flagged_share: float
+    mean_score: float
+    mean_score_ci95: tuple[float, float]
+    z: float  # two-proportion z of the flagged share against the reference's (0 for the reference)
+    alarm: bool
+
+
+class WindowRow(_Figures):
+    window: int
+    first_line: int
+    last_line: int
+    n: int
+    start: float | None = None  # seconds, for windows of time
+    reference: bool
+    labels: dict[str, LabelWindow]
+
+
+class Alarm(_Figures):
+    window: int
+    first_line: int
+    label: str
+    z: float
+
+
+class Reference(_Figures):
+    lines: tuple[int, int]
+    n: int
+
+
+class DriftReport(_Figures):
+    """drift.json: every window's figures per label, and the alarms."""
+
+    scored: str
+    window: str
+    reference: Reference
+    alarm_p: float
+    z_limit: float
+    labels: list[str]
+    windows: list[WindowRow]
+    alarms: list[Alarm]
 
 
 @dataclass
@@ -130,8 +181,8 @@ def z_statistic(flagged: int, n: int, ref_flagged: int, ref_n: int) -> float:
     return difference / spread
 
 
-def drift(scored: Path, window: Span, reference: Span | None = None, alarm_p: float = 0.01) -> dict:
-    """The windows' figures and alarms, as a JSON-ready report."""
+def drift(scored: Path, window: Span, reference: Span | None = None, alarm_p: float = 0.01) -> DriftReport:
+    """The windows' figures and alarms."""
     all_windows = windows(read_scored(scored), window)
     if not all_windows:
         raise FinsurgError(f"{scored}: no scored line")
@@ -148,84 +199,89 @@ def drift(scored: Path, window: Span, reference: Span | None = None, alarm_p: fl
     limit = NormalDist().inv_cdf(1 - alarm_p / (2 * tests))
     rows = []
     for item in [ref, *compared]:
-        row = {"window": item.index, "first_line": item.first_line, "last_line": item.last_line, "n": item.n}
-        if item.start is not None:
-            row["start"] = item.start
-        row["reference"] = item is ref
+        figures = {}
         for label in labels:
             mean, half = item.mean(label)
             z = 0.0 if item is ref else z_statistic(item.flagged[label], item.n, ref.flagged[label], ref.n)
-            row[label] = {
-                "flagged_share": item.share(label),
-                "mean_score": mean,
-                "mean_score_ci95": [mean - half, mean + half],
-                "z": z,
-                "alarm": item is not ref and abs(z) > limit,
-            }
-        rows.append(row)
+            figures[label] = LabelWindow(
+                flagged_share=item.share(label),
+                mean_score=mean,
+                mean_score_ci95=(mean - half, mean + half),
+                z=z,
+                alarm=item is not ref and abs(z) > limit,
+            )
+        rows.append(
+            WindowRow(
+                window=item.index,
+                first_line=item.first_line,
+                last_line=item.last_line,
+                n=item.n,
+                start=item.start,
+                reference=item is ref,
+                labels=figures,
+            )
+        )
     alarms = [
-        {"window": row["window"], "first_line": row["first_line"], "label": label, "z": row[label]["z"]}
+        Alarm(window=row.window, first_line=row.first_line, label=label, z=row.labels[label].z)
         for row in rows
         for label in labels
-        if row[label]["alarm"]
+        if row.labels[label].alarm
     ]
-    return {
-        "scored": str(scored),
-        "window": str(window),
-        "reference": {"lines": [ref.first_line, ref.last_line], "n": ref.n},
-        "alarm_p": alarm_p,
-        "z_limit": limit,
-        "labels": labels,
-        "windows": rows,
-        "alarms": alarms,
-    }
+    return DriftReport(
+        scored=str(scored),
+        window=str(window),
+        reference=Reference(lines=(ref.first_line, ref.last_line), n=ref.n),
+        alarm_p=alarm_p,
+        z_limit=limit,
+        labels=labels,
+        windows=rows,
+        alarms=alarms,
+    )
 
 
-def write_report(report: dict, out: Path, overwrite: bool) -> Path:
+def write_report(report: DriftReport, out: Path, overwrite: bool) -> Path:
     refuse_existing(out, overwrite)
     with building(out) as partial:
-        (partial / JSON_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        (partial / JSON_NAME).write_text(report.model_dump_json(indent=2) + "\n")
         _plot(report, partial / PLOT_NAME)
         (partial / REPORT_NAME).write_text(markdown(report))
     return out
 
 
-def markdown(report: dict) -> str:
-    labels = report["labels"]
+def markdown(report: DriftReport) -> str:
+    labels = report.labels
     head = "| window | lines | n | " + " | ".join(f"{lb} flagged | {lb} mean score (95% CI) | {lb} z" for lb in labels)
     rule = "|---|---|---|" + "---|---|---|" * len(labels)
     rows = []
-    for row in report["windows"]:
+    for row in report.windows:
         cells = [
-            f"{row['window']}{' (reference)' if row['reference'] else ''}",
-            f"{row['first_line']}–{row['last_line']}",
+            f"{row.window}{' (reference)' if row.reference else ''}",
+            f"{row.first_line}–{row.last_line}",
+            str(row.n),
         ]
-        cells.append(str(row["n"]))
         for label in labels:
-            item = row[label]
-            low, high = item["mean_score_ci95"]
-            alarm = " **ALARM**" if item["alarm"] else ""
+            item = row.labels[label]
+            low, high = item.mean_score_ci95
+            alarm = " **ALARM**" if item.alarm else ""
             cells += [
-                f"{item['flagged_share']:.1%}",
-                f"{item['mean_score']:.3f} ({low:.3f}–{high:.3f})",
-                f"{item['z']:+.2f}{alarm}",
+                f"{item.flagged_share:.1%}",
+                f"{item.mean_score:.3f} ({low:.3f}–{high:.3f})",
+                f"{item.z:+.2f}{alarm}",
             ]
         rows.append("| " + " | ".join(cells) + " |")
-    alarms = report["alarms"]
+    alarms = report.alarms
     verdict = (
         "No alarm: no window's flagged share differs from the reference's beyond the limit."
         if not alarms
         else "Alarms: "
-        + "; ".join(
-            f"`{a['label']}` from line {a['first_line']} (window {a['window']}, z {a['z']:+.2f})" for a in alarms
-        )
+        + "; ".join(f"`{a.label}` from line {a.first_line} (window {a.window}, z {a.z:+.2f})" for a in alarms)
         + "."
     )
-    return f"""# Monitor drift: `{report["scored"]}`
+    return f"""# Monitor drift: `{report.scored}`
 
-Windows of {report["window"]}; the reference is lines {report["reference"]["lines"][0]}–{report["reference"]["lines"][1]}
-({report["reference"]["n"]} lines). A window alarms where the two-proportion z of its flagged share against the
-reference's passes ±{report["z_limit"]:.2f} (p {report["alarm_p"]:g}, Bonferroni over {len(report["windows"]) - 1}
+Windows of {report.window}; the reference is lines {report.reference.lines[0]}–{report.reference.lines[1]}
+({report.reference.n} lines). A window alarms where the two-proportion z of its flagged share against the
+reference's passes ±{report.z_limit:.2f} (p {report.alarm_p:g}, Bonferroni over {len(report.windows) - 1}
 windows × {len(labels)} labels).
 
 {verdict}
@@ -238,23 +294,23 @@ windows × {len(labels)} labels).
 """
 
 
-def _plot(report: dict, path: Path) -> None:
+def _plot(report: DriftReport, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = report["labels"]
+    labels = report.labels
     figure, axes = plt.subplots(len(labels), 1, figsize=(8, 2.2 + 1.6 * len(labels)), sharex=True, squeeze=False)
-    rows = report["windows"]
-    x = [row["window"] for row in rows]
+    rows = report.windows
+    x = [row.window for row in rows]
     for axis, label in zip(axes[:, 0], labels):  # a panel per label
-        shares = [row[label]["flagged_share"] for row in rows]
+        shares = [row.labels[label].flagged_share for row in rows]
         (line,) = axis.plot(x, shares, marker="o")
-        alarmed = [(row["window"], row[label]["flagged_share"]) for row in rows if row[label]["alarm"]]
+        alarmed = [(row.window, row.labels[label].flagged_share) for row in rows if row.labels[label].alarm]
         if alarmed:
             axis.scatter(*zip(*alarmed, strict=True), s=120, facecolors="none", edgecolors="red", zorder=3)
-        axis.axhline(rows[0][label]["flagged_share"], color=line.get_color(), linestyle=":", linewidth=1)
+        axis.axhline(rows[0].labels[label].flagged_share, color=line.get_color(), linestyle=":", linewidth=1)
         axis.set_title(f"{label}: share flagged", fontsize=9, loc="left")
         axis.set_ylim(0, 1)
     axes[-1, 0].set_xlabel("window (red circle: alarm; dotted: reference share)")

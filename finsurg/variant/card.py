@@ -180,7 +180,8 @@ def _bundle(surgery: SurgeryRecord, crosstalk: CrossTalkReport | None) -> str:
     rows = []
     for item in surgery.bundle:
         recipe = item.recipe
-        gate = "always on" if recipe.condition is None else f"gated ({len(recipe.layers)} gates, 2 neurons each)"
+        count = len(recipe.layers)
+        gate = "always on" if recipe.condition is None else f"gated at {count} layer{'s' if count > 1 else ''}"
         toward = item.card.positive_direction if item.alpha > 0 else item.card.negative_direction
         rows.append(
             f"| {item.name} | {item.alpha:+g} ({toward}) | {', '.join(map(str, recipe.layers))} | {gate} | "
