@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # export imports torch; the CLI's outcomes do not
 TOPIC_SOURCES = {
     "condition": "topic probe from the recipe's topic condition",
     "fitted": "topic probe learnt",
-    "mixed": "topic probes from the recipes' topic conditions where the layer is gated, learnt elsewhere",
     "none": "no topic label (the pack has no off-topic conversations of its own)",
 }
 

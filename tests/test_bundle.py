@@ -199,7 +199,7 @@ def test_a_bundle_has_one_monitor_with_a_topic_and_a_behaviour_label_per_pack(tm
     bundle = Bundle.of([finance, medical])
     spec = build_monitor(resolve_model(str(base)), bundle, tmp_path / "monitor", False, Placement.of("cpu", "float32"))
     labels = ["finance_topic", "finance_behaviour", "medical_topic", "medical_behaviour"]
-    assert spec.labels == labels and spec.check["passed"] and spec.topic_source in ("condition", "mixed")
+    assert spec.labels == labels and spec.check["passed"] and spec.topic_source == "fitted"
     assert "Not financial advice" in spec.disclaimer and "Not medical advice" in spec.disclaimer
     packs = {"finance": Pack.load("finance"), "medical": Pack.load("medical")}
     heldout = bundle_labelled(packs, "heldout", AutoTokenizer.from_pretrained(tmp_path / "monitor"))
@@ -249,12 +249,13 @@ def test_the_offsets_file_keeps_each_steers_behaviour():
 
 @pytest.fixture(scope="module")
 def default_bundle(default_model, tmp_path_factory):
-    """The default model's finance and medical presets baked as one bundle, verified, its cross-talk measured."""
+    """The default model's finance and medical presets baked as one bundle, verified, its cross-talk measured, with
+    its monitor."""
     from finsurg import api
     from finsurg.settings import ExportSettings
 
     out = tmp_path_factory.mktemp("bundle")
-    settings = ExportSettings(recipe=["smollm2-135m", "smollm2-135m-medical"], out=out, quiet=True)
+    settings = ExportSettings(recipe=["smollm2-135m", "smollm2-135m-medical"], out=out, monitor={}, quiet=True)
     return out, api.export(settings)
 
 
@@ -279,6 +280,15 @@ def test_the_default_model_bakes_finance_with_medical_and_keeps_each(default_bun
         assert opens[gate] > 0.3 and opens[other] < 0.05 and opens["off-topic"] < 0.01, gate
     card = (out / "steered" / "README.md").read_text()
     assert "### Cross-talk" in card and "Not medical advice" in card and "Not financial advice" in card
+
+
+def test_the_default_bundle_has_one_monitor_for_both_behaviours(default_bundle):
+    _, outcome = default_bundle
+    spec = outcome.monitor.spec
+    assert spec.labels == ["finance_topic", "finance_behaviour", "medical_topic", "medical_behaviour"]
+    for label, row in spec.heldout.items():
+        assert row.auroc >= (0.97 if label.endswith("_topic") else 0.95), (label, row)
+    assert spec.check["passed"]
 
 
 def test_llamacpp_serves_the_bundle(default_bundle, llamacpp_python, capsys, monkeypatch):

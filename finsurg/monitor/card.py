@@ -87,8 +87,6 @@ def _labels(spec: MonitorSpec) -> str:
         "condition": "The `topic` probe is the recipe's topic condition (the direction its conditional surgery's gate "
         "reads), not learnt again;",
         "fitted": "The `topic` probe is a logistic probe learnt on the pack's train split;",
-        "mixed": "Each topic probe is its recipe's topic condition where the chosen layer is one the recipe gates, "
-        "and a logistic probe learnt on the pack's train split elsewhere;",
         "none": "There is no `topic` label: the pack has no off-topic conversations of its own to learn it from;",
     }[spec.topic_source]
     return f"""## Labels (multi-label: an independent sigmoid each)

@@ -144,8 +144,7 @@ class Trained:
     layer: int
     head: torch.Tensor  # [labels, hidden], float32
     thresholds: dict[str, float]
-    topic_source: str  # "condition" (the recipes' topic conditions), "fitted", "mixed" (a bundle's, some of each),
-    # or "none" (no topic label)
+    topic_source: str  # "condition" (the recipe's topic condition), "fitted", or "none" (no topic label)
     layers: dict[int, dict] = field(default_factory=dict)  # per candidate layer: tune and held-out AUROC
     heldout: dict[str, Rates] = field(default_factory=dict)  # per label
     tune: dict[str, Rates] = field(default_factory=dict)
@@ -181,7 +180,7 @@ def train(
         topics = {"topic": bundle.primary.recipe}
     else:
         splits = {split: bundle_labelled(packs, split, tokenizer) for split in SPLITS}
-        topics = {f"{member.name}_topic": member.recipe for member in bundle.members}
+        topics = {}  # a condition learnt its topic against its own pack's off-topic data alone: learnt again
     labels = list(splits["train"].labels)
     features: dict[str, dict[str, tuple[dict, dict]]] = {}
     with progress.bar(total=len(splits), desc="monitor: last-token MLP inputs") as bar:
@@ -226,7 +225,7 @@ def train(
         layer=chosen,
         head=head,
         thresholds=thresholds,
-        topic_source=_topic_source([condition(label, chosen) is not None for label in topics if label in labels]),
+        topic_source=_topic_source([condition(label, chosen) is not None for label in labels if _is_topic(label)]),
         layers=per_layer,
         heldout={label: rates(*logits("heldout", label, chosen, head), thresholds[label]) for label in labels},
         tune={label: rates(*logits("tune", label, chosen, head), thresholds[label]) for label in labels},
@@ -234,7 +233,11 @@ def train(
     )
 
 
+def _is_topic(label: str) -> bool:
+    return label == "topic" or label.endswith("_topic")
+
+
 def _topic_source(reused: list[bool]) -> str:
     if not reused:
         return "none"
-    return "condition" if all(reused) else "fitted" if not any(reused) else "mixed"
+    return "condition" if all(reused) else "fitted"
