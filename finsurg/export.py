@@ -91,7 +91,7 @@ def export_variants(
         pack = bundle.primary.recipe.spec.pack
         check = _Verifier(model, pack, surgeries, writer, options, placement) if options.verify else None
         try:
-            return _bake_all(writer, bundle, surgeries, targets, check)
+            return _bake_all(writer, bundle, variants, surgeries, targets, check)
         finally:
             if check is not None:
                 check.close()
@@ -179,11 +179,16 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _bake_all(
-    writer: VariantWriter, bundle: Bundle, surgeries: dict[str, Surgery], targets, check
+    writer: VariantWriter,
+    bundle: Bundle,
+    variants: dict[str, dict[str, float]],
+    surgeries: dict[str, Surgery],
+    targets,
+    check,
 ) -> list[ExportedVariant]:
-    """Write both variants, then verify them together (each base block is read once for both)."""
+    """Write both variants (`variants`: each one's alphas), then verify them together (each base block is read once
+    for both)."""
     results, partials, sums = [], [], []
-    variants = bundle.variants()
     with ExitStack() as stack:
         for variant, final in targets.items():
             partial = stack.enter_context(building(final))

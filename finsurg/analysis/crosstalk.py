@@ -132,17 +132,16 @@ def _gate_table(model, tokenizer, arch, behaviours: list[_Behaviour], off: list[
     conversations = {b.member.name: topic_probes.on_topic(tokenizer, b.pairs) for b in behaviours}
     conversations[OFF_TOPIC] = topic_probes.off_topic(tokenizer, off)
     skip = topic_probes.shared_prefix([s for group in conversations.values() for s in group])
-    table = {}
-    for behaviour in behaviours:
-        gates = behaviour.member.recipe.gates()
-        if not gates:
-            continue
-        table[behaviour.member.name] = {
-            name: float(
-                topic_probes.opens(
-                    gates, topic_probes.mlp_inputs(model, tokenizer, arch, group, list(gates), skip, batch_size)
-                ).mean()
-            )
-            for name, group in conversations.items()
-        }
-    return table
+    gated = {b.member.name: b.member.recipe.gates() for b in behaviours if b.member.recipe.conditional}
+    layers = sorted({layer for gates in gated.values() for layer in gates})
+    if not layers:
+        return {}
+    # one pass per conversation group over every gated layer; each gate reads its own layers
+    tokens = {
+        name: topic_probes.mlp_inputs(model, tokenizer, arch, group, layers, skip, batch_size)
+        for name, group in conversations.items()
+    }
+    return {
+        behaviour: {name: float(topic_probes.opens(gates, group).mean()) for name, group in tokens.items()}
+        for behaviour, gates in gated.items()
+    }

@@ -62,8 +62,7 @@ def labelled(pack: Pack, split: str, tokenizer) -> Labelled:
     )
     if not pack.topic_data:
         return Labelled({"behaviour": behaviour})
-    on_conversations = [user_turn(p.question) for p in pairs]
-    on_conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
+    on_conversations = _pair_conversations(pairs)
     off_conversations = [user_turn(item.question) for item in off] + off_exchanges
     if split != "tune":  # the pack's prompt categories have train and held-out only
         on_conversations += [user_turn(q) for q in getattr(pack.positive, split) + getattr(pack.negative, split)]
@@ -86,8 +85,11 @@ def bundle_labelled(packs: dict[str, Pack], split: str, tokenizer) -> Labelled:
 
 
 def _own(pack: Pack, split: str, tokenizer) -> list[str]:
-    """A pack's own conversations: each question alone and with each of its answers."""
-    pairs = getattr(pack.answer_pairs(), split)
+    """A pack's own conversations, rendered."""
+    return [render(tokenizer, c) for c in _pair_conversations(getattr(pack.answer_pairs(), split))]
+
+
+def _pair_conversations(pairs) -> list:
+    """Each question alone, and with each of its answers."""
     conversations = [user_turn(p.question) for p in pairs]
-    conversations += [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
-    return [render(tokenizer, c) for c in conversations]
+    return conversations + [exchange(p.question, answer) for p in pairs for answer in (p.positive, p.negative)]
