@@ -304,26 +304,3 @@ def test_llamacpp_serves_the_bundle(default_bundle, llamacpp_python, capsys, mon
     assert code == 0 and report["passed"]
     assert report["baked_vs_transformers"]["max_abs_logit_diff"] <= report["tolerance"]
     assert report["baked_vs_transformers"]["argmax_agreement"] >= report["noise_floor"]["argmax_agreement"] - 0.02
-
-
-def test_drift_takes_a_bundles_labels_with_a_panel_each(tmp_path):
-    import random
-    import struct
-
-    from finsurg.monitor.drift import Span, drift, write_report
-
-    labels = ["finance_topic", "finance_behaviour", "medical_topic", "medical_behaviour"]
-    rng = random.Random(0)
-    log = tmp_path / "scores.jsonl"
-    with log.open("w") as handle:
-        for index in range(1200):
-            rate = {label: 0.1 for label in labels} | ({"medical_behaviour": 0.4} if index >= 600 else {})
-            flags = {label: rng.random() < rate[label] for label in labels}
-            scores = {label: 0.9 if flags[label] else 0.1 for label in labels}
-            handle.write(json.dumps({"line": index + 1, "logits": scores, "scores": scores, "flags": flags}) + "\n")
-    report = drift(log, Span.parse("200", "--window"))
-    assert report.labels == labels
-    assert {alarm.label for alarm in report.alarms} == {"medical_behaviour"}
-    write_report(report, tmp_path / "drift", False)
-    width, height = struct.unpack(">II", (tmp_path / "drift" / "drift.png").read_bytes()[16:24])
-    assert height > width  # four panels stacked, one per label

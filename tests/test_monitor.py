@@ -309,17 +309,23 @@ def test_not_a_monitor_directory_is_one_line(tmp_path):
 
 
 # ---- drift ---------------------------------------------------------------------------------------
-def scored_log(path, lines, before, after, seed, shift_at=0.5, step=60):
-    """Score lines as `monitor score` writes them, `behaviour` flagged with the planted probability."""
+def scored_log(path, lines, before, after, seed, shift_at=0.5, step=60, shifted="behaviour", rates=None):
+    """Score lines as `monitor score` writes them: `shifted` flagged with the planted probability, and each label of
+    `rates` (default: a `topic` flagged at 0.6) at its own."""
+    rates = {"topic": 0.6} if rates is None else rates
     generator = torch.Generator().manual_seed(seed)
     with open(path, "w") as handle:
         for index in range(lines):
             share = before if index < shift_at * lines else after
-            flagged = bool(torch.rand(1, generator=generator) < share)
-            topic = bool(torch.rand(1, generator=generator) < 0.6)
-            score = {"topic": 0.8 if topic else 0.2, "behaviour": 0.9 if flagged else 0.1}
+            drawn = {shifted: bool(torch.rand(1, generator=generator) < share)}
+            drawn |= {label: bool(torch.rand(1, generator=generator) < rate) for label, rate in rates.items()}
+            flags = {label: drawn[label] for label in [*rates, shifted]}
+            score = {
+                label: (0.9 if flag else 0.1) if label == shifted else (0.8 if flag else 0.2)
+                for label, flag in flags.items()
+            }
             row = {"line": index + 1, "time": 1767225600 + step * index, "logits": score, "scores": score}
-            handle.write(json.dumps(row | {"flags": {"topic": topic, "behaviour": flagged}}) + "\n")
+            handle.write(json.dumps(row | {"flags": flags}) + "\n")
     return path
 
 
@@ -395,3 +401,17 @@ def test_export_writes_the_monitor_beside_the_variants(tiny_chat_model, tmp_path
     assert json.loads(alone.stdout)["thresholds"] == spec["thresholds"]  # the same probes, learnt the same way
     again = run_cli("monitor", "export", *args, "--out", tmp_path / "alone")
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_drift_takes_a_bundles_labels_with_a_panel_each(tmp_path):
+    import struct
+
+    labels = ["finance_topic", "finance_behaviour", "medical_topic", "medical_behaviour"]
+    others = {label: 0.1 for label in labels[:-1]}
+    log = scored_log(tmp_path / "scores.jsonl", 1200, 0.1, 0.4, 0, shifted="medical_behaviour", rates=others)
+    report = drift(log, Span.parse("200", "--window"))
+    assert report.labels == labels
+    assert {alarm.label for alarm in report.alarms} == {"medical_behaviour"}
+    write_report(report, tmp_path / "drift", False)
+    width, height = struct.unpack(">II", (tmp_path / "drift" / "drift.png").read_bytes()[16:24])
+    assert height > width  # four panels stacked, one per label
