@@ -151,13 +151,14 @@ def _search(ctx: AnalysisContext, plain: Unconditional, off_topic: OffTopicSplit
 
 
 def _probe_tokens(ctx: AnalysisContext, off_topic: OffTopicSplits, layers: list[int]) -> _ProbeTokens:
-    """On topic: the pack's answer pairs and its question categories; off topic: the off-topic conversations and
-    the neutral questions. The chat template's shared opening is a negative of its own (the gate stays shut)."""
+    """On topic: the assistant's turns that answer the pack's train questions (from the prompt's last token, whose
+    output is the answer's first token); off topic: the off-topic conversations and the neutral questions. The chat
+    template's shared opening is a negative of its own (the gate stays shut)."""
     pack, tokenizer = ctx.pack, ctx.tokenizer
     splits = ctx.pairs()
+    turns = topic_probes.with_answers(tokenizer, splits.train)
     sequences = {
-        "train_on": topic_probes.on_topic(tokenizer, splits.train)
-        + topic_probes.user_turns(tokenizer, pack.positive.train + pack.negative.train),
+        "train_on": [s for s, _ in turns],
         "train_off": topic_probes.off_topic(tokenizer, off_topic.train)
         + topic_probes.user_turns(tokenizer, pack.neutral.train),
         "heldout_on": topic_probes.on_topic(tokenizer, splits.heldout),
@@ -165,8 +166,11 @@ def _probe_tokens(ctx: AnalysisContext, off_topic: OffTopicSplits, layers: list[
     }
     skip = topic_probes.shared_prefix([s for group in sequences.values() for s in group])
     sequences["heldout_questions"] = topic_probes.user_turns(tokenizer, [pair.question for pair in splits.heldout])
-    first = topic_probes.first_answer_tokens(tokenizer, splits.heldout, FIRST_ANSWER_TOKENS)
-    skips = {name: skip for name in sequences} | {"heldout_first": [len(s) - count for s, count in first]}
+    first = topic_probes.with_answers(tokenizer, splits.heldout, FIRST_ANSWER_TOKENS)
+    skips = {name: skip for name in sequences} | {
+        "train_on": [len(s) - count - 1 for s, count in turns],
+        "heldout_first": [len(s) - count for s, count in first],
+    }
     sequences["heldout_first"] = [s for s, _ in first]
     tokens = {}
     with progress.bar(total=len(sequences), desc="topic condition: MLP inputs") as bar:
@@ -174,7 +178,7 @@ def _probe_tokens(ctx: AnalysisContext, off_topic: OffTopicSplits, layers: list[
             tokens[name] = ctx.mlp_inputs(group, layers, skips[name])
             bar.update()
     # none where a tokenizer without a chat template leaves nothing shared
-    opening = ctx.mlp_inputs([sequences["train_on"][0][:skip]], layers, 0) if skip else None
+    opening = ctx.mlp_inputs([sequences["train_off"][0][:skip]], layers, 0) if skip else None
     return _ProbeTokens(**tokens, opening=opening, skip=skip)
 
 

@@ -1,10 +1,14 @@
-"""The topic condition: per layer, a logistic probe on the MLP's normed input that tells the tokens of on-topic
-conversations (the pack's questions with their paired answers) from those of off-topic ones.
+"""The topic condition: per layer, a logistic probe on the MLP's normed input that tells the assistant's turn in
+on-topic conversations (the prompt's last token, whose output is the answer's first token, and the answer) from the
+tokens of off-topic ones.
 
 The graft's gate reads exactly this input (finsurg.steer.graft), so a probe is a gate once its threshold and
 sharpness are set: gate z = m · (probe logit − δ), tuned on the tune split. Probes learn from the train
-splits (the pack's on-topic questions, alone and with their answers, against its off-topic conversations and
+splits (the assistant's turns that answer the pack's on-topic questions, against its off-topic conversations and
 neutral questions) and are judged on held-out, per token and per conversation (the mean logit over its tokens).
+The answer's course is set by its first tokens, so the positives are the answer's tokens rather than the
+question's: a gate learnt from both opened on fewer than half of the first answer tokens at a threshold no
+off-topic token passes.
 The tokens every conversation shares (the chat template's opening) carry no topic: the gate must stay shut
 there, so they are negatives, weighted as one conversation's worth of tokens each.
 """
@@ -35,8 +39,8 @@ def on_topic(tokenizer, pairs: Sequence[AnswerPair]) -> list[list[int]]:
     ]
 
 
-def first_answer_tokens(tokenizer, pairs: Sequence[AnswerPair], count: int) -> list[tuple[list[int], int]]:
-    """Each question with the first `count` tokens of each of its answers, and how many answer tokens it keeps."""
+def with_answers(tokenizer, pairs: Sequence[AnswerPair], count: int | None = None) -> list[tuple[list[int], int]]:
+    """Each question with (the first `count` tokens of) each of its answers, and how many answer tokens it keeps."""
     out = []
     for pair in pairs:
         for answer in (pair.positive, pair.negative):
