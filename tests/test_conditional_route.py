@@ -141,63 +141,6 @@ def test_conditional_route_end_to_end(tiny_model, tmp_path, capsys, monkeypatch)
         assert report["passed"] and report["float32"]["kl_max"] < 1e-6
 
 
-def _record_generations(monkeypatch) -> list[tuple[str, list[str]]]:
-    """Every question list the analysis generates answers to, with the phase it was generated in."""
-    from finsurg.analysis import context, route_choice
-
-    calls, phase = [], ["before"]
-
-    def recorded(model, tokenizer, arch, questions, *args, **kwargs):
-        calls.append((phase[0], list(questions)))
-        return greedy(model, tokenizer, arch, questions, *args, **kwargs)
-
-    def during(name, function):
-        def wrapped(*args, **kwargs):
-            phase[0] = name
-            try:
-                return function(*args, **kwargs)
-            finally:
-                phase[0] = "after"
-
-        return wrapped
-
-    greedy = context.greedy_answers
-    monkeypatch.setattr(context, "greedy_answers", recorded)
-    monkeypatch.setattr(route_choice, "_search", during("search", route_choice._search))
-    return calls
-
-
-def _first_tokens_open(model_dir, recipe: Recipe, answers: dict) -> float:
-    """The recipe's gates on the first 8 answer tokens of each held-out conversation, one conversation at a time."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from finsurg.models.loading import prompt_ids
-    from finsurg.steer.arch import for_config
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    route = for_config(model.config.to_dict()).grafting("test")
-    gates, seen = recipe.gates(), {}
-    handles = [
-        model.get_submodule(route.mlp.format(layer=layer)).register_forward_pre_hook(
-            lambda module, args, layer=layer: seen.__setitem__(layer, args[0][0])
-        )
-        for layer in gates
-    ]
-    opened = []
-    for pair in answers["heldout"]:
-        for answer in (pair["positive"], pair["negative"]):
-            prompt = prompt_ids(tokenizer, pair["question"])
-            first = tokenizer.encode(answer, add_special_tokens=False)[:8]
-            with torch.no_grad():
-                model(input_ids=torch.tensor([prompt + first]))
-            for layer, gate in gates.items():
-                opened += (gate.opening(seen[layer][len(prompt) :]) > 0.5).double().tolist()
-    for handle in handles:
-        handle.remove()
-    return sum(opened) / len(opened)
-
-
 def test_conditional_route_without_off_topic_data_is_refused(tiny_model, tmp_path, capsys):
     pack = write_pack(tmp_path / "pack")  # no off_topic.json
     before = tree_hashes(pack)
@@ -233,3 +176,95 @@ def test_the_hooks_divide_grafted_offsets_as_the_bake_does(tmp_path):
             hooked = mlp(normed)
     added = (hooked - plain) * model.config.residual_multiplier
     assert torch.allclose(added, offset.expand_as(added), atol=1e-4)
+
+
+def _record_generations(monkeypatch) -> list[tuple[str, list[str]]]:
+    """Every question list the analysis generates answers to, with the phase it was generated in."""
+    from finsurg.analysis import context, route_choice
+
+    calls, phase = [], ["before"]
+
+    def recorded(model, tokenizer, arch, questions, *args, **kwargs):
+        calls.append((phase[0], list(questions)))
+        return greedy(model, tokenizer, arch, questions, *args, **kwargs)
+
+    def during(name, function):
+        def wrapped(*args, **kwargs):
+            phase[0] = name
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase[0] = "after"
+
+        return wrapped
+
+    greedy = context.greedy_answers
+    monkeypatch.setattr(context, "greedy_answers", recorded)
+    monkeypatch.setattr(route_choice, "_search", during("search", route_choice._search))
+    return calls
+
+
+def _first_tokens_open(model_dir, recipe: Recipe, answers: dict) -> float:
+    """The recipe's gates on the first 8 answer tokens of each held-out conversation, one conversation at a time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finsurg.models.loading import prompt_ids
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    gates = recipe.gates()
+    opened = []
+    for pair in answers["heldout"]:
+        for answer in (pair["positive"], pair["negative"]):
+            prompt = prompt_ids(tokenizer, pair["question"])
+            first = tokenizer.encode(answer, add_special_tokens=False)[:8]
+            seen = _mlp_inputs_alone(model, list(gates), prompt + first)
+            for layer, gate in gates.items():
+                opened += (gate.opening(seen[layer][len(prompt) :]) > 0.5).double().tolist()
+    return sum(opened) / len(opened)
+
+
+def _mlp_inputs_alone(model, layers: list[int], ids: list[int]) -> dict[int, torch.Tensor]:
+    """Each layer's MLP input at every token of one unpadded sequence."""
+    from finsurg.steer.arch import for_config
+
+    route = for_config(model.config.to_dict()).grafting("test")
+    seen = {}
+    handles = [
+        model.get_submodule(route.mlp.format(layer=layer)).register_forward_pre_hook(
+            lambda module, args, layer=layer: seen.__setitem__(layer, args[0][0])
+        )
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_the_condition_learns_from_the_assistants_turn(tiny_model, tmp_path):
+    """The probes' positives are every train answer's tokens and the prompt's last token (whose output is the
+    answer's first token); the question's tokens are not among them."""
+    from finsurg.analysis.batching import ensure_pad_token
+    from finsurg.analysis.context import AnalysisContext
+    from finsurg.analysis.route_choice import _probe_tokens
+    from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
+    from finsurg.packs import Pack
+
+    pack = Pack.load(write_conditional_pack(tmp_path / "pack"))
+    resolved = resolve_model(str(tiny_model))
+    model, tokenizer = load_model(resolved.path), ensure_pad_token(load_tokenizer(resolved.path))
+    tokens = _probe_tokens(AnalysisContext(model, tokenizer, resolved.arch, pack), pack.off_topic_splits(), [1, 2])
+    for layer in (1, 2):
+        expected = []
+        for pair in pack.answer_pairs().train:
+            for answer in (pair.positive, pair.negative):
+                prompt = prompt_ids(tokenizer, pair.question)
+                ids = prompt + tokenizer.encode(answer, add_special_tokens=False)
+                expected.append(_mlp_inputs_alone(model, [layer], ids)[layer][len(prompt) - 1 :])
+        expected = torch.cat(expected)
+        assert tokens.train_on.features[layer].shape == expected.shape
+        assert torch.allclose(tokens.train_on.features[layer].float(), expected, atol=2e-2), layer

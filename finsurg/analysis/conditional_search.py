@@ -29,7 +29,10 @@ from finsurg.steer.surgery import Surgery
 
 STRENGTH_RANGE = (0.0, 0.5)  # offset norm per layer, as a fraction of the residual norm there
 PROBE_STRENGTH = 0.03
-SHARE_RANGE = (0.3, 1.0)  # the share of the binding budget a trial aims at
+# the share of the binding budget a trial aims at: a gate open on the whole answer repeats itself well before
+# the prose budget is spent, so the range reaches far below it
+SHARE_RANGE = (0.03, 1.0)
+START_SHARE = 0.15
 SHIFT_RANGE = (-2.0, 12.0)  # probe-logit units
 SHARPNESS_RANGE = (1.0, 32.0)
 STARTS = ((4.0, 8.0), (6.0, 16.0), (8.0, 16.0))  # (shift, sharpness) tried first
@@ -170,7 +173,7 @@ def search_gated(
                 "width": len(first),
                 "gate_shift": shift,
                 "gate_sharpness": sharpness,
-                "budget_share": 0.9,
+                "budget_share": START_SHARE,
             }
         )
     budget = budgets[1] if costs.prose is not None else budgets[0]
