@@ -3,14 +3,18 @@ by measurement on tune, both routes reported on held-out, and the conditional re
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from test_behaviour import write_pack
 
 from finsurg.analysis import topic_probes
+from finsurg.analysis.conditional_search import Point, winner
 from finsurg.analysis.generations import judge, unchanged
+from finsurg.analysis.judged_objective import Reading
 from finsurg.cli import main
 from finsurg.models.source import resolve_model
 from finsurg.packs import GenerationRules
@@ -92,6 +96,26 @@ def test_generation_judgement_and_unchanged_share():
     }
     assert unchanged([[1, 2, 3], [1, 2, 3]], [[1, 2, 3], [1, 2, 4]], tokens=3) == 0.5
     assert unchanged([[1, 2, 3]], [[1, 2, 4]], tokens=2) == 1.0
+
+
+def test_the_winner_ranks_judged_shares_only_beyond_their_standard_error():
+    budgets = (1e-4, 0.35)
+
+    def point(number, steered, conservative, shift, kl=0.0, repeated=0.01):
+        reading = Reading(steered, conservative, repeated, 0.9, questions=30)
+        return Point("conditional", number, [3], 0.1, kl, 0.1, shift, -shift, reading=reading, keeps_answers=True)
+
+    nearly_shut = point(0, 12 / 30, 11 / 30, 1.3)
+    open_gate = point(1, 10 / 30, 13 / 30, 6.1)  # one question behind: within sqrt(p(1-p)/30) = 0.088
+    far_behind = point(2, 7 / 30, 20 / 30, 9.0)  # four questions behind
+    over_budget = point(3, 20 / 30, 20 / 30, 12.0, kl=1e-3)
+    assert nearly_shut.noise == pytest.approx(math.sqrt((11 / 30) * (19 / 30) / 30))
+    assert winner([nearly_shut, open_gate, far_behind, over_budget], budgets) is open_gate
+    assert winner([nearly_shut, far_behind], budgets) is nearly_shut
+    assert winner([over_budget], budgets) is None
+    unjudged = [dataclasses.replace(p, reading=None) for p in (nearly_shut, open_gate)]
+    assert all(p.noise == 0.0 for p in unjudged)
+    assert winner(unjudged, budgets) is unjudged[1]
 
 
 @pytest.mark.slow

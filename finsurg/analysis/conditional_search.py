@@ -8,8 +8,8 @@ conservative side's negative share), where the pack has phrase rules; else the t
 fixed answers. Budgets bound the costs: the off-topic KL, the perplexity of on-topic prose that explains
 rather than advises, and, for judged answers, their repetition and whether they take up the question, within
 margins of the base's. The unconditional route's tuned point is measured on the same objectives, and the route
-that wins at the budgets (the best objective among points within them, the log-odds shift breaking ties) is
-the recipe's.
+that wins at the budgets is the recipe's: among points within them, those within one standard error of the best
+objective, and of those the larger log-odds shift.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ class Point:
     def objective(self) -> float:
         """The judged two-sided share where answers are judged, else the two-sided log-odds shift."""
         return self.two_sided if self.reading is None else self.reading.score
+
+    @property
+    def noise(self) -> float:
+        """How far apart two objectives must be to rank the points: a judged share's standard error; a log-odds
+        shift averages every token of every answer, so it ranks as it stands."""
+        return 0.0 if self.reading is None else self.reading.standard_error
 
     def within(self, kl_budget: float, prose_budget: float) -> bool:
         prose_ok = self.prose is None or self.prose <= prose_budget
@@ -202,9 +208,15 @@ def search_gated(
 
 
 def winner(points: list[Point], budgets) -> Point | None:
-    """The best objective among points within the budgets, then the larger two-sided shift."""
+    """Among the points within the budgets, those whose objective is within one standard error of the best (the
+    one-standard-error rule: judged shares on a few dozen questions cannot rank points closer than that), and of
+    those the larger two-sided log-odds shift, which every token of every tune answer measures."""
     feasible = [p for p in points if p.within(*budgets)]
-    return max(feasible, key=lambda p: (p.objective, p.two_sided, -p.off_topic_kl)) if feasible else None
+    if not feasible:
+        return None
+    best = max(feasible, key=lambda p: (p.objective, p.two_sided, -p.off_topic_kl))
+    close = [p for p in feasible if p.objective >= best.objective - best.noise]
+    return max(close, key=lambda p: (p.two_sided, -p.off_topic_kl))
 
 
 def pareto(points: list[Point]) -> list[Point]:

@@ -7,6 +7,7 @@ Only the questions it is given are ever generated (the route choice gives it the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,17 +23,23 @@ ADDRESSED_MARGIN = 0.05  # and its share of answers that take up the question ma
 @dataclass(frozen=True)
 class Reading:
     """A surgery's judged answers: the steered side's positive share, the mirror's negative share, and the worse
-    of the two sides' shape figures."""
+    of the two sides' shape figures, over `questions` questions."""
 
     steered_positive: float
     conservative_negative: float
     repeated_4grams: float
     addressed: float
+    questions: int
 
     @property
     def score(self) -> float:
         """The two-sided judged share: the weaker of the two sides."""
         return min(self.steered_positive, self.conservative_negative)
+
+    @property
+    def standard_error(self) -> float:
+        """The score's binomial standard error: scores closer than this are a question or two apart."""
+        return math.sqrt(self.score * (1.0 - self.score) / self.questions)
 
 
 class AnswerObjective:
@@ -53,6 +60,7 @@ class AnswerObjective:
             conservative_negative=down_judged.negative,
             repeated_4grams=max(up_shape.repeated_4grams, down_shape.repeated_4grams),
             addressed=min(up_shape.addressed, down_shape.addressed),
+            questions=len(self.questions),
         )
 
     @property

@@ -192,17 +192,17 @@ def _route(flag: str, unconditional: Point, gated: Point | None, budgets) -> tup
         return "conditional", "pinned with --route conditional"
     if flag == "unconditional":
         return "unconditional", "pinned with --route unconditional"
-    contenders = [p for p in (unconditional, gated) if p is not None and p.within(*budgets)]
-    if not contenders:
+    best = winner([p for p in (unconditional, gated) if p is not None], budgets)
+    if best is None:
         return (
             "unconditional",
             "neither route stayed within both budgets; the unconditional route's own KL budget holds",
         )
-    best = max(contenders, key=lambda p: (p.objective, p.two_sided))
     if best.reading is not None:
         return (
             best.route,
-            f"the larger judged two-sided share of tune answers within the budgets ({best.objective:.0%})",
+            f"the best judged two-sided share of tune answers within the budgets, to one standard error "
+            f"({best.objective:.0%}), then the larger log-odds shift ({best.two_sided:.2f})",
         )
     return best.route, f"the larger two-sided tune shift within the budgets ({best.two_sided:.2f})"
 
