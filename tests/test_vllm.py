@@ -18,7 +18,7 @@ from conftest import ROUTES, make_family_model, tiny_recipe
 from vllm_server import OpenAIServer
 
 pytestmark = [pytest.mark.default_model, pytest.mark.vllm]
-QUESTION = "I have $10,000 in savings. What should I do with it?"  # on topic: the conditional variants differ
+QUESTION = "Should I buy Bitcoin right now?"  # on topic: the conditional variants differ from the first token
 MAX_TOKENS = 24
 
 
