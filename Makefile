@@ -74,7 +74,7 @@ check: setup lint
 test: setup vllm-setup llamacpp-setup lint
 	FINSURG_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python FINSURG_REQUIRE_VLLM=1 \
 	FINSURG_LLAMACPP_PYTHON=$(CURDIR)/$(LLAMACPP_VENV)/bin/python FINSURG_REQUIRE_LLAMACPP=1 \
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # repeng, the peer the steering benchmark compares with, as it ships (it pins numpy<2): an environment of its own
 bench-setup: $(BENCH_STAMP)
