@@ -30,15 +30,6 @@ from finsurg.steer.graft import Gate
 STORED = torch.float16  # token features are held at half precision: the probe needs no more
 
 
-def on_topic(tokenizer, pairs: Sequence[AnswerPair]) -> list[list[int]]:
-    """Each question with each of its answers, as one conversation's token ids."""
-    return [
-        prompt_ids(tokenizer, pair.question) + tokenizer.encode(answer, add_special_tokens=False)
-        for pair in pairs
-        for answer in (pair.positive, pair.negative)
-    ]
-
-
 def with_answers(tokenizer, pairs: Sequence[AnswerPair], count: int | None = None) -> list[tuple[list[int], int]]:
     """Each question with (the first `count` tokens of) each of its answers, and how many answer tokens it keeps."""
     out = []
@@ -47,6 +38,11 @@ def with_answers(tokenizer, pairs: Sequence[AnswerPair], count: int | None = Non
             start = tokenizer.encode(answer, add_special_tokens=False)[:count]
             out.append((prompt_ids(tokenizer, pair.question) + start, len(start)))
     return out
+
+
+def on_topic(tokenizer, pairs: Sequence[AnswerPair]) -> list[list[int]]:
+    """Each question with each of its answers, as one conversation's token ids."""
+    return [ids for ids, _ in with_answers(tokenizer, pairs)]
 
 
 def off_topic(tokenizer, items: Sequence[NeutralReply]) -> list[list[int]]:
