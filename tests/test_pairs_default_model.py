@@ -1,5 +1,6 @@
-"""The default model on packs of pairs alone: a JSONL file and an A/B file each run analyze, export with eval, and
-the monitor, and the steer moves the held-out pairs its stated way."""
+"""The default model on a pack of pairs alone: a JSONL file runs analyze, export with eval, and the monitor, and
+the steer moves the held-out pairs its stated way. The same pairs as A/B items make the same pack, so they would
+run the same analysis (the A/B path end to end runs on a tiny model in test_pairs_pack)."""
 
 import json
 
@@ -8,7 +9,6 @@ import pytest
 from finsurg.cli import main
 from finsurg.packs import Pack
 
-pytestmark = pytest.mark.default_model
 PAIRS = 30
 
 
@@ -34,9 +34,29 @@ def ab_items(path):
     return path
 
 
-@pytest.mark.parametrize("form", ["pairs", "ab"])
-def test_a_file_of_pairs_steers_the_default_model_end_to_end(form, default_model, tmp_path, capsys):
-    pairs = medical_pairs(tmp_path / "pairs.jsonl") if form == "pairs" else ab_items(tmp_path / "ab.jsonl")
+def test_ab_items_of_the_same_pairs_make_the_same_pack(tmp_path):
+    """Everything the analysis reads of a pack, from the JSONL pairs and from the A/B items."""
+    packs = [Pack.load(medical_pairs(tmp_path / "pairs.jsonl")), Pack.load(ab_items(tmp_path / "ab.jsonl"))]
+    pairs, ab = (
+        {
+            "answers": {name: getattr(pack.answer_pairs(), name) for name in ("train", "tune", "heldout")},
+            "categories": [(c.train, c.heldout) for c in pack.categories],
+            "neutral": pack.neutral_text,
+            "disclaimer": pack.disclaimer,
+            "verification": pack.verification_prompts(),
+            "surgery": pack.surgery_prompts(),
+            "topic_data": pack.topic_data,
+            "neutral_replies": pack.neutral_reply_items(),
+        }
+        for pack in packs
+    )
+    assert len(pairs["answers"]["train"]) + len(pairs["answers"]["heldout"]) > PAIRS // 2
+    assert ab == pairs
+
+
+@pytest.mark.default_model
+def test_a_file_of_pairs_steers_the_default_model_end_to_end(default_model, tmp_path, capsys):
+    pairs = medical_pairs(tmp_path / "pairs.jsonl")
     run, out = tmp_path / "run", tmp_path / "variants"
     steps = [
         ["analyze", "--behaviour", str(pairs), "--out", str(run), "--trials", "3", "--samples", "0"],
