@@ -24,7 +24,7 @@ from finsurg.devices import Placement
 from finsurg.dtypes import name_of, weight_dtype
 from finsurg.effects import effect
 from finsurg.engines.runner import run_script
-from finsurg.engines.vllm_env import vllm_python
+from finsurg.engines.vllm_env import ENGINE_ENV, vllm_python
 from finsurg.errors import FinsurgError
 from finsurg.io.hashing import check_sums
 from finsurg.jsonfile import write_json
@@ -42,7 +42,6 @@ from finsurg.variant.seal import write_report
 EVAL_TABLE_NAME = "eval.md"
 # fp32 compute: baked and hooked differ only by summation order, ~1e-5 per token
 # baked vs hooked log-likelihoods differ only by rounding: the bias is added inside the projection
-KV_CACHE_GIB = {"VLLM_CPU_KVCACHE_SPACE": "4"}
 PARITY_ATOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 
 
@@ -113,8 +112,9 @@ class Runner:
             "runs": [{"name": name, "model": str(path), "system": system} for name, path, system in plan],
         }
         with tempfile.TemporaryDirectory(prefix="finsurg-lmeval-vllm-") as scratch:
-            # vLLM on a CPU reserves most of the machine's memory for its KV cache unless told otherwise
-            reply = run_script(python, "lmeval_vllm.py", request, Path(scratch), "lm-eval on vLLM", env=KV_CACHE_GIB)
+            # lm-eval's batches need a larger KV cache than finsurg's other vLLM runs
+            env = {**ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": "4"}
+            reply = run_script(python, "lmeval_vllm.py", request, Path(scratch), "lm-eval on vLLM", env=env)
         return {name: self._read(run["results"], run["samples"], run["seconds"]) for name, run in reply["runs"].items()}
 
     def _read(self, results: dict, samples: dict, seconds: float) -> dict:

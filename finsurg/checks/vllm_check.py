@@ -20,7 +20,7 @@ import torch
 from finsurg.checks.verify import NEW_TOKENS, OpenedVariant
 from finsurg.dtypes import weight_dtype
 from finsurg.engines.runner import run_script
-from finsurg.engines.vllm_env import KV_CACHE_GIB, TIMEOUT, vllm_python
+from finsurg.engines.vllm_env import ENGINE_ENV, TIMEOUT, vllm_python
 from finsurg.models.bridge import boot_bridge, greedy
 from finsurg.models.loading import hf_greedy, load_model
 from finsurg.variant.reports import Agreement, VllmReport
@@ -30,9 +30,7 @@ def vllm_greedy(python: str, model_dir: Path, prompts: list[list[int]], max_toke
     """Greedy float32 tokens from vLLM for each prompt (token ids), with its load and generation times."""
     request = {"model": str(model_dir.resolve()), "prompts": prompts, "max_tokens": max_tokens, "dtype": "float32"}
     with tempfile.TemporaryDirectory(prefix="finsurg-vllm-") as scratch:
-        return run_script(
-            python, "vllm_greedy.py", request, Path(scratch), f"vLLM on {model_dir}", TIMEOUT, KV_CACHE_GIB
-        )
+        return run_script(python, "vllm_greedy.py", request, Path(scratch), f"vLLM on {model_dir}", TIMEOUT, ENGINE_ENV)
 
 
 def verify_with_vllm(

@@ -6,7 +6,10 @@ from __future__ import annotations
 from finsurg.engines.runner import engine_python
 
 TIMEOUT = 900
-KV_CACHE_GIB = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # vLLM's default asks for far more than finsurg's runs need
+# finsurg's runs are short and one model at a time: the engine runs in the script's own process, since a separate
+# engine-core process re-imports torch and vLLM (on 2 CPU cores a tiny model's verify took 60 s that way, 19 s in
+# process); and the KV cache is small, since vLLM's default on a CPU reserves most of the machine's memory
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 def vllm_python(explicit: str | None = None) -> str:

@@ -25,7 +25,7 @@ import torch
 
 from finsurg import progress
 from finsurg.engines.runner import run_script
-from finsurg.engines.vllm_env import KV_CACHE_GIB, TIMEOUT, vllm_python
+from finsurg.engines.vllm_env import ENGINE_ENV, TIMEOUT, vllm_python
 from finsurg.errors import FinsurgError
 from finsurg.io.atomic import partial_dir
 from finsurg.io.checkpoint import Checkpoint
@@ -256,7 +256,7 @@ def _scored_by_vllm(directory: Path, log: Path, limits: ScoreOptions, python: st
             return
         request = {"model": str(directory.resolve()), "texts": str(texts), "batch_size": limits.batch_size * 8}
         reply = run_script(
-            python, "vllm_classify.py", request, Path(scratch), f"vLLM on {directory}", TIMEOUT, KV_CACHE_GIB
+            python, "vllm_classify.py", request, Path(scratch), f"vLLM on {directory}", TIMEOUT, ENGINE_ENV
         )
         with open(reply["logits"]) as logits:
             for buffer in _buffers(log, size):
