@@ -4,6 +4,7 @@ recipes, then verify them."""
 from __future__ import annotations
 
 import math
+import queue
 import shutil
 import threading
 from contextlib import ExitStack
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from finsurg.bake.bake import largest_alpha
 from finsurg.bake.writer import VariantWriter
-from finsurg.checks.local_proof import Baking, BlockProof
+from finsurg.checks.local_proof import Baking, BlockProof, Proven, check_structure
 from finsurg.checks.verify import Scope, verify_variants
 from finsurg.devices import GIB, Placement
 from finsurg.dtypes import name_of, weight_dtype
@@ -27,6 +28,7 @@ from finsurg.settings import ExportOptions
 from finsurg.steer.bundle import Bundle, Member
 from finsurg.steer.surgery import Surgery
 from finsurg.variant.assemble import assemble, surgery_record
+from finsurg.variant.directory import Variant
 from finsurg.variant.reports import VerificationReport
 from finsurg.variant.seal import write_report
 
@@ -105,10 +107,11 @@ def export_variants(
 
 
 class _Verifier:
-    """Verification of both variants. The proof's block checks need only the base and the offsets, so they
-    run at once, on a thread beside the writing; the rest waits for the written variants. The writing
-    builds no torch module, so the thread may build its models (accelerate's empty-weights context patches
-    torch for the whole process while it does); `close` joins it before the export returns."""
+    """Verification of both variants, as much of it as can run beside the writing on a thread of its own: the
+    proof's block checks need only the base and the offsets, so they start at once; each sealed variant's
+    structure check follows, while the next variant is written. The end-to-end checks wait for both. The
+    writing builds no torch module, so the thread may build its models (accelerate's empty-weights context
+    patches torch for the whole process while it does); `close` joins it before the export returns."""
 
     def __init__(self, model: ResolvedModel, pack: str, surgeries: dict[str, Surgery], writer, options, placement):
         self.model, self.options = model, options
@@ -116,6 +119,7 @@ class _Verifier:
         dtype = name_of(writer.dtype)
         bakings = [Baking(surgery, dtype, writer.context_cap) for surgery in surgeries.values()]
         self._cancelled = threading.Event()
+        self._sealed: queue.Queue = queue.Queue()  # (directory, sums) of each sealed variant; None after the last
         self._result: list = []
         args = (model.path, writer.arch, bakings, pack)
         self._thread = threading.Thread(target=self._run, args=args)
@@ -124,17 +128,26 @@ class _Verifier:
     def _run(self, base: Path, arch, surgeries: list[Baking], pack: str) -> None:
         try:
             prompt = encode(load_tokenizer(base), Pack.load(pack).verification_prompts()[0])
-            proof = BlockProof(base, arch, surgeries, prompt, self._cancelled)
-            self._result.append((surgeries, proof.run()))
+            proven = Proven(surgeries, BlockProof(base, arch, surgeries, prompt, self._cancelled).run())
+            while (sealed := self._sealed.get()) is not None and not self._cancelled.is_set():
+                directory, sums = sealed
+                proven.structures[directory] = (sums, check_structure(Variant(directory), base, arch, sums))
+            self._result.append(proven)
         except BaseException as exc:  # re-raised where the result is read
             self._result.append(exc)
 
+    def sealed(self, directory: Path, sums: dict[str, str]) -> None:
+        """A variant is written and sealed: its structure can be checked while the next one is written."""
+        self._sealed.put((directory, sums))
+
     def close(self) -> None:
-        """Stop the block checks after the block they are on (an export that failed or was stopped)."""
+        """Stop the checks after the one in hand (an export that failed or was stopped)."""
         self._cancelled.set()
+        self._sealed.put(None)
         self._thread.join()
 
     def __call__(self, paths: list[Path], sums: list[dict[str, str]]) -> list[VerificationReport]:
+        self._sealed.put(None)
         self._thread.join()
         proven = self._result[0]
         if isinstance(proven, BaseException):
@@ -200,6 +213,8 @@ def _bake_all(
             sealed = assemble(partial, bundle, surgery, record, written.sums)
             partials.append(partial)
             sums.append(sealed)
+            if check is not None:
+                check.sealed(partial, sealed)
             results.append(
                 ExportedVariant(
                     variant=variant,

@@ -70,17 +70,30 @@ def test_several_gated_steers_in_one_layer_bake_exactly_as_their_hooks(tmp_path)
 
 
 def test_a_conditional_exports_proof_runs_once_beside_the_writing(tmp_path, monkeypatch):
-    """The block checks an export runs while it writes stand for the variants it records: they are not run again."""
-    runs = []
-    original = local_proof.BlockProof.run
+    """The block checks an export runs while it writes, and each sealed variant's structure check, stand for the
+    variants it records: they run once, on the export's verification thread, and are not run again."""
+    import threading
+
+    from finsurg import export
+
+    runs, structures = [], []
+    original, structure = local_proof.BlockProof.run, local_proof.check_structure
 
     def counted(self):
         runs.append(len(self.surgeries))
         return original(self)
 
+    def checked(variant, *args):
+        structures.append((variant.record.variant, threading.current_thread() is threading.main_thread()))
+        return structure(variant, *args)
+
     monkeypatch.setattr(local_proof.BlockProof, "run", counted)
+    monkeypatch.setattr(local_proof, "check_structure", checked)
+    monkeypatch.setattr(export, "check_structure", checked)
     base = make_tiny_llama(tmp_path / "base", mlp_bias=True)
     recipe = tiny_recipe(tmp_path / "recipe", conditional=True)
     results = export_checked(resolve_model(str(base)), recipe, 3.0, tmp_path / "out", full_verify=False)
     assert all(item["verification"]["proof"]["passed"] for item in results)
+    assert all(item["verification"]["proof"]["structure"]["tensors_compared"] > 0 for item in results)
     assert runs == [2]  # one run, on the export's thread, for both variants
+    assert structures == [("steered", False), ("conservative", False)]  # each once, beside the writing

@@ -74,20 +74,28 @@ def test_wrong_base_is_refused(variant, tmp_path):
 
 
 def test_block_checks_run_elsewhere_stand_only_for_the_surgery_each_variant_records(variant):
-    """An export hands in block checks it ran while writing; they count only if their offsets are the recorded ones."""
-    from finsurg.checks.local_proof import Baking, prove
+    """An export hands in block checks it ran while writing; they count only if their offsets are the recorded ones.
+    A structure check it hands in counts only for the same directory and sums."""
+    from finsurg.checks.local_proof import Baking, Proven, prove
     from finsurg.checks.verify import OpenedVariant
     from finsurg.steer.surgery import Surgery
-    from finsurg.variant.reports import BlockCheck
+    from finsurg.variant.reports import BlockCheck, StructureCheck
 
     opened = OpenedVariant(variant, None, base_trusted=False)
     recorded = Baking.of(opened.variant)
     failing = [[BlockCheck(layer=1, steered=True, problem="planted", passed=False)]]
 
-    def proof(surgery):
-        return prove([opened.variant], opened.base, opened.arch, [opened.sums], opened.prompts, ([surgery], failing))[0]
+    def proof(surgery, structures=None):
+        handed = Proven([surgery], failing, structures or {})
+        return prove([opened.variant], opened.base, opened.arch, [opened.sums], opened.prompts, handed)[0]
 
     assert not proof(recorded).passed  # the recorded surgery: the checks handed in are the ones used
     doubled = Baking(Surgery.of({s.layer: 2 * s.offset for s in recorded.surgery.steers}), recorded.dtype)
     again = proof(doubled)  # another surgery: the blocks are checked again, on what the variant records
     assert again.passed and all(check.problem is None for check in again.blocks)
+    planted = StructureCheck(
+        tensors=1, identical_shards=0, tensors_compared=0, biases=0, problems=["planted"], passed=False
+    )
+    for sums, stands in ((opened.sums, True), ({**opened.sums, "config.json": "0" * 64}, False)):
+        checked = proof(doubled, {opened.variant.directory: (sums, planted)})
+        assert (checked.structure.problems == ["planted"]) is stands and checked.passed is not stands

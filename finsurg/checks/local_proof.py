@@ -15,7 +15,8 @@ time grows with the number of steered layers, never with depth.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -217,23 +218,46 @@ def _check_block(baked, layer, shared, here: Surgery, inputs: torch.Tensor, refe
     )
 
 
+@dataclass
+class Proven:
+    """What an export proved while it wrote: the block checks with the bakings they ran on, and the structure
+    of each variant already sealed, by its directory, with the sums it was checked against."""
+
+    bakings: list[Baking]
+    blocks: list[list[BlockCheck]]
+    structures: dict[Path, tuple[dict[str, str], StructureCheck]] = field(default_factory=dict)
+
+    def structure(self, variant: Variant, sums: dict[str, str]) -> StructureCheck | None:
+        """The structure check of this directory, where it ran on these very sums."""
+        known, check = self.structures.get(variant.directory, (None, None))
+        return check if known == sums else None
+
+
 def prove(
     variants: list[Variant],
     base_path,
     arch: Architecture,
     sums: list[dict[str, str]],
     prompts,
-    proven: tuple[list[Baking], list[list[BlockCheck]]] | None = None,
+    proven: Proven | None = None,
 ) -> list[LocalProof]:
     """The proof of each variant of one base: structure, then its blocks (base blocks read once).
 
-    `proven` holds block checks already run (by an export, while it wrote) and the surgeries they ran
-    on; they stand only where those are bit for bit what each variant records, else the blocks run again.
+    `proven` holds checks already run (by an export, while it wrote). Its block checks stand only where the
+    surgeries they ran on are bit for bit what each variant records, and a structure check only where it ran
+    on the same directory and sums; the rest run here.
     """
-    structures = [check_structure(variant, base_path, arch, own) for variant, own in zip(variants, sums)]
+    structures = [
+        (proven and proven.structure(variant, own)) or check_structure(variant, base_path, arch, own)
+        for variant, own in zip(variants, sums)
+    ]
     recorded = [Baking.of(variant) for variant in variants]
-    if proven is not None and len(proven[0]) == len(recorded) and all(map(Baking.same_as, recorded, proven[0])):
-        blocks = proven[1]
+    if (
+        proven is not None
+        and len(proven.bakings) == len(recorded)
+        and all(map(Baking.same_as, recorded, proven.bakings))
+    ):
+        blocks = proven.blocks
     else:
         blocks = BlockProof(base_path, arch, recorded, prompts[0]).run()
     return [

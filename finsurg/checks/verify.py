@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from finsurg import progress
-from finsurg.checks.local_proof import prove
+from finsurg.checks.local_proof import Proven, prove
 from finsurg.checks.streamed import streamed_runs
 from finsurg.devices import GIB, budget, model_estimate
 from finsurg.dtypes import weight_dtype
@@ -241,10 +241,10 @@ def verify_variants(
     scope: Scope = Scope(),
     base_trusted: bool = False,
     sums: list[dict[str, str]] | None = None,
-    proven: tuple | None = None,
+    proven: Proven | None = None,
 ) -> list[VerificationReport]:
     """verify_variant for variants of one base, whose proofs read each base block once; `proven` holds the
-    proof's block checks where they already ran, with their surgeries (an export runs them while it writes)."""
+    proof's checks where they already ran (an export runs them while it writes)."""
     device = scope.device or torch.device("cpu")
     opened = [
         OpenedVariant(directory, base_override, base_trusted, None if sums is None else sums[k])
