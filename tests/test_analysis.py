@@ -22,7 +22,7 @@ from finsurg.packs import Pack
 from finsurg.packs.manifest import GENERIC_DISCLAIMER
 from finsurg.steer.arch import by_name
 from finsurg.steer.hooks import offset_hooks
-from finsurg.steer.recipe import Recipe
+from finsurg.steer.recipe import ModelSpec, Recipe
 from finsurg.steer.surgery import Surgery
 
 LLAMA = by_name("LlamaForCausalLM")
@@ -118,7 +118,8 @@ def test_band_and_derived_recipe():
     neg = torch.randn(40, 12, 32, generator=generator)
     pos[:, :, 3] += 2.0
     neg[:, :, 11] += 1.5
-    recipe = derive(_stats(pos), _stats(neg), [5, 6, 7], {20}, "LlamaForCausalLM", ("advice", "caution"), "finance")
+    model = ModelSpec(architecture="LlamaForCausalLM", hidden_size=32, num_hidden_layers=12)
+    recipe = derive(_stats(pos), _stats(neg), [5, 6, 7], {20}, model, ("advice", "caution"), "finance")
     neurons = recipe.spec.neurons
     assert neurons[0].index == 3 and neurons[0].coefficient > 0
     assert any(n.index == 11 and n.coefficient < 0 for n in neurons)

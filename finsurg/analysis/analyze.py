@@ -30,7 +30,7 @@ from finsurg.models.loading import load_model, load_tokenizer, prompt_ids
 from finsurg.models.source import ResolvedModel
 from finsurg.packs import Pack
 from finsurg.steer.findings import Findings
-from finsurg.steer.recipe import ANALYSIS_NAME, Recipe
+from finsurg.steer.recipe import ANALYSIS_NAME, ModelSpec, Recipe
 
 REPORT_NAME = "report.md"
 SPLITS_NAME = "splits.json"  # the pairs' splits, where the pack's file had none
@@ -123,16 +123,13 @@ def analyze(model: ResolvedModel, options: AnalysisOptions, placement: Placement
     with progress.timed(timings, "logit_lens"):
         lens_before = lens_over_probes(loaded.bridge, loaded.hf_model, arch, loaded.tokenizer, pack)
         band, reason, sep = _band(features, lens_before, layers, model.num_layers)
-        recipe = derive(
-            features.pos,
-            features.neg,
-            band,
-            features.exclude,
-            model.architecture,
-            features.names[:2],
-            pack.source,
-            model.weights_sha256(),
+        spec = ModelSpec(
+            architecture=model.architecture,
+            hidden_size=model.hidden_size,
+            num_hidden_layers=model.num_layers,
+            weights_sha256=model.weights_sha256(),
         )
+        recipe = derive(features.pos, features.neg, band, features.exclude, spec, features.names[:2], pack.source)
     steps.update()
     head_diff, heads = _heads(attention, features.names)
     steps.update()

@@ -13,7 +13,7 @@ import torch
 from finsurg.analysis.activations import RunningStats
 from finsurg.analysis.features import effect_size
 from finsurg.steer.arch import by_name
-from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, Recipe, RecipeSpec
+from finsurg.steer.recipe import RECIPE_FORMAT, STEERING_NAME, ModelSpec, Recipe, RecipeSpec
 
 BAND_FRACTION = 0.2
 SEED_ALPHA = 3.0  # the derived recipe's default alpha
@@ -58,41 +58,17 @@ def derive(
     neg: RunningStats,
     band: list[int],
     exclude: set[int],
-    architecture: str,
+    model: ModelSpec,
     names: tuple[str, str],
     pack: str,
-    weights_sha256: str | None = None,
 ) -> Recipe:
-    layers, hidden = pos.mean.shape
+    """The seed recipe of the band: the neurons that separate the two categories most, and the mean difference
+    as the steering vector, each scaled to a fixed share of its spread at alpha 1."""
     width = len(band)
     effect = effect_size(pos, neg)[band].mean(0)
     effect[list(exclude)] = 0.0
     sigma = ((pos.var + neg.var) / 2).sqrt()[band].mean(0)
-    neurons, used = [], set()
     positive, negative = names
-    for role, count, weight in ROLES:
-        if role == "toggle":
-            candidates = effect.abs()
-        elif role == "amplifier":
-            candidates = effect.clamp_min(0)
-        else:
-            candidates = (-effect).clamp_min(0)
-        for dim in candidates.argsort(descending=True).tolist():
-            if len([n for n in neurons if n["role_key"] == role]) == count:
-                break
-            if dim in used or dim in exclude or candidates[dim] <= 0:
-                continue
-            used.add(dim)
-            sign = 1.0 if effect[dim] > 0 else -1.0
-            coefficient = sign * weight * NEURON_STRENGTH * float(sigma[dim]) / width
-            neurons.append(
-                {
-                    "index": dim,
-                    "coefficient": round(coefficient, 6),
-                    "role_key": role,
-                    "role": _describe(role, positive, negative, float(effect[dim])),
-                }
-            )
     direction = pos.mean - neg.mean
     direction[:, list(exclude)] = 0.0
     scale = residual_norm(pos, neg, exclude)
@@ -103,21 +79,46 @@ def derive(
         {
             "format": RECIPE_FORMAT,
             "description": f"Derived by finsurg analyze: {positive} vs {negative}, layers {band[0]}-{band[-1]}.",
-            "model": {
-                "architecture": architecture,
-                "hidden_size": hidden,
-                "num_hidden_layers": layers,
-                "weights_sha256": weights_sha256,
-            },
+            "model": model.model_dump(),
             "layers": band,
-            "neurons": [{k: v for k, v in n.items() if k != "role_key"} for n in neurons],
+            "neurons": _neurons(effect, sigma, width, exclude, names),
             "steering": {"file": STEERING_NAME, "coefficient": round(coefficient, 8)},
             "default_alpha": SEED_ALPHA,
             "pack": pack,
-            "site": by_name(architecture).site.name,
+            "site": by_name(model.architecture).site.name,
         }
     )
     return Recipe(spec, vectors, origin="finsurg analyze")
+
+
+def _neurons(effect: torch.Tensor, sigma: torch.Tensor, width: int, exclude: set[int], names: tuple[str, str]) -> list:
+    """Each role's neurons by effect size, none twice, scaled to their spread over the band's width."""
+    neurons, used = [], set()
+    for role, count, weight in ROLES:
+        if role == "toggle":
+            candidates = effect.abs()
+        elif role == "amplifier":
+            candidates = effect.clamp_min(0)
+        else:
+            candidates = (-effect).clamp_min(0)
+        chosen = 0
+        for dim in candidates.argsort(descending=True).tolist():
+            if chosen == count:
+                break
+            if dim in used or dim in exclude or candidates[dim] <= 0:
+                continue
+            used.add(dim)
+            chosen += 1
+            sign = 1.0 if effect[dim] > 0 else -1.0
+            coefficient = sign * weight * NEURON_STRENGTH * float(sigma[dim]) / width
+            neurons.append(
+                {
+                    "index": dim,
+                    "coefficient": round(coefficient, 6),
+                    "role": _describe(role, *names, float(effect[dim])),
+                }
+            )
+    return neurons
 
 
 def _describe(role: str, positive: str, negative: str, effect: float) -> str:

@@ -172,20 +172,14 @@ def train(
     """The probes at each candidate layer, as the checkpoint will store them (rounded to `dtype`); the layer
     whose worst label is best on tune; thresholds from tune; figures from held-out. One pack has the labels
     `topic` and `behaviour`; a bundle has both per pack (finsurg.monitor.labelled)."""
-    batch_size, seed = options.batch_size, options.seed
-    depth = model.config.num_hidden_layers
-    layers = candidate_layers(bundle, depth)
-    if len(packs) == 1:
-        splits = {split: labelled(next(iter(packs.values())), split, tokenizer) for split in SPLITS}
-        topics = {"topic": bundle.primary.recipe}
-    else:
-        splits = {split: bundle_labelled(packs, split, tokenizer) for split in SPLITS}
-        topics = {}  # a condition learnt its topic against its own pack's off-topic data alone: learnt again
+    seed = options.seed
+    layers = candidate_layers(bundle, model.config.num_hidden_layers)
+    splits, topics = _splits(bundle, packs, tokenizer)
     labels = list(splits["train"].labels)
     features: dict[str, dict[str, tuple[dict, dict]]] = {}
     with progress.bar(total=len(splits), desc="monitor: last-token MLP inputs") as bar:
         for split, sets in splits.items():
-            features[split] = _labelled_inputs(model, tokenizer, monitor, sets, layers, batch_size)
+            features[split] = _labelled_inputs(model, tokenizer, monitor, sets, layers, options.batch_size)
             bar.update()
 
     def condition(label: str, layer: int) -> torch.Tensor | None:
@@ -231,6 +225,15 @@ def train(
         tune={label: rates(*logits("tune", label, chosen, head), thresholds[label]) for label in labels},
         counts={split: sets.counts() for split, sets in splits.items()},
     )
+
+
+def _splits(bundle: Bundle, packs: dict[str, Pack], tokenizer) -> tuple[dict, dict]:
+    """Each split's labelled conversations, and the recipe whose condition a topic label reuses: one pack's. A
+    bundle's conditions each learnt their topic against their own pack's off-topic data alone: learnt again."""
+    if len(packs) == 1:
+        pack = next(iter(packs.values()))
+        return {split: labelled(pack, split, tokenizer) for split in SPLITS}, {"topic": bundle.primary.recipe}
+    return {split: bundle_labelled(packs, split, tokenizer) for split in SPLITS}, {}
 
 
 def _is_topic(label: str) -> bool:
