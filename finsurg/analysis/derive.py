@@ -91,7 +91,9 @@ def derive(
     return Recipe(spec, vectors, origin="finsurg analyze")
 
 
-def _neurons(effect: torch.Tensor, sigma: torch.Tensor, width: int, exclude: set[int], names: tuple[str, str]) -> list:
+def _neurons(
+    effect: torch.Tensor, sigma: torch.Tensor, width: int, exclude: set[int], names: tuple[str, str]
+) -> list[dict]:
     """Each role's neurons by effect size, none twice, scaled to their spread over the band's width."""
     neurons, used = [], set()
     for role, count, weight in ROLES:

@@ -247,10 +247,10 @@ def prove(
     surgeries they ran on are bit for bit what each variant records, and a structure check only where it ran
     on the same directory and sums; the rest run here.
     """
-    structures = [
-        (proven and proven.structure(variant, own)) or check_structure(variant, base_path, arch, own)
-        for variant, own in zip(variants, sums)
-    ]
+    structures = []
+    for variant, own in zip(variants, sums):
+        known = None if proven is None else proven.structure(variant, own)
+        structures.append(check_structure(variant, base_path, arch, own) if known is None else known)
     recorded = [Baking.of(variant) for variant in variants]
     if (
         proven is not None
